@@ -1,0 +1,219 @@
+"""Assembling a model from layers and parts of other models, without copying what it can share.
+
+One mechanism serves student initialization (teacher layers ``copied``, teacher parts), patching
+(student layers, teacher blocks, parts from either) and the pruning baselines (a subset of teacher
+layers). Sources are either in-memory models (tensors are shared, never deep-copied) or safetensors
+checkpoints (only the tensors the result needs are read from disk), so building a model costs about
+the memory of the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from boomerang.families import FamilyAdapter, adapter_for_config, set_tie
+
+
+class Source:
+    """Something that hands out named tensors in the current transformers naming, plus its config."""
+
+    config: object
+    adapter: FamilyAdapter
+    name: str
+
+    def keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def get(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tied(self) -> bool:
+        return bool(getattr(self.config, "tie_word_embeddings", False)) and self.adapter.tied_head_weight is not None
+
+    def layer_keys(self, index: int) -> list[str]:
+        prefix = f"{self.adapter.layer_prefix()}{index}."
+        return [k for k in self.keys() if k.startswith(prefix)]
+
+    def role_keys(self, role: str) -> list[str]:
+        return [k for k in self.keys() if self.adapter.part_of(k)[0] == role]
+
+
+class ModelSource(Source):
+    """An in-memory model: tensors are handed out as they are (shared with the result)."""
+
+    def __init__(self, model: nn.Module, name: str | None = None):
+        self.model = model
+        self.config = model.config
+        self.adapter = adapter_for_config(model.config)
+        self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
+        self._params = dict(model.named_parameters(remove_duplicate=False))
+        self._buffers = {k: v for k, v in model.named_buffers(remove_duplicate=False)}
+        persistent = set(model.state_dict(keep_vars=True).keys())
+        self._keys = [k for k in self._params] + [k for k in self._buffers if k in persistent]
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._params[key] if key in self._params else self._buffers[key]
+
+
+class CheckpointSource(Source):
+    """A Hugging Face folder with safetensors weights: tensors are read lazily, one at a time."""
+
+    def __init__(self, path: str, name: str | None = None):
+        from safetensors import safe_open
+        from transformers import AutoConfig
+
+        self.path = path
+        self.name = name or path
+        self.config = AutoConfig.from_pretrained(path)
+        self.adapter = adapter_for_config(self.config)
+        index = os.path.join(path, "model.safetensors.index.json")
+        single = os.path.join(path, "model.safetensors")
+        if os.path.isfile(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif os.path.isfile(single):
+            files = ["model.safetensors"]
+        else:
+            raise FileNotFoundError(
+                f"{path} has no safetensors weights (model.safetensors or its index); "
+                "re-save the model with save_pretrained(safe_serialization=True)"
+            )
+        self._handles = {fn: safe_open(os.path.join(path, fn), framework="pt") for fn in files}
+        self._where: dict[str, tuple[str, str]] = {}
+        for fn, h in self._handles.items():
+            for raw in h.keys():
+                self._where[self._rename(raw)] = (fn, raw)
+
+    def _rename(self, raw: str) -> str:
+        for old, new in self.adapter.checkpoint_aliases:
+            if raw.startswith(old):
+                return new + raw[len(old):]
+        return raw
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def get(self, key: str) -> torch.Tensor:
+        fn, raw = self._where[key]
+        return self._handles[fn].get_tensor(raw)
+
+
+def as_source(obj, name: str | None = None) -> Source:
+    if isinstance(obj, Source):
+        return obj
+    if isinstance(obj, nn.Module):
+        return ModelSource(obj, name)
+    if isinstance(obj, (str, os.PathLike)):
+        return CheckpointSource(os.fspath(obj), name)
+    raise TypeError(f"cannot read weights from {type(obj).__name__}")
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    source: Source
+    index: int
+
+
+def _empty_model(config, adapter: FamilyAdapter, dtype: torch.dtype | None):
+    """A model of ``config`` whose parameters are on the meta device (buffers are real)."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    auto = getattr(transformers, adapter.auto_class)
+    with init_empty_weights(include_buffers=False):
+        model = auto.from_config(config, dtype=dtype) if dtype is not None else auto.from_config(config)
+    return model
+
+
+def _drop_capture_hooks(module: nn.Module) -> None:
+    """transformers installs hidden-state capturing hooks on layers the first time a model runs; a
+    layer moved into another model would then report its hidden state twice."""
+    for m in module.modules():
+        for hid, hook in list(m._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "output_capturing_hook":
+                del m._forward_hooks[hid]
+
+
+def assemble(
+    base: Source,
+    layers: Iterable[LayerRef],
+    parts: dict[str, Source] | None = None,
+    dtype: torch.dtype | None = None,
+    config_overrides: dict | None = None,
+):
+    """Build a model of ``base``'s family whose layers are ``layers`` (in order).
+
+    ``parts`` maps ``"embeddings"``, ``"final_norm"`` and ``"lm_head"`` to the source each comes
+    from (default: ``base``). The head stays tied to the embeddings only when both come from the
+    same source and that source is tied; otherwise the config says ``tie_word_embeddings=False``
+    and the head gets its own tensor. Every per-layer config field and per-layer index attribute
+    (the KV cache's ``layer_idx``) is rewritten for the new depth.
+    """
+    adapter = base.adapter
+    layers = list(layers)
+    parts = {role: parts.get(role, base) if parts else base for role in ("embeddings", "final_norm", "lm_head")}
+    for ref in layers:
+        if ref.source.adapter is not adapter:
+            raise ValueError(f"cannot mix families: {ref.source.adapter.name} layer into a {adapter.name} model")
+    config = adapter.config_for_layers(base.config, [(r.source.config, r.index) for r in layers])
+    emb_src, head_src = parts["embeddings"], parts["lm_head"]
+    tied = emb_src is head_src and emb_src.tied()
+    set_tie(config, tied)
+    if dtype is not None:
+        config.dtype = str(dtype).replace("torch.", "")
+    for k, v in (config_overrides or {}).items():
+        setattr(config, k, v)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            return t.to(dtype)
+        return t
+
+    state: dict[str, torch.Tensor] = {}
+    prefix = adapter.layer_prefix()
+    for new_i, ref in enumerate(layers):
+        old = f"{prefix}{ref.index}."
+        keys = ref.source.layer_keys(ref.index)
+        if not keys:
+            raise ValueError(f"{ref.source.name} has no layer {ref.index}")
+        for k in keys:
+            state[f"{prefix}{new_i}.{k[len(old):]}"] = cast(ref.source.get(k))
+    for role, src in parts.items():
+        for k in src.role_keys(role):
+            state[k] = cast(src.get(k))
+    if not tied and adapter.tied_head_weight and adapter.tied_head_weight not in state:
+        # The head's source is tied: its head *is* its embedding matrix. Give the result its own tensor.
+        state[adapter.tied_head_weight] = cast(head_src.get(adapter.tied_embedding_weight)).clone()
+    for k in base.keys():  # anything that is neither a layer nor a part (rare: extra buffers)
+        if adapter.part_of(k)[0] == "other" and k not in state:
+            state[k] = cast(base.get(k))
+
+    model = _empty_model(config, adapter, dtype)
+    expected = set(model.state_dict().keys())
+    if tied:
+        expected.discard(adapter.tied_head_weight)
+        state.pop(adapter.tied_head_weight, None)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict().keys()))
+    if missing or unexpected:
+        raise ValueError(f"assembled weights do not fit the {adapter.name} model: missing={missing[:8]} unexpected={unexpected[:8]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        model.tie_weights()
+    _drop_capture_hooks(model)
+    adapter.renumber_layers(model)
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise RuntimeError(f"parameters left uninitialized after assembly: {meta[:8]}")
+    model.eval()
+    return model
