@@ -193,7 +193,17 @@ def assemble(
             state[k] = cast(src.get(k))
     if not tied and adapter.tied_head_weight and adapter.tied_head_weight not in state:
         # The head's source is tied: its head *is* its embedding matrix. Give the result its own tensor.
-        state[adapter.tied_head_weight] = cast(head_src.get(adapter.tied_embedding_weight)).clone()
+        src_t = head_src.get(adapter.tied_embedding_weight)
+        head = cast(src_t)
+        # A checkpoint hands out a fresh tensor on every read, and a cast is a copy already: copy only
+        # a tensor still shared with an in-memory model.
+        state[adapter.tied_head_weight] = head.clone() if isinstance(head_src, ModelSource) and head is src_t else head
+    if not tied and adapter.tied_head_weight in state and adapter.tied_embedding_weight in state:
+        head, emb = state[adapter.tied_head_weight], state[adapter.tied_embedding_weight]
+        if head.data_ptr() == emb.data_ptr():
+            # In-memory sources can share one matrix (a student fresh from init_student holds its
+            # teacher's embedding; a tied source's head *is* it): an untied result needs two tensors.
+            state[adapter.tied_head_weight] = head.detach().clone()
     for k in base.keys():  # anything that is neither a layer nor a part (rare: extra buffers)
         if adapter.part_of(k)[0] == "other" and k not in state:
             state[k] = cast(base.get(k))

@@ -8,42 +8,160 @@ Last-k (default; the paper's order for Qwen and Pythia) replaces the last k such
 1:1 layers after them) and takes the teacher's final norm and LM head; first-k (the paper's order
 for Llama) replaces the first k blocks (and the 1:1 layers before them) and takes the teacher's
 input embeddings. k = 0 is the student's size, k = max the teacher itself.
+
+Command line (writes loadable model folders with a ``boomerang_provenance.json``)::
+
+    python -m patching.patch --teacher_model_name_or_path T --student_model_name_or_path S \\
+        --save_directory D (--num_layers_to_patch K | --blocks 3,7,9 | --target_params 100M | --all) \\
+        [--patch_first_k_layers] [--dtype bfloat16] [--overwrite]
+
+With ``--all`` D holds one folder per size (``last-k03-19L``) plus ``family.md`` / ``family.csv``.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import gc
+import io
+import json
 import logging
 import os
+import re
+import time
 from typing import Iterable
 
 import torch
 
-from boomerang.assemble import LayerRef, Source, as_source, assemble
-from boomerang.families import dtype_from_name
-from boomerang.layer_map import LayerMap, LayerMapError, PatchPlan
+from boomerang.assemble import CheckpointSource, LayerRef, ModelSource, Source, as_source, assemble
+from boomerang.families import count_parameters, dtype_from_name, set_tie
+from boomerang.layer_map import LayerMap, LayerMapError, PatchPlan, format_layers
 from boomerang.models import load_tokenizer, resolve_model_path
 
 log = logging.getLogger("boomerang.patch")
+
+PROVENANCE_NAME = "boomerang_provenance.json"
 
 
 class PatchError(ValueError):
     pass
 
 
-def _open(ref, role: str) -> tuple[Source, str | None]:
-    """A weight source for a model given as an in-memory model or a name/path, and its folder."""
+# ---------------------------------------------------------------------------------------------- sources
+def _source_path(src: Source) -> str | None:
+    path = getattr(src, "path", None)
+    if path is None and isinstance(src, ModelSource):
+        path = getattr(src.model, "name_or_path", None)
+    return path if path and os.path.isdir(path) else None
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
+}
+
+
+class FileReadSource(CheckpointSource):
+    """A safetensors folder whose tensors are read with plain file reads, each into its own memory.
+
+    ``safe_open`` hands out tensors backed by a memory map of the whole file: every page a read
+    touches stays resident (and counted in the process's memory) as long as the file is open, even
+    when the tensor is dropped right after a cast to another dtype. Here a tensor is read into
+    memory of its own; with ``dtype`` set, floating-point tensors are cast while they are read,
+    a few megabytes at a time, so building a bfloat16 model from float32 checkpoints costs the
+    bfloat16 result, not the float32 tensors.
+    """
+
+    CHUNK = 16 * 2**20
+
+    def __init__(self, path: str, name: str | None = None, dtype: torch.dtype | None = None):
+        super().__init__(path, name)
+        self.dtype = dtype
+        self._chunk: torch.Tensor | None = None
+        self._entries: dict[tuple[str, str], tuple] = {}
+        for fn in self._handles:
+            with open(os.path.join(path, fn), "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            for raw, e in header.items():
+                if raw != "__metadata__":
+                    start, end = e["data_offsets"]
+                    self._entries[(fn, raw)] = (e["dtype"], tuple(e["shape"]), 8 + n + start, end - start)
+
+    @staticmethod
+    def _read_into(f, view: memoryview, what: str) -> None:
+        done = 0
+        while done < len(view):
+            got = f.readinto(view[done:])
+            if not got:
+                raise OSError(f"the checkpoint file is truncated at {what}")
+            done += got
+
+    def get(self, key: str) -> torch.Tensor:
+        fn, raw = self._where[key]
+        st_dtype, shape, offset, nbytes = self._entries[(fn, raw)]
+        dtype = _ST_DTYPES.get(st_dtype)
+        if dtype is None:
+            return super().get(key)
+        target = self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
+        with open(os.path.join(self.path, fn), "rb", buffering=0) as f:
+            f.seek(offset)
+            if target == dtype:
+                buf = torch.empty(nbytes, dtype=torch.uint8)
+                self._read_into(f, memoryview(buf.numpy()), key)
+                return buf.view(dtype).reshape(shape)
+            out = torch.empty(shape, dtype=target)
+            flat = out.view(-1)
+            size = dtype.itemsize
+            per_chunk = self.CHUNK // size
+            if self._chunk is None:  # one buffer for every read: no churn of large temporary allocations
+                self._chunk = torch.empty(self.CHUNK, dtype=torch.uint8)
+            buf = self._chunk
+            for i in range(0, flat.numel(), per_chunk):
+                n = min(per_chunk, flat.numel() - i)
+                self._read_into(f, memoryview(buf.numpy())[: n * size], key)
+                flat[i:i + n] = buf[: n * size].view(dtype)
+            return out
+
+
+def open_source(ref, role: str, dtype: torch.dtype | None = None) -> Source:
+    """A weight source for ``ref``: an in-memory model (tensors shared), a ``Source`` (returned as is),
+    or a name/folder (safetensors read tensor by tensor, cast to ``dtype`` while read; a folder
+    without safetensors is loaded whole)."""
+    if isinstance(ref, Source):
+        return ref
     if isinstance(ref, torch.nn.Module):
-        return as_source(ref, name=getattr(ref, "name_or_path", role)), getattr(ref, "name_or_path", None)
+        return as_source(ref, name=getattr(ref, "name_or_path", None) or role)
     path = resolve_model_path(ref)
-    return as_source(path, name=str(ref)), path
+    try:
+        return FileReadSource(path, name=str(ref), dtype=dtype)
+    except FileNotFoundError:  # .bin-only folder: no lazy reading possible
+        from boomerang.models import load_model
+
+        log.warning("%s has no safetensors weights: loading the whole %s model", ref, role)
+        return as_source(load_model(path, dtype=None), name=str(ref))
+
+
+def _open(ref, role: str, dtype: torch.dtype | None = None) -> tuple[Source, str | None]:
+    src = open_source(ref, role, dtype)
+    return src, _source_path(src)
 
 
 def load_layer_map(student, teacher_depth: int | None = None) -> LayerMap:
-    """The student's layer map, from its folder or from the ``layer_map`` attribute of a loaded model."""
+    """The student's layer map, from its folder or from the ``boomerang_layer_map`` attribute of a loaded model."""
+    if isinstance(student, Source):
+        lm = getattr(getattr(student, "model", None), "boomerang_layer_map", None)
+        if lm is not None:
+            return _fit(lm, teacher_depth)
+        path = _source_path(student)
+        if path is None:
+            raise PatchError("the student source has no folder holding student_config.json")
+        return LayerMap.load(path, teacher_depth)
     if isinstance(student, torch.nn.Module):
         lm = getattr(student, "boomerang_layer_map", None)
         if lm is not None:
-            return lm
+            return _fit(lm, teacher_depth)
         path = getattr(student, "name_or_path", None)
         if not path or not os.path.isdir(path):
             raise PatchError(
@@ -52,6 +170,15 @@ def load_layer_map(student, teacher_depth: int | None = None) -> LayerMap:
             )
         return LayerMap.load(path, teacher_depth)
     return LayerMap.load(resolve_model_path(student), teacher_depth)
+
+
+def _fit(lm: LayerMap, teacher_depth: int | None) -> LayerMap:
+    if teacher_depth is not None and lm.num_teacher_layers != teacher_depth:
+        raise PatchError(
+            f"the student was distilled from a {lm.num_teacher_layers}-layer teacher, but the teacher given has "
+            f"{teacher_depth} layers: pass the teacher the student was made from"
+        )
+    return lm
 
 
 def check_pair(teacher: Source, student: Source, layer_map: LayerMap) -> None:
@@ -71,30 +198,39 @@ def check_pair(teacher: Source, student: Source, layer_map: LayerMap) -> None:
             f"student_config.json lists {layer_map.num_student_layers} copied layers but the student model has "
             f"{s_depth} layers"
         )
-    for field in ("hidden_size", "vocab_size", "intermediate_size", "num_attention_heads"):
+    for field in ("hidden_size", "vocab_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                  "head_dim"):
         a, b = getattr(t_cfg, field, None), getattr(s_cfg, field, None)
         if a is not None and b is not None and a != b:
-            raise PatchError(f"teacher and student differ in {field} ({a} vs {b}): they are not a boomerang pair")
+            raise PatchError(
+                f"teacher and student differ in {field} ({a} vs {b}): they are not a boomerang pair "
+                "(the student must be made from this teacher by train.init_student)"
+            )
 
 
+# ---------------------------------------------------------------------------------------------- plans
 def plan_for(layer_map: LayerMap, num_layers_to_patch: int | None = None, patch_first_k_layers: bool = False,
-             blocks: Iterable[int] | None = None) -> PatchPlan:
-    if blocks is not None:
-        blocks = sorted(set(int(b) for b in blocks))
-        # Parts follow the blocks: the head is the teacher's when the last block is the teacher's,
-        # the embeddings when the first is.
-        n = layer_map.num_student_layers
-        emb = "teacher" if 0 in blocks else "student"
-        head = "teacher" if (n - 1) in blocks else "student"
-        return layer_map.plan_blocks(blocks, emb, head)
+             blocks: Iterable[int] | None = None, embeddings_from: str | None = None,
+             head_from: str | None = None) -> PatchPlan:
+    """The plan of one patched model: the paper's order (``num_layers_to_patch``) or any set of ``blocks``.
+
+    With ``blocks`` the parts follow the blocks unless given: the teacher's head (and final norm)
+    when the student's last layer is replaced, the teacher's embeddings when its first is. With this
+    rule the blocks of any last-k or first-k plan (k >= 1) give back that same plan.
+    """
     try:
+        if blocks is not None:
+            blocks = sorted(set(int(b) for b in blocks))
+            n = layer_map.num_student_layers
+            emb = embeddings_from or ("teacher" if 0 in blocks else "student")
+            head = head_from or ("teacher" if (n - 1) in blocks else "student")
+            return layer_map.plan_blocks(blocks, emb, head)
         return layer_map.plan(num_layers_to_patch, patch_first_k_layers)
     except LayerMapError as e:
         raise PatchError(str(e)) from None
 
 
-def assemble_plan(teacher: Source, student: Source, plan: PatchPlan, dtype: torch.dtype | None = None):
-    """The patched model of ``plan`` from two weight sources."""
+def _plan_parts(teacher: Source, student: Source, plan: PatchPlan):
     sources = {"teacher": teacher, "student": student}
     layers = [LayerRef(sources[src], i) for src, i in plan.layers]
     parts = {
@@ -103,9 +239,79 @@ def assemble_plan(teacher: Source, student: Source, plan: PatchPlan, dtype: torc
         "lm_head": sources[plan.lm_head_from],
     }
     base = teacher if plan.lm_head_from == "teacher" else student
+    return base, layers, parts
+
+
+def assemble_plan(teacher: Source, student: Source, plan: PatchPlan, dtype: torch.dtype | None = None):
+    """The patched model of ``plan`` from two weight sources."""
+    base, layers, parts = _plan_parts(teacher, student, plan)
     return assemble(base, layers, parts, dtype=dtype)
 
 
+def plan_config(teacher: Source, student: Source, plan: PatchPlan):
+    """The config the patched model of ``plan`` will have (the same rules as ``assemble``), no weights."""
+    base, layers, parts = _plan_parts(teacher, student, plan)
+    config = base.adapter.config_for_layers(base.config, [(r.source.config, r.index) for r in layers])
+    emb, head = parts["embeddings"], parts["lm_head"]
+    set_tie(config, emb is head and emb.tied())
+    return config
+
+
+def count_plan_parameters(teacher: Source, student: Source, plan: PatchPlan) -> dict[str, int]:
+    """``count_parameters`` of the patched model, computed on a weightless (meta-device) model."""
+    from boomerang.assemble import _empty_model
+
+    config = plan_config(teacher, student, plan)
+    model = _empty_model(config, teacher.adapter, None)
+    if config.tie_word_embeddings:  # a model built on the meta device is tied only when asked
+        model.tie_weights()
+    return count_parameters(model, teacher.adapter)
+
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_param_count(text) -> int:
+    """``"100M"`` -> 100_000_000; also ``1.5B``, ``500k``, ``135e6``, ``98765``."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMbBgGtT]?)\s*", str(text))
+    if not m:
+        raise PatchError(f"cannot read a parameter count from {text!r}; write e.g. 100M, 1.5B, 500K or 135000000")
+    return int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
+
+
+def human_count(n: int) -> str:
+    for unit, div in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def plan_for_target(teacher: Source, student: Source, layer_map: LayerMap, target_params, patch_first_k_layers=False,
+                    kind: str = "total") -> tuple[int, PatchPlan, dict[str, int]]:
+    """The largest model of one order whose ``kind`` ("total" or "non_embedding") parameter count is at
+    most ``target_params``: ``(k, plan, counts)``. "Largest" is by that count, not by k: the full
+    teacher (tied head) can be smaller than the size before it (untied). No weights are read."""
+    target = parse_param_count(target_params)
+    if kind not in ("total", "non_embedding"):
+        raise PatchError(f"kind must be 'total' or 'non_embedding', got {kind!r}")
+    best = None
+    sizes = []
+    for k, plan in enumerate(layer_map.ladder(patch_first_k_layers)):
+        counts = count_plan_parameters(teacher, student, plan)
+        sizes.append(counts[kind])
+        if counts[kind] <= target and (best is None or counts[kind] >= best[2][kind]):
+            best = (k, plan, counts)
+    if best is None:
+        raise PatchError(
+            f"no patched model has at most {human_count(target)} {kind} parameters: the smallest of this order has "
+            f"{human_count(min(sizes))} ({min(sizes)}); sizes are {', '.join(human_count(s) for s in sizes)}"
+        )
+    return best
+
+
+# ---------------------------------------------------------------------------------------------- building
 def build_intermediate_model(
     teacher_name_or_path,
     student_name_or_path,
@@ -114,24 +320,246 @@ def build_intermediate_model(
     dtype: torch.dtype | str | None = torch.bfloat16,
     blocks: Iterable[int] | None = None,
     return_plan: bool = False,
+    target_params=None,
+    embeddings_from: str | None = None,
+    head_from: str | None = None,
 ):
     """Build the interpolated model that patches ``num_layers_to_patch`` teacher blocks into the student.
 
-    Teacher and student may be hub names, local folders or already-loaded models (a sweep loads them
-    once). From folders only the tensors the result needs are read; from loaded models tensors are
-    shared, not copied (cast only when ``dtype`` differs). ``blocks`` instead of
-    ``num_layers_to_patch`` replaces exactly those student layers. Returns ``(model, tokenizer)``
-    (and the ``PatchPlan`` with ``return_plan``); the tokenizer is the teacher's.
+    Teacher and student may be hub names, local folders, already-loaded models or ``Source``
+    objects (a sweep opens them once). From folders only the tensors the result needs are read;
+    from loaded models tensors are shared, not copied (cast only when ``dtype`` differs; ``None``
+    keeps the sources' dtype). Exactly one of ``num_layers_to_patch`` (the paper's orders),
+    ``blocks`` (replace exactly those student layers) and ``target_params`` (the largest model of
+    the order with at most that many parameters, e.g. ``"100M"``) is given. Returns
+    ``(model, tokenizer)`` (and the ``PatchPlan`` with ``return_plan``); the tokenizer is the
+    teacher's (or, for an in-memory teacher, the one saved in the student's folder), ``None`` when
+    neither has a folder. Every check runs before any weight is read.
     """
-    if (num_layers_to_patch is None) == (blocks is None):
-        raise PatchError("give exactly one of num_layers_to_patch and blocks")
+    given = [x is not None for x in (num_layers_to_patch, blocks, target_params)]
+    if sum(given) != 1:
+        raise PatchError("give exactly one of num_layers_to_patch, blocks and target_params")
     dtype = dtype_from_name(dtype)
-    teacher, teacher_path = _open(teacher_name_or_path, "teacher")
-    layer_map = load_layer_map(student_name_or_path, teacher.adapter.num_layers(teacher.config))
-    plan = plan_for(layer_map, num_layers_to_patch, patch_first_k_layers, blocks)  # bad k fails before weights
-    student, _ = _open(student_name_or_path, "student")
+    teacher, teacher_path = _open(teacher_name_or_path, "teacher", dtype)
+    try:
+        layer_map = load_layer_map(student_name_or_path, teacher.adapter.num_layers(teacher.config))
+    except LayerMapError as e:
+        raise PatchError(str(e)) from None
+    if target_params is None:
+        plan = plan_for(layer_map, num_layers_to_patch, patch_first_k_layers, blocks, embeddings_from, head_from)
+    student, student_path = _open(student_name_or_path, "student", dtype)
     check_pair(teacher, student, layer_map)
+    if target_params is not None:
+        _, plan, _ = plan_for_target(teacher, student, layer_map, target_params, patch_first_k_layers)
     model = assemble_plan(teacher, student, plan, dtype)
     model.boomerang_plan = plan
-    tokenizer = load_tokenizer(teacher_path) if teacher_path and os.path.isdir(teacher_path) else None
+    tokenizer = None
+    for path in (teacher_path, student_path):
+        if path is not None:
+            tokenizer = load_tokenizer(path)
+            break
     return (model, tokenizer, plan) if return_plan else (model, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def order_name(patch_first_k_layers: bool) -> str:
+    return "first-k" if patch_first_k_layers else "last-k"
+
+
+def provenance(plan: PatchPlan, layer_map: LayerMap, teacher_name: str, student_name: str, counts: dict,
+               num_layers_to_patch: int | None = None, order: str | None = None, dtype=None) -> dict:
+    """What a patched model is made of, in plain JSON."""
+    keep = layer_map.copied_teacher_layers
+    return {
+        "teacher": teacher_name,
+        "student": student_name,
+        "order": order,
+        "num_layers_to_patch": num_layers_to_patch,
+        "replaced_blocks": list(plan.replaced_blocks),
+        "replaced_teacher_blocks": [list(layer_map.blocks[j]) for j in plan.replaced_blocks],
+        "teacher_layers_present": plan.teacher_layers(),
+        "student_layers_present": plan.student_layers(),
+        # Position i of the result and the teacher layer it is (teacher) or was copied from (student).
+        "layers": [{"source": s, "index": i, "teacher_layer": i if s == "teacher" else keep[i]} for s, i in plan.layers],
+        "embeddings_from": plan.embeddings_from,
+        "final_norm_from": plan.final_norm_from,
+        "lm_head_from": plan.lm_head_from,
+        "depth": plan.depth,
+        "num_teacher_layers": layer_map.num_teacher_layers,
+        "num_student_layers": layer_map.num_student_layers,
+        "copied_teacher_layers": list(keep),
+        "parameters": dict(counts),
+        "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def save_patched_model(model, tokenizer, save_directory: str, info: dict, overwrite: bool = False) -> str:
+    """Write a loadable model folder atomically: weights, config, tokenizer, ``boomerang_provenance.json``."""
+    from boomerang.io import atomic_directory, atomic_write_json
+
+    with atomic_directory(save_directory, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(os.path.join(tmp, PROVENANCE_NAME), info)
+    return save_directory
+
+
+def model_folder_name(plan: PatchPlan, k: int | None, order: str | None) -> str:
+    if k is not None and order:
+        return f"{order.split('-')[0]}-k{k:02d}-{plan.depth}L"  # last-k03-19L, first-k03-19L
+    return f"blocks-{'_'.join(map(str, plan.replaced_blocks)) or 'none'}-{plan.depth}L"
+
+
+TABLE_COLUMNS = ["name", "k", "size", "depth", "total_parameters", "non_embedding_parameters", "replaced_blocks",
+                 "teacher_layers"]
+
+
+def table_row(name: str, info: dict) -> dict:
+    return {
+        "name": name,
+        "k": info.get("num_layers_to_patch"),
+        "size": human_count(info["parameters"]["total"]),
+        "depth": info["depth"],
+        "total_parameters": info["parameters"]["total"],
+        "non_embedding_parameters": info["parameters"]["non_embedding"],
+        "replaced_blocks": format_layers(info["replaced_blocks"]) or "-",
+        "teacher_layers": format_layers([x["teacher_layer"] for x in info["layers"]]),
+    }
+
+
+def table_markdown(rows: list[dict]) -> str:
+    head = "| " + " | ".join(TABLE_COLUMNS) + " |\n|" + "---|" * len(TABLE_COLUMNS) + "\n"
+    return head + "".join("| " + " | ".join(str(r[c]) for c in TABLE_COLUMNS) + " |\n" for r in rows)
+
+
+def table_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m patching.patch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher_model_name_or_path", required=True, help="hub name, local folder, or embedded:smollm2-135m")
+    p.add_argument("--student_model_name_or_path", required=True, help="student folder (holds student_config.json)")
+    p.add_argument("--save_directory", required=True,
+                   help="the model folder (one model), or the folder of model folders and tables (--all)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--num_layers_to_patch", type=int, help="k: multi-layer blocks to take from the teacher")
+    what.add_argument("--blocks", help="comma-separated student layers to replace by their teacher blocks, e.g. 3,7,9")
+    what.add_argument("--target_params", help="largest model of the order with at most this many parameters (100M, 1.5B)")
+    what.add_argument("--all", action="store_true", help="every size of the order, k = 0..max, plus a table")
+    p.add_argument("--patch_first_k_layers", action="store_true", help="first-k order (the paper's for Llama)")
+    p.add_argument("--target_kind", default="total", choices=["total", "non_embedding"],
+                   help="which parameter count --target_params bounds")
+    p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16, float16 or auto (keep the checkpoints')")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _existing_matches(folder: str, info: dict) -> bool:
+    path = os.path.join(folder, PROVENANCE_NAME)
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, "config.json")):
+        return False
+    with open(path) as f:
+        old = json.load(f)
+    keys = ("teacher", "student", "layers", "embeddings_from", "lm_head_from", "dtype")
+    return all(old.get(k) == info.get(k) for k in keys)
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """``kill`` (SIGTERM) unwinds like Ctrl-C, so a half-written model folder is removed, not left behind."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def main(argv=None) -> list[str]:
+    from tqdm.auto import tqdm
+
+    from boomerang.cli import fail, parse_with_config, setup_logging
+    from boomerang.io import atomic_write_text
+    from boomerang.models import ModelNotFoundError
+
+    args = parse_with_config(build_parser(), argv)
+    setup_logging()
+    order = order_name(args.patch_first_k_layers)
+    # ---- every check before any weight is read
+    if not args.all and os.path.exists(args.save_directory) and not args.overwrite:
+        fail(f"--save_directory {args.save_directory} already exists; choose another folder or pass --overwrite")
+    if args.all and os.path.isfile(args.save_directory):
+        fail(f"--save_directory {args.save_directory} is a file; --all needs a folder")
+    try:
+        dtype = dtype_from_name(args.dtype)
+        teacher = open_source(args.teacher_model_name_or_path, "teacher", dtype)
+        student = open_source(args.student_model_name_or_path, "student", dtype)
+        layer_map = load_layer_map(student, teacher.adapter.num_layers(teacher.config))
+        check_pair(teacher, student, layer_map)
+        if args.all:
+            jobs = [(k, plan) for k, plan in enumerate(layer_map.ladder(args.patch_first_k_layers))]
+        elif args.num_layers_to_patch is not None:
+            jobs = [(args.num_layers_to_patch,
+                     plan_for(layer_map, args.num_layers_to_patch, args.patch_first_k_layers))]
+        elif args.blocks is not None:
+            try:
+                blocks = [int(b) for b in args.blocks.replace(" ", "").split(",") if b != ""]
+            except ValueError:
+                raise PatchError(f"--blocks {args.blocks!r}: expected comma-separated student layer indices, e.g. 3,7,9")
+            jobs = [(None, plan_for(layer_map, blocks=blocks))]
+        else:
+            k, plan, _ = plan_for_target(teacher, student, layer_map, args.target_params, args.patch_first_k_layers,
+                                         args.target_kind)
+            jobs = [(k, plan)]
+    except (PatchError, LayerMapError, ModelNotFoundError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    tokenizer = None
+    for path in (_source_path(teacher), _source_path(student)):
+        if path is not None:
+            tokenizer = load_tokenizer(path)
+            break
+    t_name, s_name = args.teacher_model_name_or_path, args.student_model_name_or_path
+    written, rows = [], []
+    bar = tqdm(jobs, desc="patching", unit="model", disable=args.no_progress)
+    for k, plan in bar:
+        counts = count_plan_parameters(teacher, student, plan)
+        job_order = order if k is not None else "blocks"
+        info = provenance(plan, layer_map, t_name, s_name, counts, k, job_order, dtype)
+        name = model_folder_name(plan, k, job_order if k is not None else None)
+        out = os.path.join(args.save_directory, name) if args.all else args.save_directory
+        bar.set_postfix_str(f"{name} ({human_count(counts['total'])})")
+        if args.all and os.path.exists(out) and not args.overwrite:
+            if _existing_matches(out, info):
+                log.info("%s exists with the same contents: kept (pass --overwrite to rebuild)", out)
+                with open(os.path.join(out, PROVENANCE_NAME)) as f:
+                    rows.append(table_row(name, json.load(f)))
+                written.append(out)
+                continue
+            fail(f"{out} exists and holds a different model; remove it or pass --overwrite")
+        model = assemble_plan(teacher, student, plan, dtype)
+        got = count_parameters(model)
+        if got != counts:  # the plan's count and the model's must agree
+            raise RuntimeError(f"parameter count of {name}: planned {counts}, built {got}")
+        save_patched_model(model, tokenizer, out, info, overwrite=args.overwrite)
+        del model
+        gc.collect()
+        rows.append(table_row(name, info))
+        written.append(out)
+        log.info("%s: %d layers, %s parameters -> %s", name, plan.depth, human_count(counts["total"]), out)
+    if args.all:
+        atomic_write_text(os.path.join(args.save_directory, "family.md"), table_markdown(rows))
+        atomic_write_text(os.path.join(args.save_directory, "family.csv"), table_csv(rows))
+        print(table_markdown(rows))
+    return written
+
+
+if __name__ == "__main__":
+    _exit_cleanly_on_sigterm()
+    main()

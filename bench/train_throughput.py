@@ -1,0 +1,175 @@
+"""Training throughput and peak memory of the distillation trainer, in four modes, in one run.
+
+    python bench/train_throughput.py --config configs/smollm2-135m-cpu.yaml --steps 3 --warmup 1
+    python bench/train_throughput.py --teacher random:tiny --max_length 128 --batch 4 --steps 5
+    python bench/train_throughput.py --teacher random:qwen3-4b --max_length 2048 --batch 2 --steps 10   # GPU
+
+Modes (each a fresh ``python -m train.train`` process, so peak memory is per mode):
+  packed+chunked   documents packed into full sequences, CE/KL in chunks of --kl_chunk_size positions
+  packed+dense     packed, CE/KL over all positions at once
+  padded+chunked   one document per sequence, padded (--no_packing)
+  padded+dense     the paper's recipe: padded sequences and dense KL
+
+Reported per mode: tokens/s counting real (non-padding) tokens, sequence tokens/s (padding included),
+peak memory (GPU: max allocated; CPU: peak RSS of the process), MFU on GPU, mean loss. Steps after
+--warmup are timed (time of the optimizer steps as the trainer logs them, data loading included).
+
+``--teacher random:<shape>`` builds a teacher with random weights (shapes: tiny, smollm2-135m, qwen3-4b,
+qwen3-8b) with a small word-level tokenizer: enough for throughput, no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MODES = {
+    "packed+chunked": [],
+    "packed+dense": ["--kl_chunk_size", "0"],
+    "padded+chunked": ["--no_packing"],
+    "padded+dense": ["--no_packing", "--kl_chunk_size", "0"],
+}
+
+SHAPES = {  # Qwen3 shapes (random weights); tiny for smoke tests
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=512),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, vocab_size=49152),
+    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, vocab_size=151936),
+    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, vocab_size=151936),
+}
+
+
+def random_teacher(shape: str, folder: str) -> str:
+    import torch
+    import transformers
+
+    from tests.tiny_models import save_tiny_tokenizer
+
+    if shape not in SHAPES:
+        raise SystemExit(f"unknown random shape {shape!r}; choose from {sorted(SHAPES)}")
+    cfg = transformers.Qwen3Config(**SHAPES[shape], max_position_embeddings=32768, tie_word_embeddings=False,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if shape.startswith("qwen3")
+                                                          else torch.float32)
+    model.save_pretrained(folder)
+    save_tiny_tokenizer(folder)
+    return folder
+
+
+def synthetic_corpus(path: str, docs: int = 2000) -> str:
+    import random
+
+    words = ("the a of and to in is was he it that for on with as his by at be this had not are but from or have "
+             "an they which one you were her all she there would their we him been has when who will more").split()
+    r = random.Random(0)
+    with open(path, "w") as f:
+        for _ in range(docs):
+            n = int(r.lognormvariate(5.0, 1.0)) + 5  # a spread of document lengths, like real text
+            f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(n))}) + "\n")
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="a training preset (its model, data and loss settings)")
+    p.add_argument("--teacher", default=None, help="model reference, or random:<shape> (overrides the config's)")
+    p.add_argument("--dataset", default=None, help="data (default: the config's, else a synthetic corpus)")
+    p.add_argument("--max_length", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None, help="sequences per step (one micro-batch)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per mode")
+    p.add_argument("--kl_chunk_size", type=int, default=None)
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    p.add_argument("--extra", default="", help="more train.train flags, one string")
+    p.add_argument("--output", default=None, help="write the results as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, random teacher)")
+    args = p.parse_args(argv)
+
+    work = tempfile.mkdtemp(prefix="bench-train-")
+    base = [sys.executable, "-m", "train.train"]
+    flags = []
+    if args.config:
+        flags += ["--config", args.config]
+    teacher = args.teacher
+    if teacher and teacher.startswith("random:"):
+        teacher = random_teacher(teacher.split(":", 1)[1], os.path.join(work, "teacher"))
+    if teacher:
+        flags += ["--teacher_model_name_or_path", teacher]
+    elif not args.config:
+        raise SystemExit("give --config or --teacher")
+    dataset = args.dataset or (None if args.config else synthetic_corpus(os.path.join(work, "corpus.jsonl")))
+    if dataset:
+        flags += ["--dataset", dataset]
+    if args.max_length:
+        flags += ["--max_length", str(args.max_length)]
+    if args.batch:
+        flags += ["--per_device_train_batch_size", str(args.batch), "--gradient_accumulation_steps", "1",
+                  "--global_batch_size", str(args.batch)]
+    if args.kl_chunk_size is not None:
+        flags += ["--kl_chunk_size", str(args.kl_chunk_size)]
+    total = args.warmup + args.steps
+    flags += ["--max_steps", str(total), "--logging_steps", "1", "--save_steps", "0", "--eval_dataset", "",
+              "--eval_steps", "0", "--warmup_ratio", "0"] + args.extra.split()
+    results = {}
+    env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONPATH=ROOT)
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode!r}; choose from {list(MODES)}")
+        out = os.path.join(work, mode.replace("+", "_"))
+        cmd = base + flags + MODES[mode] + ["--save_directory", out]
+        print(f"[{mode}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(res.stderr[-4000:], file=sys.stderr)
+            results[mode] = {"error": f"exit {res.returncode}"}
+            continue
+        with open(os.path.join(out, "log.jsonl")) as f:
+            recs = [r for r in map(json.loads, f) if "loss" in r]
+        timed = [r for r in recs if r["step"] > args.warmup]
+        t = sum(r["step_time_s"] for r in timed)
+        last = recs[-1]
+        row = {
+            "tokens_per_s": sum(r["tokens"] for r in timed) / t,
+            "sequence_tokens_per_s": sum(r["sequence_tokens"] for r in timed) / t,
+            "step_time_s": t / len(timed),
+            "real_token_fraction": sum(r["tokens"] for r in timed) / sum(r["sequence_tokens"] for r in timed),
+            "loss": sum(r["loss"] for r in timed) / len(timed),
+            "peak_memory_gb": last.get("peak_memory_gb", last.get("peak_rss_gb")),
+            "memory_kind": "gpu_max_allocated" if "peak_memory_gb" in last else "cpu_peak_rss",
+        }
+        if "mfu" in last:
+            row["mfu"] = sum(r.get("mfu", 0.0) for r in timed) / len(timed)
+        results[mode] = row
+        print(f"[{mode}] {json.dumps(row)}", file=sys.stderr, flush=True)
+    print(f"\n{'mode':16} {'tok/s(real)':>12} {'tok/s(seq)':>11} {'s/step':>8} {'real%':>6} {'peak GB':>8} {'MFU':>6}")
+    for mode, r in results.items():
+        if "error" in r:
+            print(f"{mode:16} {r['error']}")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        print(f"{mode:16} {r['tokens_per_s']:12.1f} {r['sequence_tokens_per_s']:11.1f} {r['step_time_s']:8.2f} "
+              f"{100 * r['real_token_fraction']:5.0f}% {r['peak_memory_gb']:8.2f} {mfu:>6}")
+    if args.output:
+        from boomerang.io import atomic_write_json
+
+        atomic_write_json(args.output, {"args": vars(args), "results": results})
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

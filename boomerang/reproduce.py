@@ -1,0 +1,303 @@
+"""The main job: boomerang distillation end to end on the embedded SmolLM2-135M teacher.
+
+    bash scripts/main.sh                      # = python -m boomerang.reproduce --preset cpu
+    python -m boomerang.reproduce --preset gpu --output_dir runs/main-gpu
+
+Stages (each resumable: a rerun skips what is done and continues what was interrupted):
+  1. resolve ``embedded:smollm2-135m`` (30 layers) and check the data folder;
+  2. distill the 16-layer (1, 2, 2) student on the Brown training split (``train.train``);
+  3. sweep every size from student to teacher in last-k order (``evaluate.evaluate``) on held-out
+     Brown perplexity and the multiple-choice tasks of ``DATA/tasks``, with the naive-pruning
+     baseline (and, in the GPU preset, ShortGPT and LaCo) at the same sizes, in one sweep folder;
+  4. write the results (per-size JSON, summary CSV/markdown, plots, a boomerang-vs-baselines table)
+     and print a short report: the table, where the plots are, how long each stage took.
+
+The data folder is ``--data_dir`` (default ``$BOOMERANG_DATA``, else ``../shared/data`` beside the
+repository): ``corpus/brown_train.jsonl``, ``corpus/brown_heldout.jsonl`` and ``tasks/*.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+from boomerang.cli import fail, setup_logging
+from boomerang.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("boomerang.reproduce")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = "embedded:smollm2-135m"
+
+# Each preset: the training config and its overrides, and what the sweep evaluates.
+PRESETS = {
+    "cpu": {
+        "train_config": "configs/smollm2-135m-cpu.yaml",
+        "train_overrides": [],
+        "ppl_docs": 25,  # held-out documents for perplexity
+        "max_doc_words": 400,  # ... each cut to its first N words (~550 tokens)
+        "mc_limit": 100,  # items per multiple-choice task
+        "baselines": ["naive"],
+        "dtype": "float32",
+        "eval_batch_size": "8",
+    },
+    "gpu": {
+        "train_config": "configs/smollm2-135m.yaml",
+        "train_overrides": [],
+        "ppl_docs": None,  # all 50 held-out documents, whole
+        "max_doc_words": None,
+        "mc_limit": None,  # every item
+        "baselines": ["naive", "shortgpt", "laco"],
+        "dtype": "bfloat16",
+        "eval_batch_size": "auto",
+    },
+}
+MC_TASKS = ("arc_easy", "piqa", "boolq", "openbook_qa", "copa")
+
+
+def default_data_dir() -> str:
+    return os.environ.get("BOOMERANG_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+def check_data(data_dir: str) -> dict[str, str]:
+    """The data files of the main job, or a clear error naming the setting and what is missing."""
+    if not os.path.isdir(data_dir):
+        fail(f"data folder {data_dir} not found. Pass --data_dir DIR or set BOOMERANG_DATA to a folder holding "
+             "corpus/brown_train.jsonl, corpus/brown_heldout.jsonl and tasks/*.jsonl (see ../shared/data/README.md)")
+    files = {
+        "train": os.path.join(data_dir, "corpus", "brown_train.jsonl"),
+        "heldout": os.path.join(data_dir, "corpus", "brown_heldout.jsonl"),
+    }
+    for t in MC_TASKS:
+        files[t] = os.path.join(data_dir, "tasks", f"{t}.jsonl")
+    missing = [p for p in files.values() if not os.path.isfile(p)]
+    if missing:
+        fail(f"the data folder {data_dir} lacks {', '.join(missing)}; pass --data_dir (or BOOMERANG_DATA) "
+             "pointing at a complete copy")
+    return files
+
+
+def _heldout_subset(src: str, n_docs: int | None, out_dir: str) -> str:
+    """The first ``n_docs`` held-out documents as a file of their own (the task records which file ran)."""
+    if n_docs is None:
+        return src
+    with open(src) as f:
+        lines = [line for line in f if line.strip()][:n_docs]
+    path = os.path.join(out_dir, f"brown_heldout_first{n_docs}.jsonl")
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m boomerang.reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="cpu (default without a GPU; ~45 min on 2 cores) or gpu (the full-size micro-reproduction)")
+    p.add_argument("--output_dir", default=None, help="default runs/main-<preset>")
+    p.add_argument("--data_dir", default=None, help="default $BOOMERANG_DATA, else ../shared/data")
+    p.add_argument("--max_steps", type=int, default=None, help="override the preset's distillation steps")
+    p.add_argument("--mc_limit", type=int, default=None, help="override items per multiple-choice task")
+    p.add_argument("--ppl_docs", type=int, default=None, help="override held-out documents for perplexity")
+    p.add_argument("--baselines", default=None, help="comma-separated: naive, shortgpt, laco (default: the preset's)")
+    p.add_argument("--teacher_model_name_or_path", default=TEACHER)
+    p.add_argument("--skip_training", action="store_true",
+                   help="evaluate an existing student in OUTPUT_DIR/student (e.g. after a run on another machine)")
+    return p
+
+
+def _stage(name: str, timings: dict):
+    class _S:
+        def __enter__(self):
+            self.t = time.time()
+            print(f"\n=== {name} ===", flush=True)
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.time() - self.t, 1)
+            if exc[0] is None:
+                print(f"=== {name}: {timings[name]:.0f} s ===", flush=True)
+
+    return _S()
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    preset_name = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    preset = dict(PRESETS[preset_name])
+    out = os.path.abspath(args.output_dir or os.path.join(REPO, "runs", f"main-{preset_name}"))
+    data_dir = os.path.abspath(args.data_dir or default_data_dir())
+    files = check_data(data_dir)
+    baselines = [b.strip() for b in (args.baselines or ",".join(preset["baselines"])).split(",") if b.strip()]
+    bad = [b for b in baselines if b not in ("naive", "shortgpt", "laco")]
+    if bad:
+        fail(f"--baselines: unknown {bad}; choose from naive, shortgpt, laco")
+    mc_limit = args.mc_limit if args.mc_limit is not None else preset["mc_limit"]
+    ppl_docs = args.ppl_docs if args.ppl_docs is not None else preset["ppl_docs"]
+    os.makedirs(out, exist_ok=True)
+    student_dir = os.path.join(out, "student")
+    eval_dir = os.path.join(out, "eval")
+    timings: dict[str, float] = {}
+    t_start = time.time()
+    print(f"boomerang main job: preset {preset_name}, output {out}, data {data_dir}", flush=True)
+
+    # 1. the teacher
+    with _stage("teacher", timings):
+        from boomerang.models import load_config, resolve_model_path
+
+        teacher_path = resolve_model_path(args.teacher_model_name_or_path)
+        cfg = load_config(teacher_path)
+        print(f"teacher {args.teacher_model_name_or_path}: {cfg.num_hidden_layers} layers ({teacher_path})")
+
+    # 2. distillation (train.train decides: fresh, resume, or already finished)
+    with _stage("distillation", timings):
+        finished = os.path.isfile(os.path.join(student_dir, "student_config.json"))
+        if args.skip_training or finished:
+            if not finished:
+                fail(f"--skip_training: no finished student in {student_dir}")
+            print(f"student already distilled in {student_dir}: reused")
+        else:
+            from train import train as train_mod
+
+            argv_t = ["--config", os.path.join(REPO, preset["train_config"]),
+                      "--teacher_model_name_or_path", args.teacher_model_name_or_path,
+                      "--save_directory", student_dir, "--dataset", files["train"], "--eval_dataset", files["heldout"],
+                      *preset["train_overrides"]]
+            if args.max_steps is not None:
+                argv_t += ["--max_steps", str(args.max_steps)]
+            if os.path.isdir(os.path.join(student_dir, "checkpoints")) and os.listdir(os.path.join(student_dir, "checkpoints")):
+                argv_t += ["--resume"]
+                print("resuming the interrupted distillation")
+            elif os.path.isdir(student_dir) and os.listdir(student_dir):
+                argv_t += ["--overwrite"]  # a run that died before its first checkpoint: nothing to keep
+            train_mod.main(argv_t)
+
+    # 3. the sweep: boomerang (last-k) and the baselines at the same sizes, one folder
+    with _stage("evaluation sweep", timings):
+        from baselines.naive import naive_pruning_layers  # noqa: F401  (fail early if missing)
+        from boomerang.families import adapter_for, dtype_from_name
+        from boomerang.models import load_model, load_tokenizer
+        from evaluate.baselines import build_family, calibration_batches, family_points, load_texts
+        from evaluate.evaluate import boomerang_points, run_sweep
+        from patching.patch import load_layer_map
+
+        dtype = dtype_from_name(preset["dtype"])
+        os.makedirs(eval_dir, exist_ok=True)
+        heldout = _heldout_subset(files["heldout"], ppl_docs, out)
+        tasks = [f"brown_heldout=local_ppl:{heldout}"] + [f"{t}=local_mc:{files[t]}" for t in MC_TASKS]
+        teacher = load_model(teacher_path, dtype=torch.float32)
+        student = load_model(student_dir, dtype=dtype)
+        layer_map = load_layer_map(student_dir, adapter_for(teacher).num_layers(teacher.config))
+        student.boomerang_layer_map = layer_map
+        tok = load_tokenizer(teacher_path)
+        ks = list(range(layer_map.max_patch + 1))
+        teacher_eval = teacher.to(dtype)
+        points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=False, dtype=dtype,
+                                  teacher_name=args.teacher_model_name_or_path, student_name=student_dir,
+                                  curve="boomerang")
+        batches = laco_batches = calibration = None
+        if any(b in ("shortgpt", "laco") for b in baselines):
+            texts = load_texts(files["train"])
+            batches = calibration_batches(texts, tok, 32, 256, 8)
+            laco_batches = calibration_batches(texts, tok, 8, 128, 8)
+            calibration = {"data": files["train"], "samples": 32, "seq_len": 256}
+        laco_options = {"merge_widths": [2, 3], "thresholds": None, "refine_steps": 2, "interval": 2,
+                        "lowest_layer": 1, "samples": 8, "seq_len": 128}
+        if "laco" in baselines:
+            from baselines.laco import DEFAULT_THRESHOLDS
+
+            laco_options["thresholds"] = list(DEFAULT_THRESHOLDS)
+        # Baselines at every interpolated size (the teacher and the student's own depth-16 point included).
+        for method in baselines:
+            entries = build_family(method, teacher, layer_map, ks[:-1], False, batches, laco_batches,
+                                   os.path.join(out, "baselines"), laco_options, calibration)
+            points += family_points(method, entries, args.teacher_model_name_or_path, student_dir, "last-k",
+                                    lambda: tok, None, dtype=dtype, listing_directory=os.path.join(out, "baselines"))
+        records = run_sweep(points, eval_dir, tasks, limit=mc_limit, batch_size=preset["eval_batch_size"],
+                            max_doc_words=preset["max_doc_words"], common_metadata={"preset": preset_name})
+
+    # 4. the report
+    with _stage("report", timings):
+        report = write_report(out, eval_dir, records, timings, preset_name, time.time() - t_start)
+    print(report, flush=True)
+    return {"output_dir": out, "timings": timings}
+
+
+def _value(r: dict, task: str, metric: str):
+    return r.get("metrics", {}).get(task, {}).get(metric, {}).get("value")
+
+
+def comparison(records: list[dict]) -> tuple[str, dict]:
+    """Boomerang vs every baseline at each depth: held-out perplexity and mean multiple-choice accuracy."""
+    by: dict[str, dict[int, dict]] = {}
+    student = None
+    for r in records:
+        if r.get("role") == "student":
+            student = r  # the distilled student itself (the k=0 model takes the teacher's last layers and head)
+            continue
+        by.setdefault(r.get("method"), {})[int(r["depth"])] = r
+    boom = by.get("boomerang", {})
+    methods = [m for m in ("naive", "shortgpt", "laco") if m in by]
+
+    def acc(r):
+        vals = [_value(r, t, "acc") for t in MC_TASKS]
+        vals = [v for v in vals if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    def fmt(v, digits=1):
+        return "" if v is None else (f"{v:,.0f}" if v >= 1000 else f"{v:.{digits}f}")
+
+    head = ["depth", "params", "boomerang ppl"] + [f"{m} ppl" for m in methods] + ["boomerang acc"] + [f"{m} acc" for m in methods]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if student is not None:
+        lines.append("| " + " | ".join([f"{student['depth']} (student)", f"{student['parameters']['total'] / 1e6:.1f}M",
+                                        fmt(_value(student, 'brown_heldout', 'word_perplexity'))]
+                                       + [""] * len(methods) + [fmt(acc(student), 3)] + [""] * len(methods)) + " |")
+    facts = {"monotone": True, "boomerang_beats": {m: [] for m in methods}}
+    prev = None
+    for d in sorted(boom):
+        r = boom[d]
+        ppl = _value(r, "brown_heldout", "word_perplexity")
+        row = [str(d) + (" (teacher)" if r.get("role") == "teacher" else ""), f"{r['parameters']['total'] / 1e6:.1f}M", fmt(ppl)]
+        for m in methods:
+            b = by[m].get(d)
+            bp = _value(b, "brown_heldout", "word_perplexity") if b else None
+            row.append(fmt(bp))
+            if b is not None and ppl is not None and bp is not None:
+                facts["boomerang_beats"][m].append((d, ppl < bp, round(bp / ppl, 2)))
+        row.append(fmt(acc(r), 3))
+        row += [fmt(acc(by[m][d]), 3) if d in by[m] else "" for m in methods]
+        lines.append("| " + " | ".join(row) + " |")
+        if prev is not None and ppl is not None and ppl > prev:
+            facts["monotone"] = False
+        prev = ppl if ppl is not None else prev
+    return "\n".join(lines) + "\n", facts
+
+
+def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, preset: str, total_s: float) -> str:
+    table, facts = comparison(records)
+    lines = [f"# boomerang main job ({preset} preset)", "",
+             "Held-out Brown word perplexity (lower is better) and mean accuracy over "
+             f"{', '.join(MC_TASKS)} (higher is better), last-k order:", "", table]
+    lines.append(f"Perplexity monotone in size along the boomerang ladder: {'yes' if facts['monotone'] else 'no'}.")
+    for m, rows in facts["boomerang_beats"].items():
+        if rows:
+            wins = sum(1 for _, w, _ in rows if w)
+            ratios = ", ".join(f"{d}: {r}x" for d, _, r in rows)
+            lines.append(f"Boomerang beats {m} at {wins} of {len(rows)} sizes (baseline ppl / boomerang ppl: {ratios}).")
+    lines += ["", f"Plots: {os.path.join(eval_dir, 'plots')}", f"All results: {eval_dir} (summary.csv, summary.md)",
+              "", "Stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total_s / 60:.1f} min"]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(os.path.join(out, "REPORT.md"), text)
+    atomic_write_json(os.path.join(out, "report.json"), {"timings": timings, "total_s": round(total_s, 1),
+                                                         "facts": facts, "preset": preset})
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,620 @@
+"""Evaluate boomerang models with lm-evaluation-harness: one patched size (the paper's command) or a sweep.
+
+One size (the paper's command; loads only the tensors that size needs):
+
+    python -m evaluate.evaluate --teacher_model_name_or_path T --student_model_name_or_path S \\
+        --save_directory D --num_layers_to_patch K [--patch_first_k_layers] [--override_llama_patching] \\
+        [--tasks a,b] [--eval_batch_size 4] [--dtype bfloat16]
+
+Every size in one process (teacher and student loaded once; each size built from them in memory,
+tensors shared, freed after; a rerun skips the sizes already done):
+
+    python -m evaluate.evaluate ... --sweep              # student, k = 0..max, teacher
+    python -m evaluate.evaluate ... --sweep 0,3,5        # or 0-14, 2-6,10
+    python -m evaluate.evaluate ... --sweep --tasks local_ppl:../shared/data/corpus/brown_heldout.jsonl \\
+        --task_data arc_local=../shared/data/tasks/arc_easy.jsonl --limit 200 --dtype float32
+
+Patch order: last-k by default; first-k with --patch_first_k_layers, and for Llama-family
+models (decided by the family adapter) unless --override_llama_patching is given.
+
+Writes ``D/results/<point>.json`` per size, ``D/summary.csv``, ``D/summary.md`` and ``D/plots/*.png``
+(``python -m evaluate.plot D [D2 ...]`` redraws them). Python API: ``evaluate_model``, ``run_sweep``,
+``SweepPoint``, ``boomerang_points``, ``resolve_tasks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from evaluate.tasks import PAPER_EXTRA_TASKS, PAPER_TASKS, TaskError, TaskSet, resolve_tasks
+
+log = logging.getLogger("boomerang.evaluate")
+
+RESULTS_DIR = "results"
+FAILURES_DIR = "failures"
+TASKS_DIR = "tasks"
+SWEEP_FILE = "sweep.json"
+
+
+class EvaluationError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- one model
+def _token_counting_lm_class():
+    """HFLM whose rolling log-likelihoods also carry the number of tokens scored (token perplexity)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class _LogLikelihood(float):
+        num_tokens: int = 0
+
+    class TokenCountingHFLM(HFLM):
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            out = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+            wrapped = []
+            for req, ll in zip(requests, out):
+                v = _LogLikelihood(ll)
+                v.num_tokens = len(self.tok_encode(req.args[0]))
+                wrapped.append(v)
+            return wrapped
+
+    return TokenCountingHFLM
+
+
+def _parse_batch_size(bs):
+    if bs is None:
+        return 1
+    if isinstance(bs, int):
+        return bs
+    s = str(bs)
+    if s == "auto" or s.startswith("auto:"):
+        return s
+    try:
+        return int(s)
+    except ValueError:
+        raise EvaluationError(f"batch size must be a positive integer or 'auto', got {bs!r}") from None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _parse_lm_eval_results(out: dict, names: Sequence[str]) -> dict:
+    """lm-eval's ``results`` -> ``{task: {metric: {"value", "stderr"}}}`` (filter kept when not 'none')."""
+    metrics: dict[str, dict[str, dict]] = {}
+    for task, row in out.get("results", {}).items():
+        vals: dict[str, dict] = {}
+        for key, v in row.items():
+            if "," not in key:
+                continue
+            metric, filt = key.split(",", 1)
+            is_stderr = metric.endswith("_stderr")
+            base = metric[: -len("_stderr")] if is_stderr else metric
+            label = base if filt == "none" else f"{base}[{filt}]"
+            v = None if v in ("N/A", None) else float(v)
+            entry = vals.setdefault(label, {"value": None, "stderr": None})
+            entry["stderr" if is_stderr else "value"] = v
+        metrics[task] = vals
+    return metrics
+
+
+def evaluate_model(model, tokenizer, tasks, *, limit: int | float | None = None, num_fewshot: int | None = None,
+                   batch_size: int | str = 1, max_batch_size: int = 64, device: str | None = None,
+                   include_path=None, task_data: dict[str, str] | None = None, max_doc_words: int | None = None,
+                   bootstrap_iters: int = 1000, random_seed: int = 0, max_length: int | None = None,
+                   log_samples: bool = False) -> dict:
+    """Evaluate one in-memory model with lm-evaluation-harness (``HFLM`` + ``simple_evaluate``).
+
+    ``tasks``: a ``TaskSet`` from ``resolve_tasks`` (reuse it across models) or task names/specs
+    (``"arc_easy,local_ppl:FILE"``, a list, ...; then ``include_path``/``task_data``/``max_doc_words``
+    are used to resolve them). ``batch_size`` may be ``"auto"``. Returns
+    ``{"metrics": {task: {metric: {"value", "stderr"}}}, "n_samples": {task: n}, "tasks": [...],
+    "higher_is_better": {...}, "lm_eval_version": ..., "eval_time_s": ...}``; stderr is None where
+    lm-eval gives none (perplexities).
+    """
+    from lm_eval import evaluator
+
+    taskset = tasks if isinstance(tasks, TaskSet) else resolve_tasks(tasks, task_data, include_path,
+                                                                      max_doc_words=max_doc_words)
+    if tokenizer is None:
+        raise EvaluationError("evaluate_model needs the model's tokenizer")
+    device = device or default_device()
+    model = model.to(device)
+    model.eval()
+    lm_cls = _token_counting_lm_class()
+    kwargs = dict(pretrained=model, tokenizer=tokenizer, batch_size=_parse_batch_size(batch_size),
+                  max_batch_size=max_batch_size)
+    if max_length:
+        kwargs["max_length"] = max_length
+    lm = lm_cls(**kwargs)
+    t0 = time.time()
+    # lm-eval ends every run with torch's environment report (a dozen subprocesses, seconds each
+    # time): skipped, the result files record versions themselves.
+    saved_env_info = evaluator.add_env_info
+    evaluator.add_env_info = lambda results: None
+    try:
+        out = evaluator.simple_evaluate(
+            model=lm, tasks=list(taskset.names), task_manager=taskset.task_manager, limit=limit,
+            num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters, log_samples=log_samples,
+            random_seed=random_seed, numpy_random_seed=random_seed, torch_random_seed=random_seed,
+            fewshot_random_seed=random_seed,
+        )
+    finally:
+        evaluator.add_env_info = saved_env_info
+    elapsed = time.time() - t0
+    if out is None:
+        raise EvaluationError("lm-eval returned no results")
+    n_samples = {t: (v.get("effective", v.get("original")) if isinstance(v, dict) else v)
+                 for t, v in out.get("n-samples", {}).items()}
+    hib = {}
+    for task, d in out.get("higher_is_better", {}).items():
+        hib[task] = {m: bool(b) if b is not None else None for m, b in d.items()}
+    result = {
+        "metrics": _parse_lm_eval_results(out, taskset.names),
+        "n_samples": n_samples,
+        "tasks": list(taskset.names),
+        "higher_is_better": hib,
+        "lm_eval_version": _version("lm_eval"),
+        "eval_time_s": round(elapsed, 3),
+    }
+    if log_samples:
+        result["samples"] = out.get("samples")
+    return result
+
+
+# --------------------------------------------------------------------------- sweeps
+@dataclass
+class SweepPoint:
+    """One model of a sweep.
+
+    ``name``: file-safe and unique within the sweep folder (``student``, ``last_k03``, ``shortgpt_20``).
+    ``build()``: returns ``(model, tokenizer)``; called once, the model freed after its evaluation.
+    ``metadata``: copied into the result JSON; recognized keys: ``method`` (e.g. ``boomerang``,
+    ``naive_pruning``, ``shortgpt``, ``laco``), ``curve`` (the plot legend label; default
+    ``method``), ``role`` (``student`` / ``teacher`` / ``intermediate``: the plot marks the first two),
+    ``order``, ``num_layers_to_patch``, ``replaced_blocks``, ``depth``, ``layers``, ``teacher``,
+    ``student``; anything else is kept as given.
+    """
+
+    name: str
+    build: Callable[[], tuple[Any, Any]]
+    metadata: dict = field(default_factory=dict)
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(pkg)
+    except Exception:
+        return None
+
+
+def versions() -> dict:
+    import subprocess
+
+    v = {"python": platform.python_version(), "torch": torch.__version__, "transformers": _version("transformers"),
+         "lm_eval": _version("lm_eval"), "datasets": _version("datasets")}
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        v["boomerang_commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                                               text=True, timeout=5).stdout.strip() or None
+    except Exception:
+        v["boomerang_commit"] = None
+    return v
+
+
+def _check_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\ \t\n") or name.startswith("."):
+        raise EvaluationError(f"sweep point name {name!r} must be a non-empty file-safe name (no spaces or slashes)")
+
+
+def _settings(taskset: TaskSet, limit, num_fewshot, max_doc_words) -> dict:
+    return {"tasks": taskset.describe(), "limit": limit, "num_fewshot": num_fewshot, "max_doc_words": max_doc_words}
+
+
+def prepare_sweep_directory(save_directory: str, tasks, *, limit=None, num_fewshot=None, include_path=None,
+                            task_data=None, max_doc_words=None, overwrite: bool = False) -> TaskSet:
+    """Resolve the tasks into ``save_directory/tasks`` and check that earlier results there were made
+    with the same settings (tasks, limit, few-shot, document cut); fails before any model loads."""
+    os.makedirs(save_directory, exist_ok=True)
+    taskset = tasks if isinstance(tasks, TaskSet) else resolve_tasks(
+        tasks, task_data, include_path, work_dir=os.path.join(save_directory, TASKS_DIR), max_doc_words=max_doc_words)
+    settings = _settings(taskset, limit, num_fewshot, max_doc_words)
+    path = os.path.join(save_directory, SWEEP_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("settings") != json.loads(json.dumps(settings)):
+            if not overwrite:
+                raise EvaluationError(
+                    f"{save_directory} holds results made with other settings ({_diff(old.get('settings'), settings)}); "
+                    "use another --save_directory, or --overwrite to discard them"
+                )
+    if overwrite:
+        for sub in (RESULTS_DIR, FAILURES_DIR):
+            shutil.rmtree(os.path.join(save_directory, sub), ignore_errors=True)
+    from boomerang.io import atomic_write_json
+
+    atomic_write_json(path, {"settings": settings})
+    return taskset
+
+
+def _diff(old, new) -> str:
+    new = json.loads(json.dumps(new))
+    if not isinstance(old, dict):
+        return "unreadable sweep.json"
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys)
+
+
+def result_path(save_directory: str, name: str) -> str:
+    return os.path.join(save_directory, RESULTS_DIR, f"{name}.json")
+
+
+def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit: int | float | None = None,
+              num_fewshot: int | None = None, batch_size: int | str = 1, max_batch_size: int = 64,
+              device: str | None = None, include_path=None, task_data: dict[str, str] | None = None,
+              max_doc_words: int | None = None, bootstrap_iters: int = 1000, overwrite: bool = False,
+              plots: bool = True, common_metadata: dict | None = None, max_length: int | None = None) -> list[dict]:
+    """Evaluate every point into ``save_directory``, one result JSON each; resumable and failure-tolerant.
+
+    A point whose ``results/<name>.json`` exists is skipped (its saved result is reused); a point that
+    raises is recorded in ``failures/<name>.json`` (with the traceback) and the sweep goes on; a rerun
+    retries it. After the points: ``summary.csv``, ``summary.md`` and ``plots/*.png``. ``tasks`` as in
+    ``evaluate_model`` (resolved once, into ``save_directory/tasks``). ``common_metadata`` is merged
+    under each point's metadata. Returns the result dicts of the points that succeeded (new and saved).
+    """
+    from boomerang.families import count_parameters
+    from boomerang.io import atomic_write_json
+
+    from evaluate import results as results_mod
+
+    points = list(points)
+    for p in points:
+        _check_name(p.name)
+    dup = sorted({p.name for p in points if sum(q.name == p.name for q in points) > 1})
+    if dup:
+        raise EvaluationError(f"sweep point names must be unique, repeated: {dup}")
+    taskset = prepare_sweep_directory(save_directory, tasks, limit=limit, num_fewshot=num_fewshot,
+                                      include_path=include_path, task_data=task_data, max_doc_words=max_doc_words,
+                                      overwrite=overwrite)
+    settings = _settings(taskset, limit, num_fewshot, max_doc_words)
+    device = device or default_device()
+    vers = versions()
+    done: list[dict] = []
+    for i, point in enumerate(points, 1):
+        path = result_path(save_directory, point.name)
+        fail_path = os.path.join(save_directory, FAILURES_DIR, f"{point.name}.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                done.append(json.load(f))
+            log.info("[%d/%d] %s: already done, skipped", i, len(points), point.name)
+            continue
+        log.info("[%d/%d] %s: building", i, len(points), point.name)
+        meta = {**(common_metadata or {}), **point.metadata}
+        t0 = time.time()
+        model = tokenizer = None
+        try:
+            model, tokenizer = point.build()
+            t_build = time.time() - t0
+            counts = count_parameters(model)
+            depth = meta.get("depth")
+            if depth is None:
+                from boomerang.families import adapter_for
+
+                depth = adapter_for(model).num_layers(model.config)
+            ev = evaluate_model(model, tokenizer, taskset, limit=limit, num_fewshot=num_fewshot,
+                                batch_size=batch_size, max_batch_size=max_batch_size, device=device,
+                                bootstrap_iters=bootstrap_iters, max_length=max_length)
+        except Exception as e:  # recorded; the other points still run
+            log.error("[%d/%d] %s failed: %s", i, len(points), point.name, e)
+            atomic_write_json(fail_path, {"name": point.name, "metadata": meta, "error": f"{type(e).__name__}: {e}",
+                                          "traceback": traceback.format_exc(), "finished_at": _now()})
+            continue
+        finally:
+            del model, tokenizer
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        record = {
+            "name": point.name,
+            "method": meta.get("method", "model"),
+            "curve": meta.get("curve") or meta.get("method", "model"),
+            "role": meta.get("role", "intermediate"),
+            **{k: v for k, v in meta.items() if k not in ("method", "curve", "role")},
+            "depth": int(depth),
+            "parameters": counts,
+            "metrics": ev["metrics"],
+            "n_samples": ev["n_samples"],
+            "higher_is_better": ev["higher_is_better"],
+            "settings": settings,
+            "batch_size": str(batch_size),
+            "device": str(device),
+            "wall_time_s": {"build": round(t_build, 3), "evaluate": ev["eval_time_s"],
+                            "total": round(time.time() - t0, 3)},
+            "versions": vers,
+            "finished_at": _now(),
+        }
+        atomic_write_json(path, record)
+        if os.path.isfile(fail_path):
+            os.unlink(fail_path)
+        done.append(record)
+        log.info("[%d/%d] %s: done in %.1f s (%s)", i, len(points), point.name, record["wall_time_s"]["total"],
+                 results_mod.headline(record))
+    results_mod.write_summary(save_directory, plots=plots)
+    return done
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# --------------------------------------------------------------------------- boomerang points
+def use_first_k(teacher, patch_first_k_layers: bool = False, override_llama_patching: bool = False) -> bool:
+    """The paper's order rule: first-k when asked, or for a Llama-family teacher unless overridden.
+
+    ``teacher``: a loaded model, a config, or a name/folder. The family comes from the adapter."""
+    if patch_first_k_layers:
+        return True
+    if override_llama_patching:
+        return False
+    from boomerang.families import adapter_for
+    from boomerang.models import load_config
+
+    cfg = teacher if hasattr(teacher, "model_type") else getattr(teacher, "config", None)
+    if cfg is None:
+        cfg = load_config(teacher)
+    return adapter_for(cfg).name == "llama"
+
+
+def parse_sweep(spec: str | Sequence[int] | None, max_patch: int) -> list[int]:
+    """``None``/``"all"`` -> 0..max_patch; ``"0,3,5"``, ``"0-14"``, ``"2-6,10"`` -> those k (checked)."""
+    if spec is None or spec == "all" or spec == "":
+        return list(range(max_patch + 1))
+    if not isinstance(spec, str):
+        ks = [int(k) for k in spec]
+    else:
+        ks = []
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    a, b = part.split("-", 1)
+                    a, b = int(a), int(b)
+                    if b < a:
+                        raise ValueError
+                    ks.extend(range(a, b + 1))
+                else:
+                    ks.append(int(part))
+            except ValueError:
+                raise EvaluationError(f"--sweep {spec!r}: expected 'all' or k values like 0,3,5 or 0-14 or 2-6,10") from None
+    bad = [k for k in ks if not 0 <= k <= max_patch]
+    if bad:
+        raise EvaluationError(f"--sweep: k values {bad} out of range; this student allows 0..{max_patch} "
+                              f"({max_patch} = the teacher)")
+    return sorted(set(ks))
+
+
+def boomerang_points(teacher, student, ks: Iterable[int] | None = None, patch_first_k_layers: bool = False,
+                     dtype: torch.dtype | str | None = None, include_endpoints: bool = True,
+                     teacher_name: str | None = None, student_name: str | None = None,
+                     curve: str | None = None) -> list[SweepPoint]:
+    """Sweep points of boomerang distillation: the student, each patched size k, and the teacher.
+
+    ``teacher``/``student``: loaded models (the student with a layer map: loaded from its folder or
+    with ``model.boomerang_layer_map``); every point is assembled from them in memory (tensors
+    shared). ``ks`` default: every k from 0 to ``max_patch``; k = ``max_patch`` is the teacher point
+    (with ``include_endpoints``, student and teacher are added whatever ``ks`` says).
+    Names: ``student``, ``last_k03`` / ``first_k03``, ``teacher``.
+    """
+    from boomerang.models import load_tokenizer
+    from patching.patch import build_intermediate_model, load_layer_map
+
+    from boomerang.families import adapter_for
+
+    adapter = adapter_for(teacher)
+    layer_map = load_layer_map(student, adapter.num_layers(teacher.config))
+    order = "first-k" if patch_first_k_layers else "last-k"
+    ks = list(range(layer_map.max_patch + 1)) if ks is None else sorted(set(int(k) for k in ks))
+    bad = [k for k in ks if not 0 <= k <= layer_map.max_patch]
+    if bad:
+        raise EvaluationError(f"k values {bad} out of range 0..{layer_map.max_patch} for this student")
+    if include_endpoints and layer_map.max_patch not in ks:
+        ks.append(layer_map.max_patch)  # the teacher is always a point
+    tname = teacher_name or getattr(teacher, "name_or_path", None)
+    sname = student_name or getattr(student, "name_or_path", None)
+    base = {"method": "boomerang", "curve": curve or f"boomerang ({order})", "teacher": tname, "student": sname}
+    tok_cache: dict[str, Any] = {}
+
+    def tokenizer():
+        if "tok" not in tok_cache:
+            tok_cache["tok"] = load_tokenizer(teacher)
+        return tok_cache["tok"]
+
+    points: list[SweepPoint] = []
+    if include_endpoints:
+        points.append(SweepPoint("student", lambda: (student, tokenizer()), {
+            **base, "role": "student", "order": None, "num_layers_to_patch": None, "replaced_blocks": [],
+            "depth": layer_map.num_student_layers,
+            "layers": [["student", j] for j in range(layer_map.num_student_layers)],
+        }))
+    for k in ks:
+        if k == layer_map.max_patch and include_endpoints:
+            points.append(SweepPoint("teacher", lambda: (teacher, tokenizer()), {
+                **base, "role": "teacher", "order": None, "num_layers_to_patch": k,
+                "replaced_blocks": list(range(layer_map.num_student_layers)),
+                "depth": layer_map.num_teacher_layers,
+                "layers": [["teacher", t] for t in range(layer_map.num_teacher_layers)],
+            }))
+            continue
+        plan = layer_map.plan(k, patch_first_k_layers)
+        role = "teacher" if k == layer_map.max_patch else "intermediate"
+
+        def build(k=k):
+            model, _ = build_intermediate_model(teacher, student, k, patch_first_k_layers, dtype=dtype)
+            return model, tokenizer()
+
+        points.append(SweepPoint(point_name(order, k), build, {
+            **base, "role": role, "order": order, "num_layers_to_patch": k,
+            "replaced_blocks": list(plan.replaced_blocks), "depth": plan.depth,
+            "layers": [list(x) for x in plan.layers],
+            "embeddings_from": plan.embeddings_from, "final_norm_from": plan.final_norm_from,
+            "lm_head_from": plan.lm_head_from,
+        }))
+    return points
+
+
+def point_name(order: str, k: int) -> str:
+    return f"{order.replace('-', '_')}{k:02d}"
+
+
+# --------------------------------------------------------------------------- command line
+def _task_data(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise TaskError(f"--task_data {item!r}: expected NAME=FILE")
+        if name in out:
+            raise TaskError(f"--task_data names {name} twice")
+        out[name] = path
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evaluate.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher_model_name_or_path", required=True)
+    p.add_argument("--student_model_name_or_path", required=True,
+                   help="student folder (holds student_config.json)")
+    p.add_argument("--save_directory", required=True)
+    p.add_argument("--num_layers_to_patch", type=int, default=None, help="k: evaluate this one size")
+    p.add_argument("--sweep", nargs="?", const="all", default=None,
+                   help="evaluate several sizes in one process: 'all' (default when given alone), '0,3,5', '0-14'; "
+                        "student and teacher are included unless --no_endpoints")
+    p.add_argument("--no_endpoints", action="store_true",
+                   help="with --sweep: only the listed k (k=max is then the teacher assembled like any size)")
+    p.add_argument("--patch_first_k_layers", action="store_true")
+    p.add_argument("--override_llama_patching", action="store_true",
+                   help="use last-k for a Llama-family model (whose default is first-k)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated lm-eval task names and local tasks (local_ppl:FILE, local_mc:FILE, "
+                        "NAME=local_mc:FILE); default: the paper's 10 classification tasks")
+    p.add_argument("--all_paper_tasks", action="store_true",
+                   help="add the paper's other 4 tasks (wikitext, gsm8k_cot, ifeval, hendrycks_math)")
+    p.add_argument("--task_data", action="append", default=None, metavar="NAME=FILE",
+                   help="add a local task NAME from FILE (kind read from the file); repeatable")
+    p.add_argument("--include_path", default=None, help="folder(s) of task YAMLs of your own (comma-separated)")
+    p.add_argument("--max_doc_words", type=int, default=None,
+                   help="cut each document of a local perplexity corpus to its first N words")
+    p.add_argument("--limit", type=float, default=None, help="items per task (an integer), or a fraction < 1")
+    p.add_argument("--num_fewshot", type=int, default=None)
+    p.add_argument("--eval_batch_size", default="1", help="an integer or 'auto'")
+    p.add_argument("--max_batch_size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--max_length", type=int, default=None, help="context length for lm-eval (default: the model's)")
+    p.add_argument("--bootstrap_iters", type=int, default=1000)
+    p.add_argument("--curve", default=None, help="legend label of this run's curve in the plots")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results in --save_directory")
+    p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def main(argv=None) -> list[dict]:
+    from boomerang.cli import fail, parse_with_config, setup_logging
+    from boomerang.families import UnsupportedModelError, adapter_for_config, dtype_from_name
+    from boomerang.layer_map import LayerMapError
+    from boomerang.models import ModelNotFoundError, load_config, load_model, resolve_model_path
+    from patching.patch import PatchError, load_layer_map
+
+    args = parse_with_config(build_parser(), argv)
+    setup_logging(args.verbose)
+    if (args.num_layers_to_patch is None) == (args.sweep is None):
+        fail("give --num_layers_to_patch K (one size) or --sweep [SPEC] (several sizes)")
+    limit = args.limit
+    if limit is not None:
+        if limit <= 0:
+            fail(f"--limit must be positive, got {limit}")
+        if limit >= 1:
+            if limit != int(limit):
+                fail(f"--limit {limit}: give an integer number of items or a fraction below 1")
+            limit = int(limit)
+    # Everything that can be wrong is checked before any weights load.
+    try:
+        dtype = dtype_from_name(args.dtype)
+        batch_size = _parse_batch_size(args.eval_batch_size)
+        task_names = args.tasks if args.tasks is not None else ",".join(PAPER_TASKS)
+        if args.all_paper_tasks:
+            task_names = ",".join([task_names, *PAPER_EXTRA_TASKS])
+        teacher_path = resolve_model_path(args.teacher_model_name_or_path)
+        student_path = resolve_model_path(args.student_model_name_or_path)
+        t_cfg = load_config(teacher_path)
+        adapter = adapter_for_config(t_cfg)
+        layer_map = load_layer_map(student_path, adapter.num_layers(t_cfg))
+        first_k = use_first_k(t_cfg, args.patch_first_k_layers, args.override_llama_patching)
+        order = "first-k" if first_k else "last-k"
+        ks = parse_sweep(args.sweep, layer_map.max_patch) if args.sweep is not None else [args.num_layers_to_patch]
+        if args.sweep is None and not 0 <= args.num_layers_to_patch <= layer_map.max_patch:
+            raise EvaluationError(f"--num_layers_to_patch must be in 0..{layer_map.max_patch} for this student "
+                                  f"({layer_map.max_patch} multi-layer blocks), got {args.num_layers_to_patch}")
+        taskset = prepare_sweep_directory(
+            args.save_directory, task_names, limit=limit, num_fewshot=args.num_fewshot,
+            include_path=args.include_path, task_data=_task_data(args.task_data), max_doc_words=args.max_doc_words,
+            overwrite=args.overwrite)
+    except (TaskError, EvaluationError, ModelNotFoundError, LayerMapError, PatchError, UnsupportedModelError,
+            ValueError) as e:
+        fail(str(e))
+    log.info("order %s (%s teacher%s), sizes k=%s, tasks %s", order, adapter.name,
+             ", first-k by default for llama" if adapter.name == "llama" and not args.override_llama_patching else "",
+             ks, taskset.names)
+    common = {"teacher": args.teacher_model_name_or_path, "student": args.student_model_name_or_path,
+              "dtype": args.dtype}
+    if args.sweep is not None:
+        teacher = load_model(teacher_path, dtype=dtype)
+        student = load_model(student_path, dtype=dtype)
+        student.boomerang_layer_map = layer_map
+        points = boomerang_points(teacher, student, ks, first_k, dtype=dtype, include_endpoints=not args.no_endpoints,
+                                  teacher_name=args.teacher_model_name_or_path,
+                                  student_name=args.student_model_name_or_path, curve=args.curve)
+    else:
+        # The paper's one-size command: read only the tensors this size needs, straight from the folders.
+        k = args.num_layers_to_patch
+
+        def build():
+            from patching.patch import build_intermediate_model
+
+            return build_intermediate_model(teacher_path, student_path, k, first_k, dtype=dtype)
+
+        plan = layer_map.plan(k, first_k)
+        points = [SweepPoint(point_name(order, k), build, {
+            "method": "boomerang", "curve": args.curve or f"boomerang ({order})",
+            "role": "teacher" if k == layer_map.max_patch else "intermediate", "order": order,
+            "num_layers_to_patch": k, "replaced_blocks": list(plan.replaced_blocks), "depth": plan.depth,
+            "layers": [list(x) for x in plan.layers], "embeddings_from": plan.embeddings_from,
+            "final_norm_from": plan.final_norm_from, "lm_head_from": plan.lm_head_from})]
+    return run_sweep(points, args.save_directory, taskset, limit=limit, num_fewshot=args.num_fewshot,
+                     batch_size=batch_size, max_batch_size=args.max_batch_size, device=args.device,
+                     max_doc_words=args.max_doc_words, bootstrap_iters=args.bootstrap_iters,
+                     plots=not args.no_plots, common_metadata=common, max_length=args.max_length)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: sets up .venv on first use, then runs boomerang distillation end to end on the
+# embedded SmolLM2-135M teacher (distill, patch every size, evaluate with baselines, report).
+#   bash scripts/main.sh                        # CPU preset (GPU preset when an NVIDIA GPU is present)
+#   bash scripts/main.sh --preset gpu --output_dir runs/main-gpu
+#   bash scripts/main.sh --data_dir /path/to/data      # default $BOOMERANG_DATA, else ../shared/data
+# Safe to run again: finished stages are reused, an interrupted distillation resumes.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/scripts/setup_env.sh"
+cd "$root"
+export TOKENIZERS_PARALLELISM=false
+exec "${BOOMERANG_VENV:-$root/.venv}/bin/python" -m boomerang.reproduce "$@"

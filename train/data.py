@@ -1,0 +1,268 @@
+"""Training data: documents -> tokens (EOS after each document) -> packed or padded sequences.
+
+Sources (``--dataset`` / ``--eval_dataset``):
+  * a local file: ``.txt`` (documents separated by blank lines), ``.jsonl``/``.json`` (one object a
+    line, text in ``--text_field``, default ``text``), ``.parquet`` (column ``--text_field``);
+  * a local folder: every such file inside it (recursively), in sorted order;
+  * otherwise a Hugging Face dataset name, read with ``datasets.load_dataset(..., streaming=True)``.
+
+Each sequence is a dict of ``input_ids`` [S] and ``doc_ids`` [S] (a document number per token, -1 for
+padding). From ``doc_ids`` come the position ids (restarting at every document), the block-diagonal
+causal attention mask and the loss mask, so no attention and no loss term crosses a document.
+
+Packing (default): documents are concatenated with EOS and cut into full ``max_length`` sequences
+(a document can continue in the next sequence, where it counts as a new document). ``packing=False``
+is the paper's recipe: one document per sequence, truncated to ``max_length`` and right-padded.
+
+Order is deterministic: local documents are shuffled per epoch with ``seed`` (epochs repeat as needed);
+a streamed dataset is read in its own order (repeated when exhausted). The trainer takes global
+batches of ``global_batch`` sequences from this single stream and gives rank r its slice, so 1 or N
+processes see the same data; resuming skips the sequences already consumed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+from typing import Iterable, Iterator
+
+import torch
+
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+
+
+class DataError(ValueError):
+    pass
+
+
+def is_local(source: str) -> bool:
+    return os.path.exists(source) or source.startswith((".", "/", "~")) or source.endswith(LOCAL_SUFFIXES)
+
+
+def local_files(source: str, flag: str = "--dataset") -> list[str]:
+    """The data files a local ``source`` names, or a DataError that names the flag and the fix."""
+    path = os.path.expanduser(source)
+    if os.path.isfile(path):
+        if not path.endswith(LOCAL_SUFFIXES):
+            raise DataError(f"{flag} {source}: unsupported file type; use .txt, .jsonl, .json or .parquet")
+        return [path]
+    if os.path.isdir(path):
+        files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+                       if os.path.isfile(f) and f.endswith(LOCAL_SUFFIXES))
+        if not files:
+            raise DataError(f"{flag} {source}: folder holds no .txt/.jsonl/.json/.parquet file")
+        return files
+    raise DataError(f"{flag} {source}: no such file or folder (give a local .txt/.jsonl/.parquet file or folder, "
+                    "or a Hugging Face dataset name)")
+
+
+def check_source(source: str, flag: str = "--dataset") -> None:
+    """Fail early (before any model loads) on a missing local data file."""
+    if source is None:
+        return
+    if is_local(source):
+        local_files(source, flag)
+
+
+def _read_file(path: str, text_field: str) -> Iterator[str]:
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8") as f:
+            block: list[str] = []
+            for line in f:
+                if line.strip():
+                    block.append(line)
+                elif block:
+                    yield "".join(block).strip("\n")
+                    block = []
+            if block:
+                yield "".join(block).strip("\n")
+    elif path.endswith((".jsonl", ".json")):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if text_field not in obj:
+                    raise DataError(f"{path} line {n}: no field {text_field!r} (fields: {sorted(obj)}); "
+                                    "set --text_field")
+                yield obj[text_field]
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=[text_field])
+        yield from table.column(text_field).to_pylist()
+
+
+def read_local_documents(source: str, text_field: str = "text", flag: str = "--dataset") -> list[str]:
+    docs = []
+    for path in local_files(source, flag):
+        docs.extend(d for d in _read_file(path, text_field) if d and d.strip())
+    if not docs:
+        raise DataError(f"{flag} {source}: no non-empty documents")
+    return docs
+
+
+def document_stream(source: str, split: str = "train", text_field: str = "text", seed: int = 0,
+                    shuffle: bool = True, repeat: bool = True, flag: str = "--dataset") -> Iterator[str]:
+    """Documents of ``source`` in a deterministic order (shuffled per epoch for local data)."""
+    if is_local(source):
+        docs = read_local_documents(source, text_field, flag)
+        epoch = 0
+        while True:
+            order = list(range(len(docs)))
+            if shuffle:
+                random.Random(seed * 1_000_003 + epoch).shuffle(order)
+            for i in order:
+                yield docs[i]
+            epoch += 1
+            if not repeat:
+                return
+    import datasets
+
+    while True:
+        ds = datasets.load_dataset(source, split=split, streaming=True)
+        for row in ds:
+            text = row.get(text_field)
+            if text is None:
+                raise DataError(f"{flag} {source}: rows have no field {text_field!r} (fields: {sorted(row)}); "
+                                "set --text_field")
+            if text.strip():
+                yield text
+        if not repeat:
+            return
+
+
+def token_documents(docs: Iterable[str], tokenizer, batch: int = 64) -> Iterator[list[int]]:
+    """Token ids of each document followed by EOS (no BOS: the models here do not need one)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no eos_token_id; documents cannot be separated")
+    buf: list[str] = []
+
+    def flush():
+        enc = tokenizer(buf, add_special_tokens=False)["input_ids"]
+        for ids in enc:
+            yield list(ids) + [eos]
+
+    for d in docs:
+        buf.append(d)
+        if len(buf) == batch:
+            yield from flush()
+            buf = []
+    if buf:
+        yield from flush()
+
+
+def sequences(token_docs: Iterable[list[int]], max_length: int, packing: bool = True,
+              pad_token_id: int = 0) -> Iterator[dict]:
+    """Packed (or padded) sequences: dicts of ``input_ids`` and ``doc_ids`` (LongTensor [max_length])."""
+    if max_length < 2:
+        raise DataError(f"--max_length must be >= 2, got {max_length}")
+    if not packing:
+        for ids in token_docs:
+            ids = ids[:max_length]
+            n = len(ids)
+            input_ids = torch.full((max_length,), pad_token_id, dtype=torch.long)
+            input_ids[:n] = torch.tensor(ids)
+            doc_ids = torch.full((max_length,), -1, dtype=torch.long)
+            doc_ids[:n] = 0
+            yield {"input_ids": input_ids, "doc_ids": doc_ids}
+        return
+    ids_buf: list[int] = []
+    doc_buf: list[int] = []
+    doc = 0
+    for ids in token_docs:
+        ids_buf.extend(ids)
+        doc_buf.extend([doc] * len(ids))
+        doc += 1
+        while len(ids_buf) >= max_length:
+            yield {"input_ids": torch.tensor(ids_buf[:max_length]), "doc_ids": torch.tensor(doc_buf[:max_length])}
+            ids_buf, doc_buf = ids_buf[max_length:], doc_buf[max_length:]
+    # A last partial sequence is dropped (training streams repeat; eval streams are long enough).
+
+
+class SequenceStream:
+    """A resumable stream of sequences: ``position`` counts the sequences handed out so far."""
+
+    def __init__(self, source: str, tokenizer, max_length: int, packing: bool = True, split: str = "train",
+                 text_field: str = "text", seed: int = 0, shuffle: bool = True, repeat: bool = True,
+                 flag: str = "--dataset"):
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._it = sequences(
+            token_documents(document_stream(source, split, text_field, seed, shuffle, repeat, flag), tokenizer),
+            max_length, packing, pad,
+        )
+        self.position = 0
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            self.next()
+
+    def next(self) -> dict:
+        try:
+            item = next(self._it)
+        except StopIteration:
+            raise DataError("the dataset ran out of sequences") from None
+        self.position += 1
+        return item
+
+    def take(self, n: int) -> dict:
+        """``n`` sequences stacked into a batch: ``input_ids`` and ``doc_ids`` of shape [n, S]."""
+        items = [self.next() for _ in range(n)]
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def position_ids_from_docs(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Positions restarting at 0 at the start of every document (padding counts on from its run)."""
+    B, S = doc_ids.shape
+    idx = torch.arange(S, device=doc_ids.device).expand(B, S)
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(start, idx, torch.zeros_like(idx))
+    first = torch.cummax(first, dim=1).values
+    return idx - first
+
+
+def document_attention_mask(doc_ids: torch.Tensor, dtype: torch.dtype, sliding_window: int | None = None) -> torch.Tensor:
+    """Additive 4D mask [B, 1, S, S]: 0 where query i may attend key j (j <= i, same document), else -inf-ish.
+
+    Padding tokens attend only to themselves (no row is fully masked, so no NaN); their outputs
+    are excluded from every loss term. Works with the sdpa and eager attention implementations.
+    """
+    B, S = doc_ids.shape
+    ids = doc_ids.clone()
+    pad = ids < 0
+    # Make every padding token its own document.
+    ids[pad] = -1 - torch.arange(S, device=ids.device).expand(B, S)[pad]
+    same = ids[:, :, None] == ids[:, None, :]
+    causal = torch.ones(S, S, dtype=torch.bool, device=ids.device).tril()
+    if sliding_window:  # key j visible from query i only when i - j < window (Hugging Face's convention)
+        causal = causal & ~torch.ones(S, S, dtype=torch.bool, device=ids.device).tril(-sliding_window)
+    allowed = same & causal
+    mask = torch.zeros(B, 1, S, S, dtype=dtype, device=ids.device)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def model_inputs(batch: dict, device, mask_dtype: torch.dtype, config=None) -> dict:
+    """Keyword arguments for a Hugging Face causal LM: ids, per-document positions and attention.
+
+    For a model with sliding-window layers (``config.layer_types`` holding ``"sliding_attention"``)
+    the mask is a dict per layer type, as Hugging Face models accept, so the window is kept; a config
+    with ``sliding_window`` and no ``layer_types`` (Mistral) slides in every layer.
+    """
+    doc_ids = batch["doc_ids"].to(device)
+    mask = document_attention_mask(doc_ids, mask_dtype)
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    window = getattr(config, "sliding_window", None)
+    if not layer_types and window:  # every layer slides (e.g. Mistral)
+        mask = document_attention_mask(doc_ids, mask_dtype, window)
+    elif "sliding_attention" in layer_types and window:
+        mask = {"full_attention": mask,
+                "sliding_attention": document_attention_mask(doc_ids, mask_dtype, window)}
+    return {
+        "input_ids": batch["input_ids"].to(device),
+        "position_ids": position_ids_from_docs(doc_ids),
+        "attention_mask": mask,
+    }

@@ -1,0 +1,174 @@
+"""The distillation loss: cross-entropy + KL(teacher || student) + cosine distance of aligned hidden states.
+
+    loss = CE(student, next token)
+         + kl_loss_weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+         + sum over aligned pairs of (cosine_loss_weight / #pairs) * (1 - cos(h_student, h_teacher))
+
+Every term is averaged over the *valid* positions only: a position is valid when it is not padding
+and its next token belongs to the same document (``valid_positions``). The same mask is used by
+all three terms, so packing documents together or padding them changes no term.
+
+All functions return *sums* over valid positions (``reduction="sum"``); the trainer divides by the
+number of valid positions of the whole optimizer step (all micro-batches, all ranks), which makes
+gradient accumulation and data parallelism exact: 8 sequences in one micro-batch, 2 x 4, or 4
+processes x 2 give the same update.
+
+The vocabulary terms (CE and KL) are computed ``chunk_size`` positions at a time under activation
+checkpointing: only one chunk's fp32 probabilities exist at a time, in the forward and in the backward
+pass; the full ``tokens x vocabulary`` fp32 tensors are never materialized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    use_cross_entropy: bool = True
+    use_kl_loss: bool = True
+    kl_loss_weight: float = 0.1
+    T: float = 1.0
+    use_cosine_loss: bool = True
+    cosine_loss_weight: float = 2.0
+    kl_chunk_size: int = 1024  # positions per chunk; 0 = dense (all positions at once, no checkpointing)
+
+    def __post_init__(self):
+        if self.T <= 0:
+            raise ValueError(f"--T (temperature) must be > 0, got {self.T}")
+        if not (self.use_cross_entropy or self.use_kl_loss or self.use_cosine_loss):
+            raise ValueError("all loss terms are switched off: enable at least one of --use_cross_entropy, "
+                             "--use_kl_loss, --use_cosine_loss")
+        if self.kl_chunk_size < 0:
+            raise ValueError(f"--kl_chunk_size must be >= 0 (0 = dense), got {self.kl_chunk_size}")
+
+
+def valid_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Bool mask [B, S]: position i counts when it and position i+1 hold tokens of the same document.
+
+    ``doc_ids`` is [B, S] with a document number per token and -1 for padding. The last position of
+    a row never counts (its next token is not in the row).
+    """
+    same = (doc_ids[:, :-1] == doc_ids[:, 1:]) & (doc_ids[:, :-1] >= 0)
+    return torch.cat([same, torch.zeros_like(same[:, :1])], dim=1)
+
+
+def next_token_labels(input_ids: torch.Tensor, valid: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    labels = torch.full_like(input_ids, ignore_index)
+    labels[:, :-1] = input_ids[:, 1:]
+    return labels.masked_fill(~valid, ignore_index)
+
+
+def _vocab_terms(s_logits, t_logits, labels, T: float, want_ce: bool, want_kl: bool):
+    """Sums over rows of CE and KL(teacher || student) at temperature T, computed in fp32.
+
+    ``s_logits``/``t_logits``: [N, V] (only valid rows are passed); ``labels``: [N].
+    """
+    zero = s_logits.new_zeros((), dtype=torch.float32)
+    s = s_logits.float()
+    ce = F.cross_entropy(s, labels, reduction="sum") if want_ce else zero
+    kl = zero
+    if want_kl:
+        log_q = F.log_softmax(s / T, dim=-1)
+        log_p = F.log_softmax(t_logits.float() / T, dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum()
+    return ce, kl
+
+
+def vocab_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+                 valid: torch.Tensor, T: float = 1.0, want_ce: bool = True, want_kl: bool = True,
+                 chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE sum, KL sum) over the valid positions; KL is *not* multiplied by T^2 or a weight here.
+
+    ``chunk_size`` > 0: positions are processed in chunks under ``torch.utils.checkpoint`` so fp32
+    log-probabilities exist for one chunk at a time (also in the backward pass). 0: dense.
+    """
+    V = student_logits.shape[-1]
+    flat_valid = valid.reshape(-1)
+    idx = flat_valid.nonzero(as_tuple=True)[0]
+    s = student_logits.reshape(-1, V).index_select(0, idx)
+    t = teacher_logits.reshape(-1, teacher_logits.shape[-1]).index_select(0, idx) if want_kl else None
+    if want_kl and t.shape[-1] != V:
+        # Teacher and student share the tokenizer; some checkpoints pad the embedding matrix differently.
+        n = min(V, t.shape[-1])
+        s_kl_cols, t = n, t[:, :n]
+    else:
+        s_kl_cols = V
+    y = labels.reshape(-1).index_select(0, idx)
+    total_ce = student_logits.new_zeros((), dtype=torch.float32)
+    total_kl = student_logits.new_zeros((), dtype=torch.float32)
+    n = s.shape[0]
+    if n == 0:
+        return total_ce + 0.0 * student_logits.sum(), total_kl
+
+    def run(s_c, t_c, y_c):
+        ce, _ = _vocab_terms(s_c, None, y_c, T, want_ce, False)
+        kl = _vocab_terms(s_c[:, :s_kl_cols], t_c, y_c, T, False, True)[1] if want_kl else ce.new_zeros(())
+        return ce, kl
+
+    step = n if chunk_size <= 0 else chunk_size
+    for start in range(0, n, step):
+        sl = slice(start, start + step)
+        t_c = t[sl] if want_kl else None
+        if chunk_size > 0 and torch.is_grad_enabled() and s.requires_grad:
+            ce, kl = checkpoint(run, s[sl], t_c, y[sl], use_reentrant=False)
+        else:
+            ce, kl = run(s[sl], t_c, y[sl])
+        total_ce = total_ce + ce
+        total_kl = total_kl + kl
+    return total_ce, total_kl
+
+
+def cosine_loss_sum(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor],
+                    valid: torch.Tensor) -> torch.Tensor:
+    """Sum over valid positions of the *mean over pairs* of (1 - cosine similarity).
+
+    Multiplying by ``cosine_loss_weight`` gives the paper's weighting: ``cosine_loss_weight / #pairs``
+    for each pair.
+    """
+    if len(student_hidden) != len(teacher_hidden) or not student_hidden:
+        raise ValueError(f"need matching non-empty lists of hidden states, got {len(student_hidden)} "
+                         f"and {len(teacher_hidden)}")
+    m = valid.reshape(-1)
+    total = None
+    for hs, ht in zip(student_hidden, teacher_hidden):
+        hs = hs.reshape(-1, hs.shape[-1])[m].float()
+        ht = ht.reshape(-1, ht.shape[-1])[m].float()
+        d = (1.0 - F.cosine_similarity(hs, ht, dim=-1, eps=1e-8)).sum()
+        total = d if total is None else total + d
+    return total / len(student_hidden)
+
+
+@dataclass
+class LossTerms:
+    """Per-term *sums* over valid positions (divide by ``num_valid`` for means) and the weighted total."""
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
+    cosine: torch.Tensor
+    num_valid: int
+
+
+def distillation_loss(cfg: LossConfig, student_logits, teacher_logits, student_hidden, teacher_hidden,
+                      input_ids, doc_ids) -> LossTerms:
+    """Weighted loss *sum* over valid positions (see the module docstring) and its unweighted terms."""
+    valid = valid_positions(doc_ids)
+    labels = next_token_labels(input_ids, valid)
+    ce, kl = vocab_losses(student_logits, teacher_logits, labels, valid, cfg.T, cfg.use_cross_entropy,
+                          cfg.use_kl_loss, cfg.kl_chunk_size)
+    cos = (cosine_loss_sum(student_hidden, teacher_hidden, valid) if cfg.use_cosine_loss
+           else ce.new_zeros(()))
+    total = ce.new_zeros(())
+    if cfg.use_cross_entropy:
+        total = total + ce
+    if cfg.use_kl_loss:
+        total = total + cfg.kl_loss_weight * cfg.T ** 2 * kl
+    if cfg.use_cosine_loss:
+        total = total + cfg.cosine_loss_weight * cos
+    return LossTerms(total=total, ce=ce.detach(), kl=kl.detach(), cosine=cos.detach(),
+                     num_valid=int(valid.sum()))

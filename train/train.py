@@ -1,0 +1,611 @@
+"""Boomerang distillation: train a student made of a subset of the teacher's layers.
+
+One readable training loop. Single process (GPU or CPU):
+
+    python -m train.train --config configs/smollm2-135m-cpu.yaml \\
+        --dataset ../shared/data/corpus/brown_train.jsonl --eval_dataset ../shared/data/corpus/brown_heldout.jsonl \\
+        --save_directory runs/smollm2-cpu
+
+Several processes (FSDP2 shards student and teacher; one node or many, as torchrun allows):
+
+    torchrun --nproc-per-node=8 --module train.train --config configs/qwen3-4b.yaml --save_directory runs/qwen3
+
+Loss = CE + kl_loss_weight * T^2 * KL(teacher || student) + cosine_loss_weight * mean over aligned
+pairs of (1 - cos); see train/losses.py. The student starts as a copy of the teacher layers chosen by
+(first_layers_to_keep, alternate_every_n_layers, last_layers_to_keep) — boomerang/layer_map.py.
+
+Output in --save_directory: the final student (save_pretrained + tokenizer + student_config.json,
+ready for patching.patch.build_intermediate_model), log.jsonl, checkpoints/ (for --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from boomerang.cli import fail, parse_with_config, setup_logging
+from boomerang.families import adapter_for, count_parameters, dtype_from_name
+from boomerang.io import atomic_write_text
+from boomerang.layer_map import LayerMapError
+from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
+from train import checkpoint as ckpt
+from train.data import DataError, SequenceStream, check_source, model_inputs
+from train.init_student import init_student, plan_student, save_student
+from train.losses import LossConfig, distillation_loss, valid_positions
+
+log = logging.getLogger("boomerang.train")
+
+# Dense bf16 peak FLOP/s for MFU; anything else: pass --peak_tflops.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
+                    "B200": 2250.0, "GH200": 989.0}
+
+
+def str2bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    B = dict(type=str2bool, nargs="?", const=True)
+    g = p.add_argument_group("models")
+    g.add_argument("--teacher_model_name_or_path", required=False, default=None,
+                   help="hub name, local folder, or embedded:smollm2-135m")
+    g.add_argument("--save_directory", default=None, help="output folder (student, log.jsonl, checkpoints/)")
+    g.add_argument("--first_layers_to_keep", type=int, default=1)
+    g.add_argument("--alternate_every_n_layers", type=int, default=2)
+    g.add_argument("--last_layers_to_keep", type=int, default=2)
+    g.add_argument("--random_initialization", **B, default=False, help="student of the same shape, fresh weights")
+    g.add_argument("--teacher_dtype", default="auto", help="auto (bfloat16 with --bf16 on GPU, else float32)")
+    g.add_argument("--attn_implementation", default="sdpa", help="sdpa or eager (a per-document 4D mask is used)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="EleutherAI/the_pile_deduplicated",
+                   help="Hugging Face dataset name (streamed) or a local .txt/.jsonl/.parquet file or folder")
+    g.add_argument("--dataset_split", default="train")
+    g.add_argument("--eval_dataset", default=None, help="held-out data (same forms as --dataset); none: no eval")
+    g.add_argument("--eval_split", default="validation")
+    g.add_argument("--text_field", default="text")
+    g.add_argument("--max_length", type=int, default=2048, help="tokens per sequence")
+    g.add_argument("--no_packing", **B, default=False,
+                   help="one document per sequence, truncated and padded (the paper's recipe)")
+    g.add_argument("--eval_sequences", type=int, default=32, help="held-out sequences per evaluation")
+    g = p.add_argument_group("loss")
+    g.add_argument("--use_cross_entropy", **B, default=True)
+    g.add_argument("--use_kl_loss", **B, default=True)
+    g.add_argument("--kl_loss_weight", type=float, default=0.1)
+    g.add_argument("--T", type=float, default=1.0, help="KL temperature")
+    g.add_argument("--use_cosine_loss", **B, default=True)
+    g.add_argument("--cosine_loss_weight", type=float, default=2.0, help="split evenly over the aligned pairs")
+    g.add_argument("--kl_chunk_size", type=int, default=1024, help="positions per CE/KL chunk; 0 = dense")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--max_steps", type=int, default=500)
+    g.add_argument("--per_device_train_batch_size", type=int, default=2)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=256)
+    g.add_argument("--global_batch_size", type=int, default=None,
+                   help="sequences per optimizer step; when set, gradient_accumulation_steps is derived from it "
+                        "and the number of processes (so 1 or N processes train on the same batches)")
+    g.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    g.add_argument("--learning_rate", type=float, default=3e-4)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.95)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--weight_decay", type=float, default=0.1)
+    g.add_argument("--lr_scheduler_type", default="cosine", choices=["cosine", "linear", "constant"])
+    g.add_argument("--warmup_ratio", type=float, default=0.01)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--bf16", **B, default=True, help="bf16 mixed precision (GPU only; CPU runs in float32)")
+    g.add_argument("--fsdp", default="auto", choices=["auto", "on", "off"],
+                   help="FSDP2 sharding of student and teacher; auto = on when run by torchrun with >1 process")
+    g.add_argument("--fsdp_config", default=None,
+                   help="accepted for the paper's command lines and ignored: FSDP2 wraps every decoder layer, "
+                        "found through the family adapter, for any teacher")
+    g.add_argument("--gradient_checkpointing", **B, default=False, help="activation checkpointing in the student")
+    g.add_argument("--peak_tflops", type=float, default=None, help="accelerator peak for MFU (default: by GPU name)")
+    g.add_argument("--num_threads", type=int, default=None, help="torch CPU threads")
+    g = p.add_argument_group("output")
+    g.add_argument("--logging_steps", type=int, default=5)
+    g.add_argument("--eval_steps", type=int, default=10)
+    g.add_argument("--save_steps", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
+    g.add_argument("--save_total_limit", type=int, default=1)
+    g.add_argument("--resume", **B, default=False, help="continue from the newest checkpoint in --save_directory")
+    g.add_argument("--overwrite", **B, default=False, help="delete an existing --save_directory first")
+    g.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb"])
+    g.add_argument("--run_name", default=None)
+    g.add_argument("--stop_at_step", type=int, default=None,
+                   help="stop after this step as if interrupted (the schedule still follows --max_steps); for tests")
+    return p
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+def dist_setup(device_arg: str):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device_arg == "auto" else device_arg.startswith("cuda")
+    if device_arg.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available; use --device cpu")
+    rank, local = 0, 0
+    if world > 1:
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    return rank, world, device
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def shard(model, mp_policy, device_type: str):
+    """FSDP2: each decoder layer is one unit, the rest (embeddings, norm, head) the root unit."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    kw = {"mesh": mesh}
+    if mp_policy is not None:
+        kw["mp_policy"] = mp_policy
+    for layer in adapter_for(model).get_layers(model):
+        fully_shard(layer, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+# ----------------------------------------------------------------------------- small pieces
+def lr_lambda(kind: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(1.0, progress)
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def flops_per_token(student_cfg, teacher_cfg, student, teacher, seq: int) -> float:
+    """~6 N_student + 2 N_teacher (N: non-embedding parameters plus the LM-head matmul) plus attention."""
+    def n_matmul(model):
+        c = count_parameters(model)
+        return c["non_embedding"] + model.config.vocab_size * model.config.hidden_size
+
+    def attn(cfg, passes):  # QK^T and AV: 2 matmuls x 2 FLOPs x layers x hidden x (causal) seq/2
+        return passes * 2 * 2 * adapter_for(cfg).num_layers(cfg) * cfg.hidden_size * seq / 2
+
+    return 6 * n_matmul(student) + attn(student_cfg, 3) + 2 * n_matmul(teacher) + attn(teacher_cfg, 1)
+
+
+def check_output_directory(args) -> str | None:
+    """Decide at start what happens to --save_directory; returns the checkpoint to resume, if any."""
+    d = args.save_directory
+    if not os.path.exists(d) or (os.path.isdir(d) and not os.listdir(d)):
+        return None
+    if args.overwrite:
+        return None
+    if args.resume:
+        last = ckpt.latest_checkpoint(d)
+        if last is None:
+            if os.path.isfile(os.path.join(d, "student_config.json")):
+                fail(f"--save_directory {d} holds a finished student and no checkpoint: nothing to resume. "
+                     "Use another folder, or --overwrite to train again")
+            fail(f"--resume: --save_directory {d} holds no checkpoint (checkpoints/step-*); "
+                 "use --overwrite to start again")
+        return last
+    fail(f"--save_directory {d} already exists. Pass --resume to continue its run, --overwrite to replace it, "
+         "or choose another folder")
+
+
+class Reporter:
+    """log.jsonl (always) plus TensorBoard or W&B when asked for; rank 0 only."""
+
+    def __init__(self, args, active: bool, resume_step: int | None):
+        self.active = active
+        self.path = os.path.join(args.save_directory, "log.jsonl")
+        self.tb = self.wandb = None
+        if not active:
+            return
+        os.makedirs(args.save_directory, exist_ok=True)
+        if resume_step is not None and os.path.isfile(self.path):
+            # Drop records from after the checkpoint: they are about to be produced again.
+            with open(self.path) as f:
+                keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(keep))
+        elif os.path.isfile(self.path):
+            os.unlink(self.path)
+        if args.report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(args.save_directory, "tensorboard"))
+        elif args.report_to == "wandb":
+            import wandb
+
+            self.wandb = wandb.init(project="boomerang", name=args.run_name, config=vars(args),
+                                    resume="allow")
+
+    def write(self, record: dict) -> None:
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record.get("step", 0)
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def write_final_student(student, fsdp: bool, tokenizer, layer_map, save_directory: str, provenance: dict,
+                        is_main: bool) -> None:
+    """Write the student into --save_directory (files moved in one by one, config files last)."""
+    if fsdp:
+        sd = ckpt.model_state(student, fsdp=True)
+        if is_main:
+            import transformers
+
+            cfg = copy.deepcopy(student.config)
+            model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            missing = [k for k in missing if not (adapter_for(model).is_tied(model) and "lm_head" in k)]
+            if missing or unexpected:
+                raise RuntimeError(f"final state dict mismatch: missing={missing} unexpected={unexpected}")
+            student = model
+    if not is_main:
+        return
+    tmp = os.path.join(save_directory, ".final-student")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_student(student, tokenizer, layer_map, tmp, overwrite=True, **provenance)
+    last = ("config.json", "student_config.json")
+    names = sorted(os.listdir(tmp), key=lambda n: (n in last, last.index(n) if n in last else 0, n))
+    for name in names:
+        dst = os.path.join(save_directory, name)
+        if os.path.isdir(dst):
+            shutil.rmtree(dst)
+        os.replace(os.path.join(tmp, name), dst)
+    os.rmdir(tmp)
+
+
+# ----------------------------------------------------------------------------- the run
+def main(argv=None) -> dict:
+    args = parse_with_config(build_parser(), argv)
+    setup_logging()
+    if not args.teacher_model_name_or_path:
+        fail("--teacher_model_name_or_path is required (a hub name, a local folder or embedded:smollm2-135m)")
+    if not args.save_directory:
+        fail("--save_directory is required")
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+
+    # ---- everything that can be wrong is checked before a model loads
+    try:
+        check_source(args.dataset, "--dataset")
+        check_source(args.eval_dataset, "--eval_dataset")
+        loss_cfg = LossConfig(args.use_cross_entropy, args.use_kl_loss, args.kl_loss_weight, args.T,
+                              args.use_cosine_loss, args.cosine_loss_weight, args.kl_chunk_size)
+        teacher_path = resolve_model_path(args.teacher_model_name_or_path)
+        teacher_config = load_config(teacher_path)
+        layer_map = plan_student(teacher_config, args.first_layers_to_keep, args.alternate_every_n_layers,
+                                 args.last_layers_to_keep)
+    except (DataError, ModelNotFoundError, LayerMapError, ValueError) as e:
+        fail(str(e))
+    if args.max_steps < 0:
+        fail(f"--max_steps must be >= 0, got {args.max_steps}")
+    if args.report_to != "none":
+        import importlib.util
+
+        pkg = {"tensorboard": "tensorboard", "wandb": "wandb"}[args.report_to]
+        if importlib.util.find_spec(pkg) is None:
+            fail(f"--report_to {args.report_to} needs the package {pkg}: pip install {pkg} (or --report_to none)")
+    resume_from = check_output_directory(args)
+
+    rank, world, device = dist_setup(args.device)
+    is_main = rank == 0
+    fsdp = args.fsdp == "on" or (args.fsdp == "auto" and world > 1)
+    if world > 1 and not fsdp:
+        fail("several processes need --fsdp on (or auto)")
+    if fsdp and world == 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29512")
+        os.environ.setdefault("RANK", "0")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+    # batch geometry
+    if args.global_batch_size:
+        per = args.per_device_train_batch_size * world
+        if args.global_batch_size % per:
+            fail(f"--global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size "
+                 f"x processes = {per}")
+        accum = args.global_batch_size // per
+    else:
+        accum = args.gradient_accumulation_steps
+    global_batch = args.per_device_train_batch_size * accum * world
+    bf16 = args.bf16 and device.type == "cuda"
+    compute_dtype = torch.bfloat16 if bf16 else torch.float32
+    teacher_dtype = dtype_from_name(args.teacher_dtype) if args.teacher_dtype != "auto" else compute_dtype
+
+    torch.manual_seed(args.seed)
+    if is_main:
+        log.info("teacher %s: %d layers -> student %d layers, copied %s", args.teacher_model_name_or_path,
+                 layer_map.num_teacher_layers, layer_map.num_student_layers, list(layer_map.copied_teacher_layers))
+        log.info("%d process(es) on %s, fsdp=%s, bf16=%s; global batch %d sequences x %d tokens "
+                 "(%d per device x %d accumulation x %d)", world, device, fsdp, bf16, global_batch,
+                 args.max_length, args.per_device_train_batch_size, accum, world)
+
+    # ---- the data must yield a sequence before any model loads (a hub dataset that cannot be reached,
+    # a field that does not exist, a file too short for one sequence fail here, in seconds)
+    tokenizer = load_tokenizer(teacher_path)
+    for src, split, flag in ((args.dataset, args.dataset_split, "--dataset"),
+                             (args.eval_dataset, args.eval_split, "--eval_dataset")):
+        if not src:
+            continue
+        try:
+            SequenceStream(src, tokenizer, args.max_length, packing=not args.no_packing, split=split,
+                           text_field=args.text_field, seed=args.seed, repeat=False, flag=flag).next()
+        except DataError as e:
+            fail(f"{flag} {src}: {e}" if src not in str(e) else str(e))
+        except Exception as e:  # e.g. datasets cannot reach the hub
+            fail(f"{flag} {src}: cannot read it ({type(e).__name__}: {e})")
+
+    if args.overwrite and is_main and os.path.exists(args.save_directory) and resume_from is None:
+        shutil.rmtree(args.save_directory)
+    if world > 1:
+        dist.barrier()
+
+    # ---- models
+    teacher = load_model(teacher_path, dtype=teacher_dtype)
+    teacher.set_attn_implementation(args.attn_implementation)
+    for p_ in teacher.parameters():
+        p_.requires_grad_(False)
+    student = copy.deepcopy(init_student(teacher, layer_map, args.random_initialization, torch.float32,
+                                         args.seed))
+    student.set_attn_implementation(args.attn_implementation)
+    student.config.use_cache = False
+    student.train()
+    n_student = count_parameters(student)
+    n_teacher = count_parameters(teacher)
+    fpt = flops_per_token(student.config, teacher.config, student, teacher, args.max_length)
+    if args.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.to(device)
+    teacher.to(device)
+    mp_policy = None
+    if fsdp:
+        if bf16:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        shard(student, mp_policy, device.type)
+        shard(teacher, mp_policy, device.type)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext())
+
+    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                                  **({"fused": True} if device.type == "cuda" else {}))
+    warmup = math.ceil(args.warmup_ratio * args.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler_type, warmup,
+                                                                       args.max_steps))
+
+    stream = SequenceStream(args.dataset, tokenizer, args.max_length, packing=not args.no_packing,
+                            split=args.dataset_split, text_field=args.text_field, seed=args.seed)
+    step = 0
+    if resume_from:
+        state = ckpt.load_checkpoint(resume_from, student, optimizer, scheduler, fsdp)
+        step = state["step"]
+        stream.skip(state["data_position"])
+        if is_main:
+            log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, step, stream.position)
+    reporter = Reporter(args, is_main, step if resume_from else None)
+
+    pairs = layer_map.cosine_pairs()
+    s_idx = [s for s, _ in pairs]
+    t_idx = [t for _, t in pairs]
+
+    def forward(batch):
+        """Student and teacher forward on one micro-batch -> LossTerms (sums over valid positions)."""
+        inputs = model_inputs(batch, device, compute_dtype, student.config)
+        need_teacher = loss_cfg.use_kl_loss or loss_cfg.use_cosine_loss
+        t_out = None
+        with autocast:
+            if need_teacher:
+                with torch.no_grad():
+                    t_out = teacher(**inputs, output_hidden_states=t_idx if loss_cfg.use_cosine_loss else None,
+                                    **({} if loss_cfg.use_kl_loss else {"logits_to_keep": 1}))
+            s_out = student(**inputs, output_hidden_states=s_idx if loss_cfg.use_cosine_loss else None)
+        s_h = [s_out.hidden_states[i] for i in s_idx] if loss_cfg.use_cosine_loss else []
+        t_h = [t_out.hidden_states[i] for i in t_idx] if loss_cfg.use_cosine_loss else []
+        return distillation_loss(loss_cfg, s_out.logits, t_out.logits if loss_cfg.use_kl_loss else None,
+                                 s_h, t_h, inputs["input_ids"], batch["doc_ids"].to(device))
+
+    # ---- held-out evaluation: mean next-token CE of the student (and, once, of the teacher)
+    eval_batches = None
+    if args.eval_dataset:
+        es = SequenceStream(args.eval_dataset, tokenizer, args.max_length, packing=not args.no_packing,
+                            split=args.eval_split, text_field=args.text_field, seed=args.seed, shuffle=False,
+                            repeat=False, flag="--eval_dataset")
+        try:
+            seqs = es.take(args.eval_sequences)
+        except DataError:
+            fail(f"--eval_dataset {args.eval_dataset} holds fewer than --eval_sequences {args.eval_sequences} "
+                 f"sequences of {args.max_length} tokens; lower --eval_sequences")
+        mine = {k: v[rank::world] for k, v in seqs.items()}
+        eb = args.per_device_eval_batch_size
+        eval_batches = [{k: v[i:i + eb] for k, v in mine.items()} for i in range(0, len(mine["input_ids"]), eb)]
+
+    def evaluate(model) -> float:
+        was_training = model.training
+        model.eval()
+        ce_sum = n = 0.0
+        with torch.no_grad(), autocast:
+            for b in eval_batches:
+                inputs = model_inputs(b, device, compute_dtype, model.config)
+                logits = model(**inputs).logits
+                doc = b["doc_ids"].to(device)
+                valid = valid_positions(doc)
+                lp = torch.log_softmax(logits[:, :-1].float(), -1)
+                nll = -lp.gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
+                ce_sum += float((nll * valid[:, :-1]).sum())
+                n += float(valid.sum())
+        ce_sum, n = all_sum([ce_sum, n], device)
+        model.train(was_training)
+        return ce_sum / max(n, 1.0)
+
+    provenance = dict(teacher_model_name_or_path=args.teacher_model_name_or_path,
+                      recipe={"first_layers_to_keep": args.first_layers_to_keep,
+                              "alternate_every_n_layers": args.alternate_every_n_layers,
+                              "last_layers_to_keep": args.last_layers_to_keep},
+                      random_initialization=args.random_initialization)
+    history: list[dict] = []
+    if eval_batches and step == 0:
+        rec = {"step": 0, "eval_ce": evaluate(student), "teacher_eval_ce": evaluate(teacher)}
+        rec["eval_ppl"] = math.exp(min(rec["eval_ce"], 50))
+        reporter.write(rec)
+        history.append(rec)
+        if is_main:
+            log.info("step 0: held-out CE student %.4f, teacher %.4f", rec["eval_ce"], rec["teacher_eval_ce"])
+
+    # ---- training loop
+    last_good = resume_from
+    stop = args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.max_steps, initial=step, disable=not is_main, desc="distill", dynamic_ncols=True,
+               mininterval=2.0)
+    peak_flops = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        name = torch.cuda.get_device_name(device)
+        peak_flops = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)) * 1e12
+    time_since, tokens_since, seq_tokens_since = 0.0, 0, 0  # per logging window; eval/checkpoint time excluded
+    while step < stop:
+        t0 = time.perf_counter()
+        batch = stream.take(global_batch)
+        n_valid = float(valid_positions(batch["doc_ids"]).sum())
+        n_tokens = int((batch["doc_ids"] >= 0).sum())
+        lo = rank * args.per_device_train_batch_size * accum
+        mine = {k: v[lo:lo + args.per_device_train_batch_size * accum] for k, v in batch.items()}
+        sums = [0.0, 0.0, 0.0, 0.0]
+        for m in range(accum):
+            mb = {k: v[m * args.per_device_train_batch_size:(m + 1) * args.per_device_train_batch_size]
+                  for k, v in mine.items()}
+            if fsdp:
+                student.set_requires_gradient_sync(m == accum - 1)
+            terms = forward(mb)
+            # Sum over valid positions / valid positions of the whole global batch; FSDP averages gradients
+            # over processes, so multiply by their number to get the global mean.
+            (terms.total * (world / max(n_valid, 1.0))).backward()
+            sums = [a + float(b) for a, b in zip(sums, (terms.total.detach(), terms.ce, terms.kl, terms.cosine))]
+        sums = all_sum(sums, device)
+        loss = sums[0] / max(n_valid, 1.0)
+        if not math.isfinite(loss):
+            bar.close()
+            fail(f"non-finite loss ({loss}) at step {step + 1}. Last good checkpoint: "
+                 f"{last_good or 'none (no checkpoint written yet)'}. Lower --learning_rate or check the data; "
+                 "continue from the checkpoint with --resume", code=3)
+        grad_norm = torch.nn.utils.clip_grad_norm_(  # max_grad_norm <= 0: no clipping, norm still logged
+            student.parameters(), args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_since += n_tokens
+        seq_tokens_since += global_batch * args.max_length
+        bar.update(1)
+        rec = {"step": step, "loss": loss, "ce": sums[1] / max(n_valid, 1.0),
+               "kl": sums[2] / max(n_valid, 1.0), "cosine": sums[3] / max(n_valid, 1.0),
+               "lr": lr, "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0,
+               "tokens": n_tokens, "sequence_tokens": global_batch * args.max_length,
+               "data_position": stream.position}
+        time_since += rec["step_time_s"]
+        history.append(rec)
+        bar.set_postfix(loss=f"{loss:.3f}", ce=f"{rec['ce']:.3f}")
+        if step % max(1, args.logging_steps) == 0 or step == stop:
+            dt = max(time_since, 1e-9)
+            rec["tokens_per_s"] = tokens_since / dt
+            if device.type == "cuda":
+                rec["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                if peak_flops:
+                    # padding is computed too: MFU counts every position of every sequence
+                    rec["mfu"] = seq_tokens_since / dt * fpt / world / peak_flops
+            else:
+                import resource
+
+                rec["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            reporter.write(rec)
+            time_since, tokens_since, seq_tokens_since = 0.0, 0, 0
+        if eval_batches and args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps):
+            ev = {"step": step, "eval_ce": evaluate(student)}
+            ev["eval_ppl"] = math.exp(min(ev["eval_ce"], 50))
+            reporter.write(ev)
+            history.append(ev)
+            if is_main:
+                bar.write(f"step {step}: held-out CE {ev['eval_ce']:.4f} (ppl {ev['eval_ppl']:.1f})")
+        if (args.save_steps and step % args.save_steps == 0) or step == stop < args.max_steps:
+            last_good = ckpt.save_checkpoint(args.save_directory, step, student, optimizer, scheduler,
+                                             stream.position, fsdp, args.save_total_limit,
+                                             extra={"world_size": world, "global_batch": global_batch})
+    bar.close()
+
+    if step >= args.max_steps:
+        write_final_student(student, fsdp, tokenizer, layer_map, args.save_directory,
+                            dict(provenance, trained_steps=step), is_main)
+        if is_main:
+            log.info("student written to %s", args.save_directory)
+    reporter.close()
+    summary = {"step": step, "history": history, "save_directory": args.save_directory,
+               "student_parameters": n_student, "teacher_parameters": n_teacher, "flops_per_token": fpt}
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
