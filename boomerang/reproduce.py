@@ -256,17 +256,17 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if student is not None:
         lines.append("| " + " | ".join([f"{student['depth']} (student)", f"{student['parameters']['total'] / 1e6:.1f}M",
-                                        fmt(_value(student, 'brown_heldout', 'word_perplexity'))]
+                                        fmt(_value(student, "brown_heldout", "token_perplexity"))]
                                        + [""] * len(methods) + [fmt(acc(student), 3)] + [""] * len(methods)) + " |")
     facts = {"monotone": True, "boomerang_beats": {m: [] for m in methods}}
     prev = None
     for d in sorted(boom):
         r = boom[d]
-        ppl = _value(r, "brown_heldout", "word_perplexity")
+        ppl = _value(r, "brown_heldout", "token_perplexity")
         row = [str(d) + (" (teacher)" if r.get("role") == "teacher" else ""), f"{r['parameters']['total'] / 1e6:.1f}M", fmt(ppl)]
         for m in methods:
             b = by[m].get(d)
-            bp = _value(b, "brown_heldout", "word_perplexity") if b else None
+            bp = _value(b, "brown_heldout", "token_perplexity") if b else None
             row.append(fmt(bp))
             if b is not None and ppl is not None and bp is not None:
                 facts["boomerang_beats"][m].append((d, ppl < bp, round(bp / ppl, 2)))
@@ -282,7 +282,7 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
 def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, preset: str, total_s: float) -> str:
     table, facts = comparison(records)
     lines = [f"# boomerang main job ({preset} preset)", "",
-             "Held-out Brown word perplexity (lower is better) and mean accuracy over "
+             "Held-out Brown token perplexity (lower is better) and mean accuracy over "
              f"{', '.join(MC_TASKS)} (higher is better), last-k order:", "", table]
     lines.append(f"Perplexity monotone in size along the boomerang ladder: {'yes' if facts['monotone'] else 'no'}.")
     for m, rows in facts["boomerang_beats"].items():

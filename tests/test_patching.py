@@ -458,3 +458,22 @@ def test_file_read_source_reads_and_casts_exactly(root, monkeypatch):
     b, _ = build_intermediate_model(load_model(tdir, F32), load_model(sdir, F32), 1, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in a.parameters())
     assert torch.equal(_logits(a, ids), _logits(b, ids))
+
+
+@pytest.mark.slow  # ~10 s on an idle 2-core box, ~55 s on a busy one (making the 36-layer pair)
+def test_qwen3_36_layer_teacher_depths(root):
+    """The issue's example at full depth: a 36-layer Qwen3 teacher, its 19-layer student: 19 + k layers for
+    k = 0..16 and the teacher (36) at k = 17, in the modules and in the config."""
+    tdir, sdir = _make_pair(root, "qwen3", True, num_layers=36)
+    lm = LayerMap.load(sdir)
+    assert lm.num_student_layers == 19 and lm.max_patch == 17
+    t, s = P.open_source(tdir, "t", F32), P.open_source(sdir, "s", F32)  # opened once, reused by every k
+    for k in range(18):
+        depth = 36 if k == 17 else 19 + k
+        cfg = P.plan_config(t, s, P.plan_for(lm, k))  # the config each size gets, without weights
+        assert cfg.num_hidden_layers == len(cfg.layer_types) == depth
+        if k in (0, 16, 17):
+            model = build_intermediate_model(t, s, k, dtype=F32)[0]
+            assert len(model.model.layers) == model.config.num_hidden_layers == len(model.config.layer_types) == depth
+    with pytest.raises(PatchError, match=r"0\.\.17"):
+        build_intermediate_model(t, s, 18)

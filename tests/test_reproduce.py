@@ -1,0 +1,69 @@
+"""The main job (boomerang.reproduce) end to end on a tiny random teacher and tiny local data."""
+
+import json
+import os
+import random
+
+import pytest
+
+import tiny_models
+
+WORDS = "the a of and to in is was he it that for on with as his by at be this had not are but from or".split()
+
+
+def _doc(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n)) + " ."
+
+
+@pytest.fixture()
+def tiny_world(tmp_path):
+    rng = random.Random(0)
+    teacher = tiny_models.save_tiny_model(str(tmp_path / "teacher"), tiny_models.llama(8))
+    data = tmp_path / "data"
+    (data / "corpus").mkdir(parents=True)
+    (data / "tasks").mkdir()
+    for name, n in (("brown_train", 30), ("brown_heldout", 20)):
+        with open(data / "corpus" / f"{name}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"id": str(i), "genre": "x", "text": _doc(rng, 300)}) + "\n")
+    for task in ("arc_easy", "piqa", "boolq", "openbook_qa", "copa"):
+        with open(data / "tasks" / f"{task}.jsonl", "w") as f:
+            for i in range(8):
+                f.write(json.dumps({"query": _doc(rng, 6), "choices": [_doc(rng, 2), _doc(rng, 3)], "gold": i % 2}) + "\n")
+    return teacher, str(data), tmp_path / "out"
+
+
+def test_main_job_end_to_end(tiny_world):
+    from boomerang.reproduce import main
+
+    teacher, data, out = tiny_world
+    argv = ["--teacher_model_name_or_path", teacher, "--data_dir", data, "--output_dir", str(out),
+            "--max_steps", "2", "--mc_limit", "4", "--ppl_docs", "2"]
+    main(argv)
+    assert os.path.isfile(out / "student" / "student_config.json")
+    results = os.listdir(out / "eval" / "results")
+    # student, k = 0..2, teacher (k = 3), and naive pruning at the depths of k = 0..2
+    assert sorted(results) == sorted(["student.json", "last_k00.json", "last_k01.json", "last_k02.json",
+                                      "teacher.json", "naive_d05.json", "naive_d06.json", "naive_d07.json"])
+    for name in ("summary.csv", "summary.md"):
+        assert os.path.isfile(out / "eval" / name)
+    assert any(p.endswith(".png") for p in os.listdir(out / "eval" / "plots"))
+    report = (out / "REPORT.md").read_text()
+    assert "| 5 (student) |" in report and "| 8 (teacher) |" in report and "Stage times" in report
+    facts = json.loads((out / "report.json").read_text())["facts"]
+    assert [d for d, _, _ in facts["boomerang_beats"]["naive"]] == [5, 6, 7]
+
+    # A second run reuses everything: no training, no evaluation.
+    mtimes = {n: os.path.getmtime(out / "eval" / "results" / n) for n in results}
+    main(argv)
+    assert mtimes == {n: os.path.getmtime(out / "eval" / "results" / n) for n in results}
+
+
+def test_missing_data_dir_fails_before_work(tmp_path, capsys):
+    from boomerang.reproduce import main
+
+    with pytest.raises(SystemExit):
+        main(["--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "--data_dir" in err and "BOOMERANG_DATA" in err
+    assert not os.path.exists(tmp_path / "out")
