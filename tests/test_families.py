@@ -18,12 +18,7 @@ CONFIGS = {**tiny_models.TINY_DECODERS, "bert": lambda n, tie=True: tiny_models.
 DECODERS = sorted(tiny_models.TINY_DECODERS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(n=10, batch=2):
