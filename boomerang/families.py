@@ -128,15 +128,6 @@ class FamilyAdapter:
         head = get_submodule(model, self.tied_head_weight.rsplit(".", 1)[0]).weight
         return emb is head or emb.data_ptr() == head.data_ptr()
 
-    def untie(self, model: nn.Module) -> None:
-        """Give the head its own weight (a copy) and record ``tie_word_embeddings=False`` in the config."""
-        if self.tied_head_weight is None:
-            return
-        head = get_submodule(model, self.tied_head_weight.rsplit(".", 1)[0])
-        if self.is_tied(model):
-            head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
-        set_tie(model.config, False)
-
 
 def set_tie(config, tied: bool) -> None:
     """Record whether the head is tied, wherever this transformers version reads it from."""

@@ -26,14 +26,6 @@ class LayerMapError(ValueError):
 
 
 @dataclass(frozen=True)
-class Segment:
-    """A run of consecutive layers taken from one model, in the order they appear in the result."""
-
-    source: str  # "teacher" or "student"
-    layers: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class PatchPlan:
     """What a patched model is made of: its layers in order and where embeddings, norm and head come from.
 
@@ -56,15 +48,6 @@ class PatchPlan:
 
     def student_layers(self) -> list[int]:
         return [i for s, i in self.layers if s == "student"]
-
-    def segments(self) -> list[Segment]:
-        out: list[Segment] = []
-        for src, idx in self.layers:
-            if out and out[-1].source == src:
-                out[-1] = Segment(src, out[-1].layers + (idx,))
-            else:
-                out.append(Segment(src, (idx,)))
-        return out
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,9 @@ repository): ``corpus/brown_train.jsonl``, ``corpus/brown_heldout.jsonl`` and ``
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
-import sys
 import time
 
 import torch
@@ -111,18 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
 def _stage(name: str, timings: dict):
-    class _S:
-        def __enter__(self):
-            self.t = time.time()
-            print(f"\n=== {name} ===", flush=True)
-
-        def __exit__(self, *exc):
-            timings[name] = round(time.time() - self.t, 1)
-            if exc[0] is None:
-                print(f"=== {name}: {timings[name]:.0f} s ===", flush=True)
-
-    return _S()
+    """Print a stage's start and end, and record its wall time in ``timings``."""
+    start = time.time()
+    print(f"\n=== {name} ===", flush=True)
+    yield
+    timings[name] = round(time.time() - start, 1)
+    print(f"=== {name}: {timings[name]:.0f} s ===", flush=True)
 
 
 def main(argv=None) -> dict:
@@ -179,7 +174,6 @@ def main(argv=None) -> dict:
 
     # 3. the sweep: boomerang (last-k) and the baselines at the same sizes, one folder
     with _stage("evaluation sweep", timings):
-        from baselines.naive import naive_pruning_layers  # noqa: F401  (fail early if missing)
         from boomerang.families import adapter_for, dtype_from_name
         from boomerang.models import load_model, load_tokenizer
         from evaluate.baselines import build_family, calibration_batches, family_points, load_texts
@@ -300,4 +294,4 @@ def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, pr
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()
