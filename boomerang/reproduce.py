@@ -9,8 +9,11 @@ Stages (each resumable: a rerun skips what is done and continues what was interr
   3. sweep every size from student to teacher in last-k order (``evaluate.evaluate``) on held-out
      Brown perplexity and the multiple-choice tasks of ``DATA/tasks``, with the naive-pruning
      baseline (and, in the GPU preset, ShortGPT and LaCo) at the same sizes, in one sweep folder;
-  4. write the results (per-size JSON, summary CSV/markdown, plots, a boomerang-vs-baselines table)
-     and print a short report: the table, where the plots are, how long each stage took.
+  4. measure the seam alignment: the cosine of student and teacher hidden states at every aligned
+     pair, on the held-out documents (``alignment.md``; ``python -m evaluate.alignment`` goes further);
+  5. write the results (per-size JSON, summary CSV/markdown, plots, a boomerang-vs-baselines table)
+     and print a short report: the table, where perplexity rises along the ladder and by how much,
+     where the plots are, how long each stage took.
 
 The data folder is ``--data_dir`` (default ``$BOOMERANG_DATA``, else ``../shared/data`` beside the
 repository): ``corpus/brown_train.jsonl``, ``corpus/brown_heldout.jsonl`` and ``tasks/*.jsonl``.
@@ -40,8 +43,8 @@ PRESETS = {
         "train_config": "configs/smollm2-135m-cpu.yaml",
         "train_overrides": [],
         "ppl_docs": 25,  # held-out documents for perplexity
-        "max_doc_words": 400,  # ... each cut to its first N words (~550 tokens)
-        "mc_limit": 100,  # items per multiple-choice task
+        "max_doc_words": 300,  # ... each cut to its first N words (~400 tokens)
+        "mc_limit": 40,  # items per multiple-choice task (100 made the sweep ~56 min on 2 cores)
         "baselines": ["naive"],
         "dtype": "float32",
         "eval_batch_size": "8",
@@ -58,6 +61,7 @@ PRESETS = {
     },
 }
 MC_TASKS = ("arc_easy", "piqa", "boolq", "openbook_qa", "copa")
+ALIGN_TOKENS = 512  # each held-out document cut to this many tokens for the seam-alignment table
 
 
 def default_data_dir() -> str:
@@ -215,9 +219,26 @@ def main(argv=None) -> dict:
         records = run_sweep(points, eval_dir, tasks, limit=mc_limit, batch_size=preset["eval_batch_size"],
                             max_doc_words=preset["max_doc_words"], common_metadata={"preset": preset_name})
 
-    # 4. the report
+    # 4. seam alignment: how closely the student's hidden states match the teacher's at the aligned
+    #    pairs, i.e. at every seam a patched size has (evaluate.alignment has the full diagnosis)
+    with _stage("alignment", timings):
+        from evaluate.alignment import encode_documents, pair_alignment, render
+
+        align_batches = encode_documents(tok, heldout, None, ALIGN_TOKENS)
+        alignment = {"teacher": args.teacher_model_name_or_path, "student": student_dir, "data": heldout,
+                     "documents": len(align_batches), "tokens": sum(b.shape[1] for b in align_batches),
+                     "max_tokens": ALIGN_TOKENS, "order": "last-k", "variants": [], "ladder": [],
+                     "student_ppl": _value(next(r for r in records if r.get("role") == "student"), "brown_heldout",
+                                           "token_perplexity"),
+                     "teacher_ppl": _value(next(r for r in records if r.get("role") == "teacher"), "brown_heldout",
+                                           "token_perplexity"),
+                     "pairs": pair_alignment(student, teacher_eval, layer_map, align_batches)}
+        atomic_write_json(os.path.join(out, "alignment.json"), alignment)
+        atomic_write_text(os.path.join(out, "alignment.md"), render(alignment))
+
+    # 5. the report
     with _stage("report", timings):
-        report = write_report(out, eval_dir, records, timings, preset_name, time.time() - t_start)
+        report = write_report(out, eval_dir, records, timings, preset_name, time.time() - t_start, alignment)
     print(report, flush=True)
     return {"output_dir": out, "timings": timings}
 
@@ -252,12 +273,16 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
         lines.append("| " + " | ".join([f"{student['depth']} (student)", f"{student['parameters']['total'] / 1e6:.1f}M",
                                         fmt(_value(student, "brown_heldout", "token_perplexity"))]
                                        + [""] * len(methods) + [fmt(acc(student), 3)] + [""] * len(methods)) + " |")
-    facts = {"monotone": True, "boomerang_beats": {m: [] for m in methods}}
-    prev = None
+    facts = {"monotone": True, "rises": [], "boomerang_beats": {m: [] for m in methods}}
+    chain = []  # the ladder in the order blocks are added: the student, then k = 0 .. teacher
+    if student is not None:
+        chain.append((f"{student['depth']} (student)", _value(student, "brown_heldout", "token_perplexity")))
     for d in sorted(boom):
         r = boom[d]
         ppl = _value(r, "brown_heldout", "token_perplexity")
-        row = [str(d) + (" (teacher)" if r.get("role") == "teacher" else ""), f"{r['parameters']['total'] / 1e6:.1f}M", fmt(ppl)]
+        label = str(d) + (" (teacher)" if r.get("role") == "teacher" else "")
+        chain.append((label, ppl))
+        row = [label, f"{r['parameters']['total'] / 1e6:.1f}M", fmt(ppl)]
         for m in methods:
             b = by[m].get(d)
             bp = _value(b, "brown_heldout", "token_perplexity") if b else None
@@ -267,23 +292,40 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
         row.append(fmt(acc(r), 3))
         row += [fmt(acc(by[m][d]), 3) if d in by[m] else "" for m in methods]
         lines.append("| " + " | ".join(row) + " |")
-        if prev is not None and ppl is not None and ppl > prev:
+    chain = [(label, v) for label, v in chain if v is not None]
+    for (a, pa), (b, pb) in zip(chain, chain[1:]):
+        if pb > pa:
             facts["monotone"] = False
-        prev = ppl if ppl is not None else prev
+            facts["rises"].append((a, b, round(pa, 2), round(pb, 2), round(100 * (pb / pa - 1), 1)))
     return "\n".join(lines) + "\n", facts
 
 
-def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, preset: str, total_s: float) -> str:
+def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, preset: str, total_s: float,
+                 alignment: dict | None = None) -> str:
     table, facts = comparison(records)
     lines = [f"# boomerang main job ({preset} preset)", "",
              "Held-out Brown token perplexity (lower is better) and mean accuracy over "
              f"{', '.join(MC_TASKS)} (higher is better), last-k order:", "", table]
-    lines.append(f"Perplexity monotone in size along the boomerang ladder: {'yes' if facts['monotone'] else 'no'}.")
+    if facts["monotone"]:
+        lines.append("Perplexity along the boomerang ladder (student, then every added block): monotone, never rises.")
+    else:
+        rises = "; ".join(f"{a} -> {b}: {pa:,.1f} -> {pb:,.1f} (+{pct}%)" for a, b, pa, pb, pct in facts["rises"])
+        lines.append(f"Perplexity along the boomerang ladder (student, then every added block) rises "
+                     f"{len(facts['rises'])} time(s): {rises}.")
     for m, rows in facts["boomerang_beats"].items():
         if rows:
             wins = sum(1 for _, w, _ in rows if w)
             ratios = ", ".join(f"{d}: {r}x" for d, _, r in rows)
             lines.append(f"Boomerang beats {m} at {wins} of {len(rows)} sizes (baseline ppl / boomerang ppl: {ratios}).")
+    if alignment and alignment["pairs"]:
+        inner = [p for p in alignment["pairs"] if p["student_index"] not in (0, -1)]
+        worst = min(inner or alignment["pairs"], key=lambda p: p["cosine"])
+        mean = sum(p["cosine"] for p in inner) / max(len(inner), 1)
+        facts["seam_cosine_mean"] = round(mean, 4)
+        lines.append(f"Seam alignment (cosine of student and teacher hidden states at the layer seams, held-out): "
+                     f"mean {mean:.3f}, lowest {worst['cosine']:.3f} (student {worst['student_index']} <-> teacher "
+                     f"{worst['teacher_index']}); embeddings {alignment['pairs'][0]['cosine']:.3f}, final norm "
+                     f"{alignment['pairs'][-1]['cosine']:.3f}. Table: {os.path.join(out, 'alignment.md')}")
     lines += ["", f"Plots: {os.path.join(eval_dir, 'plots')}", f"All results: {eval_dir} (summary.csv, summary.md)",
               "", "Stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total_s / 60:.1f} min"]
     text = "\n".join(lines) + "\n"

@@ -47,7 +47,10 @@ def plot_records(records: list[dict], out_dir: str, x: str = "total") -> list[st
             pts.sort(key=lambda p: p[0])
             xs, ys, es = [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
             color = f"C{ci % 10}"
-            ax.plot(xs, ys, "-o", color=color, ms=4, label=curve)
+            # the teacher is a point of its own: with an untied head the largest patched sizes have
+            # more parameters than the (tied) teacher, and a line through it would double back
+            line = [i for i, p in enumerate(pts) if p[3].get("role") != "teacher"]
+            ax.plot([xs[i] for i in line], [ys[i] for i in line], "-o", color=color, ms=4, label=curve)
             if any(e is not None for e in es):
                 ax.errorbar(xs, ys, yerr=[e or 0 for e in es], fmt="none", ecolor=color, alpha=0.4, capsize=2)
             for px, py, _, r in pts:

@@ -52,6 +52,12 @@ def test_main_job_end_to_end(tiny_world):
     assert "| 5 (student) |" in report and "| 8 (teacher) |" in report and "Stage times" in report
     facts = json.loads((out / "report.json").read_text())["facts"]
     assert [d for d, _, _ in facts["boomerang_beats"]["naive"]] == [5, 6, 7]
+    assert facts["monotone"] == (not facts["rises"]) and "Perplexity along the boomerang ladder" in report
+    for a, b, pa, pb, pct in facts["rises"]:
+        assert pb > pa and pct == round(100 * (pb / pa - 1), 1)
+    pairs = json.loads((out / "alignment.json").read_text())["pairs"]
+    assert [(p["student_index"], p["teacher_index"]) for p in pairs][0] == (0, 0) and len(pairs) == 6
+    assert all(-1 <= p["cosine"] <= 1 for p in pairs) and "Seam alignment" in report
 
     # A second run reuses everything: no training, no evaluation.
     mtimes = {n: os.path.getmtime(out / "eval" / "results" / n) for n in results}
@@ -67,3 +73,21 @@ def test_missing_data_dir_fails_before_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--data_dir" in err and "BOOMERANG_DATA" in err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_comparison_reports_every_rise_along_the_ladder():
+    from boomerang.reproduce import comparison
+
+    def rec(role, method, depth, ppl):
+        return {"role": role, "method": method, "depth": depth, "parameters": {"total": depth * 10 ** 6},
+                "metrics": {"brown_heldout": {"token_perplexity": {"value": ppl}}}}
+
+    records = [rec("student", "boomerang", 4, 100.0), rec("intermediate", "boomerang", 4, 110.0),
+               rec("intermediate", "boomerang", 5, 90.0), rec("intermediate", "boomerang", 6, 95.0),
+               rec("teacher", "boomerang", 7, 40.0), rec("intermediate", "naive", 4, 5000.0),
+               rec("intermediate", "naive", 5, 80.0)]
+    table, facts = comparison(records)
+    assert not facts["monotone"]
+    assert facts["rises"] == [("4 (student)", "4", 100.0, 110.0, 10.0), ("5", "6", 90.0, 95.0, 5.6)]
+    assert facts["boomerang_beats"]["naive"] == [(4, True, 45.45), (5, False, 0.89)]
+    assert "| 7 (teacher) | 7.0M | 40.0 |" in table

@@ -1,0 +1,246 @@
+"""Why is a ladder not monotone? Seam alignment and quick ladder perplexity of a student/teacher pair.
+
+A patched model runs student layers up to a *seam* and teacher layers after it (last-k; first-k is
+the mirror image), so each size is only as good as the student's hidden state at its seam matches
+the teacher's hidden state there. This tool measures, on held-out text and without lm-eval:
+
+1. For every aligned pair of the layer map (the cosine-loss pairs: student ``hidden_states`` index
+   j <-> teacher index ``copied[j]``, embedding output and final-norm output included): the mean
+   cosine similarity and the relative L2 error ``|h_s - h_t| / |h_t|`` over all tokens.
+2. The token perplexity of every size of the ladder (the paper's plan), and of the same sizes with
+   one part swapped (``--variants``): ``teacher_embeddings`` (last-k with the teacher's embeddings
+   instead of the student's) or ``student_head`` (last-k keeping the student's final norm and head),
+   to find which part of the student a size's error comes from.
+
+    python -m evaluate.alignment --teacher_model_name_or_path embedded:smollm2-135m \\
+        --student_model_name_or_path runs/main-cpu/student --data ../shared/data/corpus/brown_heldout.jsonl \\
+        --docs 25 --max_tokens 512 --variants teacher_embeddings --save_directory runs/main-cpu/alignment
+
+Writes ``alignment.json`` and ``alignment.md`` to ``--save_directory`` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from boomerang.cli import fail, setup_logging
+from boomerang.io import atomic_write_text
+from boomerang.assemble import ModelSource
+from boomerang.families import UnsupportedModelError, adapter_for_config
+from boomerang.layer_map import LayerMap, LayerMapError
+from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer
+from patching.patch import PatchError, assemble_plan, check_pair, load_layer_map, order_name
+from train.data import DataError, read_local_documents
+
+VARIANTS = ("teacher_embeddings", "student_head")
+
+
+def encode_documents(tokenizer, path: str, docs: int | None, max_tokens: int) -> list[torch.Tensor]:
+    """The first ``docs`` documents of a local file, each cut to its first ``max_tokens`` tokens."""
+    texts = read_local_documents(path, flag="--data")
+    if docs is not None:
+        texts = texts[:docs]
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+        if len(ids) >= 2:
+            out.append(torch.tensor([ids]))
+    if not out:
+        raise DataError(f"--data {path}: no document has 2 or more tokens")
+    return out
+
+
+@torch.no_grad()
+def document_nll(model, batches: list[torch.Tensor]) -> list[float]:
+    """Summed next-token NLL of each document."""
+    out = []
+    for ids in batches:
+        ids = ids.to(model.device)
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        out.append(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item())
+    return out
+
+
+def token_perplexity(model, batches: list[torch.Tensor], nll: list[float] | None = None) -> float:
+    """exp(mean next-token NLL) over every predicted token of every document."""
+    nll = document_nll(model, batches) if nll is None else nll
+    return math.exp(sum(nll) / sum(ids.shape[1] - 1 for ids in batches))
+
+
+def step_changes(labels: list[str], nlls: list[list[float]], counts: list[int], resamples: int = 2000,
+                 seed: int = 0) -> list[dict]:
+    """Perplexity ratio of each consecutive pair of models, with a 95% paired bootstrap interval over
+    documents: ``rises`` when the whole interval is above 1, ``falls`` when below, else ``within noise``."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(counts)
+    idx = torch.randint(0, n, (resamples, n), generator=g)
+    tok = torch.tensor(counts, dtype=torch.float64)[idx].sum(1)
+    out = []
+    for i in range(1, len(labels)):
+        a, b = torch.tensor(nlls[i - 1], dtype=torch.float64), torch.tensor(nlls[i], dtype=torch.float64)
+        ratio = math.exp((b.sum() - a.sum()).item() / sum(counts))
+        boot = torch.exp((b[idx].sum(1) - a[idx].sum(1)) / tok)
+        lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        verdict = "rises" if lo > 1 else "falls" if hi < 1 else "within noise"
+        out.append({"from": labels[i - 1], "to": labels[i], "ratio": ratio, "ci95": [lo, hi], "verdict": verdict})
+    return out
+
+
+@torch.no_grad()
+def pair_alignment(student, teacher, layer_map: LayerMap, batches: list[torch.Tensor]) -> list[dict]:
+    """Cosine similarity and relative L2 error of every aligned hidden-state pair, over all tokens."""
+    pairs = layer_map.cosine_pairs()
+    sums = {p: [0.0, 0.0] for p in pairs}
+    count = 0
+    for ids in batches:
+        ids = ids.to(student.device)
+        hs = student(input_ids=ids, output_hidden_states=True).hidden_states
+        ht = teacher(input_ids=ids, output_hidden_states=True).hidden_states
+        for s, t in pairs:
+            a, b = hs[s][0].float(), ht[t][0].float()
+            sums[(s, t)][0] += torch.nn.functional.cosine_similarity(a, b, dim=-1).sum().item()
+            sums[(s, t)][1] += ((a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-6)).sum().item()
+        count += ids.shape[1]
+    return [{"student_index": s, "teacher_index": t, "cosine": sums[(s, t)][0] / count,
+             "relative_l2": sums[(s, t)][1] / count} for s, t in pairs]
+
+
+def variant_plan(plan, variant: str):
+    """The plan with one part taken from the other model (None where that changes nothing)."""
+    if variant == "teacher_embeddings":
+        return None if plan.embeddings_from == "teacher" else dataclasses.replace(plan, embeddings_from="teacher")
+    if variant == "student_head":
+        if plan.lm_head_from == "student":
+            return None
+        return dataclasses.replace(plan, final_norm_from="student", lm_head_from="student")
+    raise ValueError(variant)
+
+
+def ladder_perplexity(teacher_src, student_src, layer_map: LayerMap, batches, patch_first_k_layers: bool,
+                      variants: list[str]) -> list[dict]:
+    rows = []
+    plans = layer_map.ladder(patch_first_k_layers)
+    for k, plan in enumerate(tqdm(plans, desc="ladder", unit="size")):
+        row = {"k": k, "depth": plan.depth, "replaced_blocks": list(plan.replaced_blocks)}
+        model = assemble_plan(teacher_src, student_src, plan).eval()
+        row["document_nll"] = document_nll(model, batches)
+        row["paper"] = token_perplexity(model, batches, row["document_nll"])
+        del model
+        for v in variants:
+            vplan = variant_plan(plan, v)
+            if vplan is None:
+                row[v] = None
+                continue
+            model = assemble_plan(teacher_src, student_src, vplan).eval()
+            row[v] = token_perplexity(model, batches)
+            del model
+        rows.append(row)
+    return rows
+
+
+def render(report: dict) -> str:
+    lines = [f"# Seam alignment and ladder perplexity: {report['student']} vs {report['teacher']}", "",
+             f"Data: {report['data']} ({report['documents']} documents, {report['tokens']} tokens, "
+             f"each cut to {report['max_tokens']} tokens). Student perplexity {report['student_ppl']:.1f}, "
+             f"teacher {report['teacher_ppl']:.1f}.", "",
+             "## Aligned pairs (student hidden_states index <-> teacher index)", "",
+             "| student | teacher | cosine | relative L2 |", "|---|---|---|---|"]
+    for p in report["pairs"]:
+        lines.append(f"| {p['student_index']} | {p['teacher_index']} | {p['cosine']:.4f} | {p['relative_l2']:.3f} |")
+    variants = report["variants"]
+    if not report["ladder"]:
+        return "\n".join(lines) + "\n"
+    lines += ["", f"## Ladder token perplexity ({report['order']} order)", "",
+              "| " + " | ".join(["k", "depth", "paper plan"] + variants) + " |",
+              "|---|---|---|" + "---|" * len(variants)]
+    for r in report["ladder"]:
+        cells = [str(r["k"]), str(r["depth"]), f"{r['paper']:.1f}"] + ["" if r[v] is None else f"{r[v]:.1f}" for v in variants]
+        lines.append("| " + " | ".join(cells) + " |")
+    if report.get("steps"):
+        lines += ["", "## Each step along the ladder (paper plan)", "",
+                  "Perplexity ratio of each model to the one before it, with a 95% paired bootstrap interval over "
+                  "documents.", "", "| from | to | ratio | 95% interval | verdict |", "|---|---|---|---|---|"]
+        for st in report["steps"]:
+            lo, hi = st["ci95"]
+            lines.append(f"| {st['from']} | {st['to']} | {st['ratio']:.3f} | {lo:.3f}-{hi:.3f} | {st['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evaluate.alignment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher_model_name_or_path", required=True)
+    p.add_argument("--student_model_name_or_path", required=True)
+    p.add_argument("--data", required=True, help="local .jsonl/.txt/.parquet file or folder of held-out text")
+    p.add_argument("--docs", type=int, default=25, help="first N documents (default 25; 0 = all)")
+    p.add_argument("--max_tokens", type=int, default=512, help="each document cut to its first N tokens")
+    p.add_argument("--patch_first_k_layers", action="store_true", help="first-k order (default last-k)")
+    p.add_argument("--variants", default="", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--no_ladder", action="store_true", help="only the aligned-pair table")
+    p.add_argument("--save_directory", default=None)
+    p.add_argument("--num_threads", type=int, default=None)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        fail(f"--variants: unknown {bad}; choose from {', '.join(VARIANTS)}")
+    if not os.path.exists(args.data):
+        fail(f"--data {args.data} not found: pass a local held-out text file (e.g. ../shared/data/corpus/brown_heldout.jsonl)")
+    if args.max_tokens < 2:
+        fail("--max_tokens must be at least 2")
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    start = time.time()
+    try:
+        t_cfg = load_config(args.teacher_model_name_or_path)
+        layer_map = load_layer_map(args.student_model_name_or_path, adapter_for_config(t_cfg).num_layers(t_cfg))
+        tokenizer = load_tokenizer(args.teacher_model_name_or_path)
+        batches = encode_documents(tokenizer, args.data, args.docs or None, args.max_tokens)
+        teacher = load_model(args.teacher_model_name_or_path, dtype=torch.float32).eval()
+        student = load_model(args.student_model_name_or_path, dtype=torch.float32).eval()
+        teacher_src, student_src = ModelSource(teacher, "teacher"), ModelSource(student, "student")
+        check_pair(teacher_src, student_src, layer_map)
+    except (PatchError, LayerMapError, DataError, ModelNotFoundError, UnsupportedModelError) as e:
+        fail(str(e))
+    report = {
+        "teacher": args.teacher_model_name_or_path, "student": args.student_model_name_or_path,
+        "data": args.data, "documents": len(batches), "tokens": sum(b.shape[1] for b in batches),
+        "max_tokens": args.max_tokens, "order": order_name(args.patch_first_k_layers), "variants": variants,
+        "teacher_ppl": token_perplexity(teacher, batches),
+        "pairs": pair_alignment(student, teacher, layer_map, batches),
+    }
+    student_nll = document_nll(student, batches)
+    report["student_ppl"] = token_perplexity(student, batches, student_nll)
+    report["student_document_nll"] = student_nll
+    report["document_tokens"] = [b.shape[1] - 1 for b in batches]  # predicted tokens per document
+    report["ladder"] = [] if args.no_ladder else ladder_perplexity(
+        teacher_src, student_src, layer_map, batches, args.patch_first_k_layers, variants)
+    if report["ladder"]:
+        labels = ["student"] + [f"k={r['k']} ({r['depth']} layers)" for r in report["ladder"]]
+        report["steps"] = step_changes(labels, [student_nll] + [r["document_nll"] for r in report["ladder"]],
+                                       [b.shape[1] - 1 for b in batches])
+    report["seconds"] = round(time.time() - start, 1)
+    text = render(report)
+    print(text)
+    if args.save_directory:
+        os.makedirs(args.save_directory, exist_ok=True)
+        atomic_write_text(os.path.join(args.save_directory, "alignment.json"), json.dumps(report, indent=2) + "\n")
+        atomic_write_text(os.path.join(args.save_directory, "alignment.md"), text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
