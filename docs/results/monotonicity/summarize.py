@@ -17,43 +17,63 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 from evaluate.alignment import step_changes  # noqa: E402
 
 DOCS = 25
-RUNS = [  # folder here, what differs from the CPU preset, its training log
-    ("paper-120", "the preset (paper loss: cosine 2.0, KL 0.1; lr 3e-4)", "runs/smollm2-cpu/log.jsonl"),
-    ("cos20-120", "cosine weight 20 (10x)", "runs/exp-cos20/log.jsonl"),
-    ("lr1e-3-120", "lr 1e-3", "runs/exp-lr1e-3/log.jsonl"),
-    ("cos20-240", "cosine weight 20, 240 steps", "runs/exp-cos20-240/log.jsonl"),
-    ("paper-240", "240 steps", "runs/exp-paper-240/log.jsonl"),
+RUNS = [  # folder here (alignment.json, and train_log.jsonl = the run's log.jsonl), what differs from the CPU preset
+    ("paper-120", "the CPU preset: 120 steps, paper loss (cosine 2.0, KL 0.1), lr 3e-4"),
+    ("cos20-120", "cosine weight 20 (10x)"),
+    ("lr1e-3-120", "lr 1e-3 (3.3x)"),
+    ("paper-180", "180 steps (1.5x)"),
 ]
 
 
-def final_ce(log_path: str):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(HERE))), log_path)
+def final_ce(path: str):
     if not os.path.isfile(path):
         return None
     evals = [json.loads(line) for line in open(path) if '"eval_ce"' in line]
     return evals[-1]["eval_ce"] if evals else None
 
 
+def _student_nll(rep: dict, n: int):
+    """Per-document NLL of the student on the first n documents (older reports did not store it)."""
+    if rep.get("student_document_nll"):
+        return rep["student_document_nll"][:n]
+    import torch
+
+    from boomerang.models import load_model, load_tokenizer
+    from evaluate.alignment import document_nll, encode_documents
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+    batches = encode_documents(load_tokenizer(rep["teacher"]), os.path.join(root, rep["data"]), n, rep["max_tokens"])
+    return document_nll(load_model(os.path.join(root, rep["student"]), torch.float32).eval(), batches)
+
+
+def _tokens(rep: dict, n: int):
+    if rep.get("document_tokens"):
+        return rep["document_tokens"][:n]
+    from boomerang.models import load_tokenizer
+    from evaluate.alignment import encode_documents
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+    batches = encode_documents(load_tokenizer(rep["teacher"]), os.path.join(root, rep["data"]), n, rep["max_tokens"])
+    return [b.shape[1] - 1 for b in batches]
+
+
 def main():
-    rows, steps_out = [], []
-    for name, what, log in RUNS:
+    rows = []
+    for name, what in RUNS:
         path = os.path.join(HERE, name, "alignment.json")
         if not os.path.isfile(path):
             continue
         rep = json.load(open(path))
         ladder = rep["ladder"]
         n = min(DOCS, rep["documents"])
-        # token counts of the first n documents: each is cut to max_tokens, so recover them from the
-        # stored total only when every document was cut; otherwise the report must hold them
-        counts = rep.get("document_tokens") or [rep["max_tokens"] - 1] * rep["documents"]
-        counts = counts[:n]
-        nlls = [rep["student_document_nll"][:n]] + [r["document_nll"][:n] for r in ladder]
+        counts = _tokens(rep, n)
+        nlls = [_student_nll(rep, n)] + [r["document_nll"][:n] for r in ladder]
         ppl = [math.exp(sum(x) / sum(counts)) for x in nlls]
         labels = ["student"] + [str(r["depth"]) for r in ladder]
         steps = step_changes(labels, nlls, counts)
         inner = [p["cosine"] for p in rep["pairs"] if p["student_index"] not in (0, -1)]
         rises = [s for s in steps if s["verdict"] == "rises"]
-        rows.append((name, what, final_ce(log), sum(inner) / len(inner), ppl, rises))
+        rows.append((name, what, final_ce(os.path.join(HERE, name, "train_log.jsonl")), sum(inner) / len(inner), ppl, rises))
     depths = [str(r["depth"]) for r in ladder]
     out = ["| student | held-out CE (train eval) | seam cosine (mean) | student | "
            + " | ".join(depths) + " | significant rises |",
