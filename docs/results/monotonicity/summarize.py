@@ -67,7 +67,14 @@ def main():
         ladder = rep["ladder"]
         n = min(DOCS, rep["documents"])
         counts = _tokens(rep, n)
-        nlls = [_student_nll(rep, n)] + [r["document_nll"][:n] for r in ladder]
+        if not rep.get("student_document_nll") or not rep.get("document_tokens"):
+            # reports written before evaluate.alignment stored these: fill them in once, on the first n documents
+            rep["student_document_nll"], rep["document_tokens"] = _student_nll(rep, n), counts
+            rep["student_document_nll_documents"] = n
+            with open(path, "w") as f:
+                json.dump(rep, f, indent=2)
+                f.write("\n")
+        nlls = [rep["student_document_nll"][:n]] + [r["document_nll"][:n] for r in ladder]
         ppl = [math.exp(sum(x) / sum(counts)) for x in nlls]
         labels = ["student"] + [str(r["depth"]) for r in ladder]
         steps = step_changes(labels, nlls, counts)
