@@ -228,10 +228,7 @@ def main(argv=None) -> dict:
         alignment = {"teacher": args.teacher_model_name_or_path, "student": student_dir, "data": heldout,
                      "documents": len(align_batches), "tokens": sum(b.shape[1] for b in align_batches),
                      "max_tokens": ALIGN_TOKENS, "order": "last-k", "variants": [], "ladder": [],
-                     "student_ppl": _value(next(r for r in records if r.get("role") == "student"), "brown_heldout",
-                                           "token_perplexity"),
-                     "teacher_ppl": _value(next(r for r in records if r.get("role") == "teacher"), "brown_heldout",
-                                           "token_perplexity"),
+                     "student_ppl": None, "teacher_ppl": None,  # the sweep's perplexities are on other cuts
                      "pairs": pair_alignment(student, teacher_eval, layer_map, align_batches)}
         atomic_write_json(os.path.join(out, "alignment.json"), alignment)
         atomic_write_text(os.path.join(out, "alignment.md"), render(alignment))

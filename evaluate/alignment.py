@@ -149,8 +149,9 @@ def ladder_perplexity(teacher_src, student_src, layer_map: LayerMap, batches, pa
 def render(report: dict) -> str:
     lines = [f"# Seam alignment and ladder perplexity: {report['student']} vs {report['teacher']}", "",
              f"Data: {report['data']} ({report['documents']} documents, {report['tokens']} tokens, "
-             f"each cut to {report['max_tokens']} tokens). Student perplexity {report['student_ppl']:.1f}, "
-             f"teacher {report['teacher_ppl']:.1f}.", "",
+             f"each cut to {report['max_tokens']} tokens)."
+             + ("" if report.get("student_ppl") is None else
+                f" Student perplexity {report['student_ppl']:.1f}, teacher {report['teacher_ppl']:.1f}."), "",
              "## Aligned pairs (student hidden_states index <-> teacher index)", "",
              "| student | teacher | cosine | relative L2 |", "|---|---|---|---|"]
     for p in report["pairs"]:
@@ -231,7 +232,7 @@ def main(argv=None) -> dict:
     if report["ladder"]:
         labels = ["student"] + [f"k={r['k']} ({r['depth']} layers)" for r in report["ladder"]]
         report["steps"] = step_changes(labels, [student_nll] + [r["document_nll"] for r in report["ladder"]],
-                                       [b.shape[1] - 1 for b in batches])
+                                       report["document_tokens"])
     report["seconds"] = round(time.time() - start, 1)
     text = render(report)
     print(text)
