@@ -6,7 +6,8 @@
 Stages (each resumable: a rerun skips what is done and continues what was interrupted):
   1. resolve ``embedded:smollm2-135m`` (30 layers) and check the data folder;
   2. distill the 16-layer (1, 2, 2) student on the Brown training split (``train.train``);
-  3. sweep every size from student to teacher in last-k order (``evaluate.evaluate``) on held-out
+  3. sweep every size from student to teacher in last-k order (``--patch_first_k_layers``: first-k,
+     the paper's order for Llama, into OUTPUT_DIR/first-k/) (``evaluate.evaluate``) on held-out
      Brown perplexity and the multiple-choice tasks of ``DATA/tasks``, with the naive-pruning
      baseline (and, in the GPU preset, ShortGPT and LaCo) at the same sizes, in one sweep folder;
   4. measure the seam alignment: the cosine of student and teacher hidden states at every aligned
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mc_limit", type=int, default=None, help="override items per multiple-choice task")
     p.add_argument("--ppl_docs", type=int, default=None, help="override held-out documents for perplexity")
     p.add_argument("--baselines", default=None, help="comma-separated: naive, shortgpt, laco (default: the preset's)")
+    p.add_argument("--patch_first_k_layers", action="store_true",
+                   help="sweep in first-k order (the paper's order for Llama teachers) instead of last-k; the results "
+                        "go to OUTPUT_DIR/first-k/, beside a last-k run's, and the distilled student is shared")
     p.add_argument("--teacher_model_name_or_path", default=TEACHER)
     p.add_argument("--skip_training", action="store_true",
                    help="evaluate an existing student in OUTPUT_DIR/student (e.g. after a run on another machine)")
@@ -140,10 +144,12 @@ def main(argv=None) -> dict:
     ppl_docs = args.ppl_docs if args.ppl_docs is not None else preset["ppl_docs"]
     os.makedirs(out, exist_ok=True)
     student_dir = os.path.join(out, "student")
-    eval_dir = os.path.join(out, "eval")
+    order = "first-k" if args.patch_first_k_layers else "last-k"
+    results_dir = os.path.join(out, "first-k") if args.patch_first_k_layers else out  # one folder per order
+    eval_dir = os.path.join(results_dir, "eval")
     timings: dict[str, float] = {}
     t_start = time.time()
-    print(f"boomerang main job: preset {preset_name}, output {out}, data {data_dir}", flush=True)
+    print(f"boomerang main job: preset {preset_name}, {order} order, output {out}, data {data_dir}", flush=True)
 
     # 1. the teacher
     with _stage("teacher", timings):
@@ -176,7 +182,7 @@ def main(argv=None) -> dict:
                 argv_t += ["--overwrite"]  # a run that died before its first checkpoint: nothing to keep
             train_mod.main(argv_t)
 
-    # 3. the sweep: boomerang (last-k) and the baselines at the same sizes, one folder
+    # 3. the sweep: boomerang (in the chosen order) and the baselines at the same sizes, one folder
     with _stage("evaluation sweep", timings):
         from boomerang.families import adapter_for, dtype_from_name
         from boomerang.models import load_model, load_tokenizer
@@ -195,7 +201,7 @@ def main(argv=None) -> dict:
         tok = load_tokenizer(teacher_path)
         ks = list(range(layer_map.max_patch + 1))
         teacher_eval = teacher.to(dtype)
-        points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=False, dtype=dtype,
+        points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=args.patch_first_k_layers, dtype=dtype,
                                   teacher_name=args.teacher_model_name_or_path, student_name=student_dir,
                                   curve="boomerang")
         batches = laco_batches = calibration = None
@@ -212,30 +218,31 @@ def main(argv=None) -> dict:
             laco_options["thresholds"] = list(DEFAULT_THRESHOLDS)
         # Baselines at every interpolated size (the teacher and the student's own depth-16 point included).
         for method in baselines:
-            entries = build_family(method, teacher, layer_map, ks[:-1], False, batches, laco_batches,
-                                   os.path.join(out, "baselines"), laco_options, calibration)
-            points += family_points(method, entries, args.teacher_model_name_or_path, student_dir, "last-k",
-                                    lambda: tok, None, dtype=dtype, listing_directory=os.path.join(out, "baselines"))
+            entries = build_family(method, teacher, layer_map, ks[:-1], args.patch_first_k_layers, batches,
+                                   laco_batches, os.path.join(results_dir, "baselines"), laco_options, calibration)
+            points += family_points(method, entries, args.teacher_model_name_or_path, student_dir, order,
+                                    lambda: tok, None, dtype=dtype,
+                                    listing_directory=os.path.join(results_dir, "baselines"))
         records = run_sweep(points, eval_dir, tasks, limit=mc_limit, batch_size=preset["eval_batch_size"],
                             max_doc_words=preset["max_doc_words"], common_metadata={"preset": preset_name})
 
     # 4. seam alignment: how closely the student's hidden states match the teacher's at the aligned
     #    pairs, i.e. at every seam a patched size has (evaluate.alignment has the full diagnosis)
     with _stage("alignment", timings):
-        from evaluate.alignment import encode_documents, pair_alignment, render
+        from evaluate.alignment import alignment_report, encode_documents, render
 
         align_batches = encode_documents(tok, heldout, None, ALIGN_TOKENS)
-        alignment = {"teacher": args.teacher_model_name_or_path, "student": student_dir, "data": heldout,
-                     "documents": len(align_batches), "tokens": sum(b.shape[1] for b in align_batches),
-                     "max_tokens": ALIGN_TOKENS, "order": "last-k", "variants": [], "ladder": [],
-                     "student_ppl": None, "teacher_ppl": None,  # the sweep's perplexities are on other cuts
-                     "pairs": pair_alignment(student, teacher_eval, layer_map, align_batches)}
-        atomic_write_json(os.path.join(out, "alignment.json"), alignment)
-        atomic_write_text(os.path.join(out, "alignment.md"), render(alignment))
+        # pairs only: the sweep has measured every size's perplexity already (on its own cut of the documents)
+        alignment = alignment_report(teacher_eval, student, layer_map, align_batches,
+                                     teacher_name=args.teacher_model_name_or_path, student_name=student_dir,
+                                     data=heldout, max_tokens=ALIGN_TOKENS, perplexities=False)
+        atomic_write_json(os.path.join(results_dir, "alignment.json"), alignment)
+        atomic_write_text(os.path.join(results_dir, "alignment.md"), render(alignment))
 
     # 5. the report
     with _stage("report", timings):
-        report = write_report(out, eval_dir, records, timings, preset_name, time.time() - t_start, alignment)
+        report = write_report(results_dir, eval_dir, records, timings, preset_name, time.time() - t_start, alignment,
+                              order)
     print(report, flush=True)
     return {"output_dir": out, "timings": timings}
 
@@ -298,11 +305,11 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
 
 
 def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, preset: str, total_s: float,
-                 alignment: dict | None = None) -> str:
+                 alignment: dict | None = None, order: str = "last-k") -> str:
     table, facts = comparison(records)
     lines = [f"# boomerang main job ({preset} preset)", "",
              "Held-out Brown token perplexity (lower is better) and mean accuracy over "
-             f"{', '.join(MC_TASKS)} (higher is better), last-k order:", "", table]
+             f"{', '.join(MC_TASKS)} (higher is better), {order} order:", "", table]
     if facts["monotone"]:
         lines.append("Perplexity along the boomerang ladder (student, then every added block): monotone, never rises.")
     else:
@@ -328,7 +335,7 @@ def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, pr
     text = "\n".join(lines) + "\n"
     atomic_write_text(os.path.join(out, "REPORT.md"), text)
     atomic_write_json(os.path.join(out, "report.json"), {"timings": timings, "total_s": round(total_s, 1),
-                                                         "facts": facts, "preset": preset})
+                                                         "facts": facts, "preset": preset, "order": order})
     return text
 
 

@@ -146,6 +146,39 @@ def ladder_perplexity(teacher_src, student_src, layer_map: LayerMap, batches, pa
     return rows
 
 
+def alignment_report(teacher, student, layer_map: LayerMap, batches: list[torch.Tensor], *,
+                     teacher_name: str, student_name: str, data: str, max_tokens: int,
+                     patch_first_k_layers: bool = False, variants=(), ladder: bool = True,
+                     perplexities: bool = True) -> dict:
+    """The whole diagnosis of a student and its teacher (models in eval mode) as ``alignment.json`` holds it.
+
+    ``perplexities=False`` measures only the aligned pairs (no student, teacher or ladder perplexity):
+    what the main job adds beside its sweep, whose perplexities are measured on other cuts.
+    """
+    report = {
+        "teacher": teacher_name, "student": student_name, "data": data, "documents": len(batches),
+        "tokens": sum(b.shape[1] for b in batches), "max_tokens": max_tokens,
+        "order": order_name(patch_first_k_layers), "variants": list(variants),
+        "pairs": pair_alignment(student, teacher, layer_map, batches),
+        "teacher_ppl": None, "student_ppl": None, "ladder": [],
+        "document_tokens": [b.shape[1] - 1 for b in batches],  # predicted tokens per document
+    }
+    if not perplexities:
+        return report
+    report["teacher_ppl"] = token_perplexity(teacher, batches)
+    student_nll = document_nll(student, batches)
+    report["student_ppl"] = token_perplexity(student, batches, student_nll)
+    report["student_document_nll"] = student_nll
+    if ladder:
+        report["ladder"] = ladder_perplexity(ModelSource(teacher, "teacher"), ModelSource(student, "student"),
+                                             layer_map, batches, patch_first_k_layers,
+                                             list(variants))
+        labels = ["student"] + [f"k={r['k']} ({r['depth']} layers)" for r in report["ladder"]]
+        report["steps"] = step_changes(labels, [student_nll] + [r["document_nll"] for r in report["ladder"]],
+                                       report["document_tokens"])
+    return report
+
+
 def render(report: dict) -> str:
     lines = [f"# Seam alignment and ladder perplexity: {report['student']} vs {report['teacher']}", "",
              f"Data: {report['data']} ({report['documents']} documents, {report['tokens']} tokens, "
@@ -216,23 +249,10 @@ def main(argv=None) -> dict:
         check_pair(teacher_src, student_src, layer_map)
     except (PatchError, LayerMapError, DataError, ModelNotFoundError, UnsupportedModelError) as e:
         fail(str(e))
-    report = {
-        "teacher": args.teacher_model_name_or_path, "student": args.student_model_name_or_path,
-        "data": args.data, "documents": len(batches), "tokens": sum(b.shape[1] for b in batches),
-        "max_tokens": args.max_tokens, "order": order_name(args.patch_first_k_layers), "variants": variants,
-        "teacher_ppl": token_perplexity(teacher, batches),
-        "pairs": pair_alignment(student, teacher, layer_map, batches),
-    }
-    student_nll = document_nll(student, batches)
-    report["student_ppl"] = token_perplexity(student, batches, student_nll)
-    report["student_document_nll"] = student_nll
-    report["document_tokens"] = [b.shape[1] - 1 for b in batches]  # predicted tokens per document
-    report["ladder"] = [] if args.no_ladder else ladder_perplexity(
-        teacher_src, student_src, layer_map, batches, args.patch_first_k_layers, variants)
-    if report["ladder"]:
-        labels = ["student"] + [f"k={r['k']} ({r['depth']} layers)" for r in report["ladder"]]
-        report["steps"] = step_changes(labels, [student_nll] + [r["document_nll"] for r in report["ladder"]],
-                                       report["document_tokens"])
+    report = alignment_report(teacher, student, layer_map, batches, teacher_name=args.teacher_model_name_or_path,
+                              student_name=args.student_model_name_or_path, data=args.data,
+                              max_tokens=args.max_tokens, patch_first_k_layers=args.patch_first_k_layers,
+                              variants=variants, ladder=not args.no_ladder)
     report["seconds"] = round(time.time() - start, 1)
     text = render(report)
     print(text)

@@ -85,6 +85,23 @@ def test_variants_take_the_part_from_the_other_model(pair):
     assert (v.final_norm_from, v.lm_head_from, v.embeddings_from) == ("student", "student", "student")
 
 
+def test_alignment_report_pairs_only_and_first_k(pair):
+    teacher = load_model(pair["teacher"], torch.float32).eval()
+    student = load_model(pair["student"], torch.float32).eval()
+    lm = LayerMap.load(pair["student"], 8)
+    batches = _batches(pair)
+    kw = dict(teacher_name="t", student_name="s", data=pair["data"], max_tokens=16)
+    short = A.alignment_report(teacher, student, lm, batches, perplexities=False, **kw)
+    full = A.alignment_report(teacher, student, lm, batches, patch_first_k_layers=True, **kw)
+    assert short["pairs"] == full["pairs"] and short["ladder"] == [] and short["student_ppl"] is None
+    assert full["order"] == "first-k" and [r["k"] for r in full["ladder"]] == list(range(lm.max_patch + 1))
+    assert full["ladder"][-1]["paper"] == pytest.approx(full["teacher_ppl"], rel=1e-5)
+    assert len(full["steps"]) == len(full["ladder"]) and full["document_tokens"] == [b.shape[1] - 1 for b in batches]
+    # first-k k=0 runs every student layer: an untrained student with its (identical) embeddings and head
+    assert full["ladder"][0]["paper"] == pytest.approx(full["student_ppl"], rel=1e-5)
+    assert "first-k" in A.render(full) and "| k | depth | paper plan |" in A.render(full)
+
+
 def test_cli_trained_student_writes_report(pair, tmp_path):
     trained = str(tmp_path / "trained")
     student = load_model(pair["student"], torch.float32)

@@ -64,6 +64,22 @@ def test_main_job_end_to_end(tiny_world):
     main(argv)
     assert mtimes == {n: os.path.getmtime(out / "eval" / "results" / n) for n in results}
 
+    # First-k order: the same student, its own folder beside the last-k results (which stay as they were).
+    student_mtime = os.path.getmtime(out / "student" / "model.safetensors")
+    main(argv + ["--patch_first_k_layers"])
+    assert os.path.getmtime(out / "student" / "model.safetensors") == student_mtime
+    assert mtimes == {n: os.path.getmtime(out / "eval" / "results" / n) for n in results}
+    first = out / "first-k"
+    assert sorted(os.listdir(first / "eval" / "results")) == sorted(
+        ["student.json", "first_k00.json", "first_k01.json", "first_k02.json", "teacher.json",
+         "naive_d05.json", "naive_d06.json", "naive_d07.json"])
+    naive_first = json.loads((first / "eval" / "results" / "naive_d06.json").read_text())
+    naive_last = json.loads((out / "eval" / "results" / "naive_d06.json").read_text())
+    assert (naive_first["order"], naive_last["order"]) == ("first-k", "last-k")
+    assert naive_first["teacher_layers"] == [0, 1, 2, 4, 6, 7] and naive_last["teacher_layers"] == [0, 2, 4, 5, 6, 7]
+    assert "first-k order" in (first / "REPORT.md").read_text() and (first / "alignment.json").is_file()
+    assert json.loads((first / "report.json").read_text())["order"] == "first-k"
+
 
 def test_missing_data_dir_fails_before_work(tmp_path, capsys):
     from boomerang.reproduce import main
