@@ -1,9 +1,10 @@
-"""Summarize the monotonicity study: one row per distilled student, from its alignment.json.
+"""Summarize the monotonicity study: one row per distilled student and patching order, from its alignment.json.
 
     python docs/results/monotonicity/summarize.py   # rewrites docs/results/monotonicity/table.md
 
 Every student is compared on the same documents: the first 25 held-out Brown documents, each cut to
-512 tokens (a report made on more documents is cut to those 25 from its per-document NLLs).
+512 tokens (a report made on more documents is cut to those 25 from its per-document NLLs; the seam
+cosine is the report's own, over all of its documents). A folder not there yet is skipped.
 """
 
 import json
@@ -17,11 +18,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 from evaluate.alignment import step_changes  # noqa: E402
 
 DOCS = 25
-RUNS = [  # folder here (alignment.json, and train_log.jsonl = the run's log.jsonl), what differs from the CPU preset
-    ("paper-120", "the CPU preset: 120 steps, paper loss (cosine 2.0, KL 0.1), lr 3e-4"),
-    ("cos20-120", "cosine weight 20 (10x)"),
-    ("lr1e-3-120", "lr 1e-3 (3.3x)"),
-    ("paper-180", "180 steps (1.5x)"),
+RUNS = [  # folder here (alignment.json), the folder whose train_log.jsonl (= the run's log.jsonl) it uses, what differs
+    ("paper-120", "paper-120", "the CPU preset: 120 steps, paper loss (cosine 2.0, KL 0.1), lr 3e-4"),
+    ("cos20-120", "cos20-120", "cosine weight 20 (10x)"),
+    ("lr1e-3-120", "lr1e-3-120", "lr 1e-3 (3.3x)"),
+    ("paper-180", "paper-180", "180 steps (1.5x)"),
+    ("paper-360", "paper-360", "360 steps (3x)"),
+    ("map221-120", "map221-120", "layer map (2, 2, 1) instead of (1, 2, 2), 120 steps"),
+    ("paper-120-first-k", "paper-120", "the CPU preset (120 steps)"),
+    ("paper-180-first-k", "paper-180", "180 steps (1.5x)"),
+    ("paper-360-first-k", "paper-360", "360 steps (3x)"),
+    ("map221-120-first-k", "map221-120", "layer map (2, 2, 1), 120 steps"),
 ]
 
 
@@ -59,7 +66,7 @@ def _tokens(rep: dict, n: int):
 
 def main():
     rows = []
-    for name, what in RUNS:
+    for name, log_dir, what in RUNS:
         path = os.path.join(HERE, name, "alignment.json")
         if not os.path.isfile(path):
             continue
@@ -80,14 +87,15 @@ def main():
         steps = step_changes(labels, nlls, counts)
         inner = [p["cosine"] for p in rep["pairs"] if p["student_index"] not in (0, -1)]
         rises = [s for s in steps if s["verdict"] == "rises"]
-        rows.append((name, what, final_ce(os.path.join(HERE, name, "train_log.jsonl")), sum(inner) / len(inner), ppl, rises))
+        rows.append((what, rep.get("order", "last-k"), final_ce(os.path.join(HERE, log_dir, "train_log.jsonl")),
+                     sum(inner) / len(inner), ppl, rises))
     depths = [str(r["depth"]) for r in ladder]
-    out = ["| student | held-out CE (train eval) | seam cosine (mean) | student | "
+    out = ["| student | order | held-out CE (train eval) | seam cosine (mean) | student | "
            + " | ".join(depths) + " | significant rises |",
-           "|---|---|---|---|" + "---|" * len(depths) + "---|"]
-    for name, what, ce, cos, ppl, rises in rows:
+           "|---|---|---|---|---|" + "---|" * len(depths) + "---|"]
+    for what, order, ce, cos, ppl, rises in rows:
         r = "; ".join(f"{s['from']}→{s['to']} +{100 * (s['ratio'] - 1):.1f}%" for s in rises) or "none"
-        out.append(f"| {what} | {'' if ce is None else f'{ce:.3f}'} | {cos:.3f} | "
+        out.append(f"| {what} | {order} | {'' if ce is None else f'{ce:.3f}'} | {cos:.3f} | "
                    + " | ".join(f"{p:.1f}" for p in ppl) + f" | {r} |")
     text = "\n".join(out) + "\n"
     with open(os.path.join(HERE, "table.md"), "w") as f:
