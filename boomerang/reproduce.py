@@ -5,7 +5,8 @@
 
 Stages (each resumable: a rerun skips what is done and continues what was interrupted):
   1. resolve ``embedded:smollm2-135m`` (30 layers) and check the data folder;
-  2. distill the 16-layer (1, 2, 2) student on the Brown training split (``train.train``);
+  2. distill the 16-layer (1, 2, 2) student (``--layer_map F,N,L`` for another) on the Brown training split
+     (``train.train``); a folder whose student was made with other settings is refused, never reused;
   3. sweep every size from student to teacher in last-k order (``--patch_first_k_layers``: first-k,
      the paper's order for Llama, into OUTPUT_DIR/first-k/) (``evaluate.evaluate``) on held-out
      Brown perplexity and the multiple-choice tasks of ``DATA/tasks``, with the naive-pruning
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import time
@@ -112,10 +115,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch_first_k_layers", action="store_true",
                    help="sweep in first-k order (the paper's order for Llama teachers) instead of last-k; the results "
                         "go to OUTPUT_DIR/first-k/, beside a last-k run's, and the distilled student is shared")
+    p.add_argument("--layer_map", default=None, metavar="F,N,L",
+                   help="the student's layer map: keep the first F teacher layers, every N-th after them and the last "
+                        "L (default: the preset's, the paper's 1,2,2; 2,2,1 is method.md's map for Llama teachers). "
+                        "Another map gets its own default folder, runs/main-<preset>-map<F><N><L>")
     p.add_argument("--teacher_model_name_or_path", default=TEACHER)
     p.add_argument("--skip_training", action="store_true",
                    help="evaluate an existing student in OUTPUT_DIR/student (e.g. after a run on another machine)")
     return p
+
+
+def _parse_layer_map(text: str) -> tuple[int, int, int]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        fail(f"--layer_map {text!r}: expected three integers F,N,L (first layers kept, every N-th after them, "
+             "last layers kept), e.g. 1,2,2 (the paper's) or 2,2,1")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def student_settings(preset: dict, args) -> dict:
+    """What the distilled student depends on: the teacher, the training config, the layer map and the steps."""
+    import yaml
+
+    with open(os.path.join(REPO, preset["train_config"]), "rb") as f:
+        raw = f.read()
+    cfg = yaml.safe_load(raw)
+    layer_map = (_parse_layer_map(args.layer_map) if args.layer_map else
+                 (cfg["first_layers_to_keep"], cfg["alternate_every_n_layers"], cfg["last_layers_to_keep"]))
+    return {"teacher": args.teacher_model_name_or_path, "train_config": preset["train_config"],
+            "train_config_sha256": hashlib.sha256(raw).hexdigest()[:16], "layer_map": list(layer_map),
+            "max_steps": args.max_steps if args.max_steps is not None else cfg["max_steps"]}
+
+
+def check_student_settings(out: str, student_dir: str, wanted: dict) -> None:
+    """Refuse, before any work, to reuse or resume a student that was made with other settings.
+
+    A finished student says how it was made in its student_config.json; an interrupted run is described by
+    OUTPUT_DIR/student_settings.json, written when its distillation starts.
+    """
+    found, source = None, None
+    cfg_path = os.path.join(student_dir, "student_config.json")
+    settings_path = os.path.join(out, "student_settings.json")
+    if os.path.isfile(settings_path):
+        with open(settings_path) as f:
+            found, source = json.load(f), settings_path
+    elif os.path.isfile(cfg_path):  # a student from a version of the main job that wrote no settings file
+        with open(cfg_path) as f:
+            sc = json.load(f)
+        recipe = sc.get("recipe") or {}
+        found = {"teacher": sc.get("teacher_model_name_or_path"), "train_config": wanted["train_config"],
+                 "layer_map": [recipe.get("first_layers_to_keep"), recipe.get("alternate_every_n_layers"),
+                               recipe.get("last_layers_to_keep")], "max_steps": sc.get("trained_steps")}
+        source = cfg_path
+    if found is None:
+        return
+    # (a student without a settings file cannot say which version of the config made it: that key is skipped)
+    diff = [f"{k} {found.get(k)!r} (asked: {wanted[k]!r})" for k in wanted if k in found and found[k] != wanted[k]]
+    if diff:
+        fail(f"{out} holds a student made with other settings: {'; '.join(diff)} (from {source}). "
+             "Pass --output_dir NEW_DIR for these settings, or --skip_training to evaluate the student that is there")
 
 
 @contextlib.contextmanager
@@ -133,7 +191,9 @@ def main(argv=None) -> dict:
     setup_logging()
     preset_name = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
     preset = dict(PRESETS[preset_name])
-    out = os.path.abspath(args.output_dir or os.path.join(REPO, "runs", f"main-{preset_name}"))
+    wanted = student_settings(preset, args)
+    map_tag = "" if wanted["layer_map"] == [1, 2, 2] else "-map" + "".join(str(v) for v in wanted["layer_map"])
+    out = os.path.abspath(args.output_dir or os.path.join(REPO, "runs", f"main-{preset_name}{map_tag}"))
     data_dir = os.path.abspath(args.data_dir or default_data_dir())
     files = check_data(data_dir)
     baselines = [b.strip() for b in (args.baselines or ",".join(preset["baselines"])).split(",") if b.strip()]
@@ -142,8 +202,10 @@ def main(argv=None) -> dict:
         fail(f"--baselines: unknown {bad}; choose from naive, shortgpt, laco")
     mc_limit = args.mc_limit if args.mc_limit is not None else preset["mc_limit"]
     ppl_docs = args.ppl_docs if args.ppl_docs is not None else preset["ppl_docs"]
-    os.makedirs(out, exist_ok=True)
     student_dir = os.path.join(out, "student")
+    if not args.skip_training:
+        check_student_settings(out, student_dir, wanted)
+    os.makedirs(out, exist_ok=True)
     order = "first-k" if args.patch_first_k_layers else "last-k"
     results_dir = os.path.join(out, "first-k") if args.patch_first_k_layers else out  # one folder per order
     eval_dir = os.path.join(results_dir, "eval")
@@ -158,6 +220,16 @@ def main(argv=None) -> dict:
         teacher_path = resolve_model_path(args.teacher_model_name_or_path)
         cfg = load_config(teacher_path)
         print(f"teacher {args.teacher_model_name_or_path}: {cfg.num_hidden_layers} layers ({teacher_path})")
+        if not args.skip_training:
+            from boomerang.layer_map import LayerMapError
+            from train.init_student import plan_student
+
+            try:  # a map the teacher cannot take fails here, before the distillation starts
+                planned = plan_student(cfg, *wanted["layer_map"])
+            except LayerMapError as e:
+                fail(f"--layer_map {','.join(map(str, wanted['layer_map']))}: {e}")
+            print(f"student: layer map {tuple(wanted['layer_map'])}, {planned.num_student_layers} layers, "
+                  f"copied teacher layers {list(planned.copied_teacher_layers)}")
 
     # 2. distillation (train.train decides: fresh, resume, or already finished)
     with _stage("distillation", timings):
@@ -169,12 +241,14 @@ def main(argv=None) -> dict:
         else:
             from train import train as train_mod
 
+            f, n, l = wanted["layer_map"]
             argv_t = ["--config", os.path.join(REPO, preset["train_config"]),
                       "--teacher_model_name_or_path", args.teacher_model_name_or_path,
                       "--save_directory", student_dir, "--dataset", files["train"], "--eval_dataset", files["heldout"],
+                      "--first_layers_to_keep", str(f), "--alternate_every_n_layers", str(n),
+                      "--last_layers_to_keep", str(l), "--max_steps", str(wanted["max_steps"]),
                       *preset["train_overrides"]]
-            if args.max_steps is not None:
-                argv_t += ["--max_steps", str(args.max_steps)]
+            atomic_write_json(os.path.join(out, "student_settings.json"), wanted)
             if os.path.isdir(os.path.join(student_dir, "checkpoints")) and os.listdir(os.path.join(student_dir, "checkpoints")):
                 argv_t += ["--resume"]
                 print("resuming the interrupted distillation")
@@ -224,7 +298,7 @@ def main(argv=None) -> dict:
                                     lambda: tok, None, dtype=dtype,
                                     listing_directory=os.path.join(results_dir, "baselines"))
         records = run_sweep(points, eval_dir, tasks, limit=mc_limit, batch_size=preset["eval_batch_size"],
-                            max_doc_words=preset["max_doc_words"], common_metadata={"preset": preset_name})
+                            max_doc_words=preset["max_doc_words"], common_metadata={"preset": preset_name, "dtype": preset["dtype"]})
 
     # 4. seam alignment: how closely the student's hidden states match the teacher's at the aligned
     #    pairs, i.e. at every seam a patched size has (evaluate.alignment has the full diagnosis)

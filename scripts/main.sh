@@ -3,6 +3,7 @@
 # embedded SmolLM2-135M teacher (distill, patch every size, evaluate with baselines, report).
 #   bash scripts/main.sh                        # CPU preset (GPU preset when an NVIDIA GPU is present)
 #   bash scripts/main.sh --preset gpu --output_dir runs/main-gpu
+#   bash scripts/main.sh --layer_map 2,2,1 --patch_first_k_layers   # method.md's Llama map, first-k order
 #   bash scripts/main.sh --data_dir /path/to/data      # default $BOOMERANG_DATA, else ../shared/data
 # Safe to run again: finished stages are reused, an interrupted distillation resumes.
 set -euo pipefail

@@ -15,14 +15,13 @@ def _doc(rng, n):
     return " ".join(rng.choice(WORDS) for _ in range(n)) + " ."
 
 
-@pytest.fixture()
-def tiny_world(tmp_path):
+def _make_world(tmp_path, heldout_docs=20):
     rng = random.Random(0)
     teacher = tiny_models.save_tiny_model(str(tmp_path / "teacher"), tiny_models.llama(8))
     data = tmp_path / "data"
     (data / "corpus").mkdir(parents=True)
     (data / "tasks").mkdir()
-    for name, n in (("brown_train", 30), ("brown_heldout", 20)):
+    for name, n in (("brown_train", 30), ("brown_heldout", heldout_docs)):
         with open(data / "corpus" / f"{name}.jsonl", "w") as f:
             for i in range(n):
                 f.write(json.dumps({"id": str(i), "genre": "x", "text": _doc(rng, 300)}) + "\n")
@@ -33,7 +32,12 @@ def tiny_world(tmp_path):
     return teacher, str(data), tmp_path / "out"
 
 
-def test_main_job_end_to_end(tiny_world):
+@pytest.fixture()
+def tiny_world(tmp_path):
+    return _make_world(tmp_path)
+
+
+def test_main_job_end_to_end(tiny_world, capsys):
     from boomerang.reproduce import main
 
     teacher, data, out = tiny_world
@@ -79,6 +83,69 @@ def test_main_job_end_to_end(tiny_world):
     assert naive_first["teacher_layers"] == [0, 1, 2, 4, 6, 7] and naive_last["teacher_layers"] == [0, 2, 4, 5, 6, 7]
     assert "first-k order" in (first / "REPORT.md").read_text() and (first / "alignment.json").is_file()
     assert json.loads((first / "report.json").read_text())["order"] == "first-k"
+
+    # Other settings never reuse this student silently: they fail, before any work, and say what to do.
+    for extra, what in ((["--max_steps", "3"], "max_steps 2 (asked: 3)"),
+                        (["--max_steps", "2", "--layer_map", "2,2,1"], "layer_map [1, 2, 2] (asked: [2, 2, 1])")):
+        with pytest.raises(SystemExit):
+            main(argv[:6] + extra)
+        err = capsys.readouterr().err
+        assert what in err and "--output_dir" in err
+    assert os.path.getmtime(out / "student" / "model.safetensors") == student_mtime
+
+
+def test_gpu_preset_runs_its_whole_path_on_cpu(tmp_path):
+    """The GPU preset's own path (its training config, every held-out document whole, ShortGPT and LaCo
+    beside naive pruning, bfloat16 evaluation, batch size "auto"), on a CPU: only the device differs."""
+    from boomerang.reproduce import main
+
+    # the preset evaluates on 32 held-out sequences of 1024 tokens: 120 documents of 301 one-token words
+    teacher, data, out = _make_world(tmp_path, heldout_docs=120)
+    result = main(["--preset", "gpu", "--teacher_model_name_or_path", teacher, "--data_dir", data,
+                   "--output_dir", str(out), "--max_steps", "2", "--mc_limit", "4", "--ppl_docs", "4"])
+    assert set(result["timings"]) == {"teacher", "distillation", "evaluation sweep", "alignment", "report"}
+    steps = [json.loads(line) for line in (out / "student" / "log.jsonl").read_text().splitlines()]
+    train_steps = [r for r in steps if "loss" in r]
+    # configs/smollm2-135m.yaml: 32 sequences of 1024 tokens a step
+    assert train_steps[-1]["step"] == 2 and {r["sequence_tokens"] for r in train_steps} == {32 * 1024}
+    results = sorted(os.listdir(out / "eval" / "results"))
+    for method in ("naive", "shortgpt", "laco"):
+        assert [r for r in results if r.startswith(method + "_d")] == [f"{method}_d0{d}.json" for d in (5, 6, 7)]
+    rec = json.loads((out / "eval" / "results" / "last_k01.json").read_text())
+    assert rec["dtype"] == "bfloat16" and rec["preset"] == "gpu"
+    facts = json.loads((out / "report.json").read_text())["facts"]
+    assert set(facts["boomerang_beats"]) == {"naive", "shortgpt", "laco"}
+    report = (out / "REPORT.md").read_text()
+    assert "shortgpt ppl" in report and "laco ppl" in report and "(gpu preset)" in report
+
+
+def test_layer_map_option_trains_that_student(tmp_path):
+    from boomerang.reproduce import main
+
+    teacher, data, out = _make_world(tmp_path)
+    main(["--teacher_model_name_or_path", teacher, "--data_dir", data, "--output_dir", str(out), "--layer_map", "2,2,1",
+          "--max_steps", "1", "--mc_limit", "2", "--ppl_docs", "1", "--patch_first_k_layers"])
+    student_cfg = json.loads((out / "student" / "student_config.json").read_text())
+    # 8 teacher layers, keep the first 2, every 2nd after them and the last 1: blocks [0] [1,2] [3,4] [5,6] [7]
+    assert student_cfg["copied_teacher_layers"] == [0, 1, 3, 5, 7]
+    assert student_cfg["recipe"] == {"first_layers_to_keep": 2, "alternate_every_n_layers": 2, "last_layers_to_keep": 1}
+    assert json.loads((out / "student_settings.json").read_text())["layer_map"] == [2, 2, 1]
+    results = sorted(os.listdir(out / "first-k" / "eval" / "results"))
+    assert results == sorted(["student.json", "first_k00.json", "first_k01.json", "first_k02.json", "teacher.json",
+                              "naive_d05.json", "naive_d06.json", "naive_d07.json"])
+
+
+@pytest.mark.parametrize("layer_map, message", [("2,2", "expected three integers F,N,L"),
+                                                 ("5,2,5", "--layer_map 5,2,5: --first_layers_to_keep 5")])
+def test_bad_layer_map_fails_before_distillation(tmp_path, capsys, layer_map, message):
+    from boomerang.reproduce import main
+
+    teacher, data, out = _make_world(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["--teacher_model_name_or_path", teacher, "--data_dir", data, "--output_dir", str(out),
+              "--layer_map", layer_map])
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(out / "student")
 
 
 def test_missing_data_dir_fails_before_work(tmp_path, capsys):
