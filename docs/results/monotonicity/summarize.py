@@ -29,6 +29,7 @@ RUNS = [  # folder here (alignment.json), the folder whose train_log.jsonl (= th
     ("paper-180-first-k", "paper-180", "180 steps (1.5x)"),
     ("paper-360-first-k", "paper-360", "360 steps (3x)"),
     ("map221-120-first-k", "map221-120", "layer map (2, 2, 1), 120 steps"),
+    ("map221-180-first-k", "map221-180", "layer map (2, 2, 1), 180 steps (1.5x)"),
 ]
 
 
