@@ -137,13 +137,14 @@ def student_settings(preset: dict, args) -> dict:
     """What the distilled student depends on: the teacher, the training config, the layer map and the steps."""
     import yaml
 
-    with open(os.path.join(REPO, preset["train_config"]), "rb") as f:
-        raw = f.read()
-    cfg = yaml.safe_load(raw)
+    with open(os.path.join(REPO, preset["train_config"])) as f:
+        cfg = yaml.safe_load(f)
     layer_map = (_parse_layer_map(args.layer_map) if args.layer_map else
                  (cfg["first_layers_to_keep"], cfg["alternate_every_n_layers"], cfg["last_layers_to_keep"]))
     return {"teacher": args.teacher_model_name_or_path, "train_config": preset["train_config"],
-            "train_config_sha256": hashlib.sha256(raw).hexdigest()[:16], "layer_map": list(layer_map),
+            # the hash of the parsed settings, so that editing a comment of the config changes nothing
+            "train_config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16],
+            "layer_map": list(layer_map),
             "max_steps": args.max_steps if args.max_steps is not None else cfg["max_steps"]}
 
 

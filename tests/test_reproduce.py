@@ -148,6 +148,28 @@ def test_bad_layer_map_fails_before_distillation(tmp_path, capsys, layer_map, me
     assert not os.path.exists(out / "student")
 
 
+def test_student_settings_ignore_config_comments_but_not_values(tmp_path):
+    from argparse import Namespace
+
+    from boomerang.reproduce import student_settings
+
+    args = Namespace(layer_map=None, max_steps=None, teacher_model_name_or_path="t")
+    cfg = tmp_path / "c.yaml"
+
+    def settings(text):
+        cfg.write_text(text)
+        return student_settings({"train_config": str(cfg)}, args)
+
+    base = settings("first_layers_to_keep: 1\nalternate_every_n_layers: 2\nlast_layers_to_keep: 2\nmax_steps: 120\n"
+                    "learning_rate: 3.0e-4\n")
+    assert base["layer_map"] == [1, 2, 2] and base["max_steps"] == 120
+    assert settings("# measured: 5.3 s a step\nfirst_layers_to_keep: 1\nalternate_every_n_layers: 2\n"
+                    "last_layers_to_keep: 2\nmax_steps: 120\nlearning_rate: 3.0e-4\n") == base
+    changed = settings("first_layers_to_keep: 1\nalternate_every_n_layers: 2\nlast_layers_to_keep: 2\nmax_steps: 120\n"
+                       "learning_rate: 1.0e-3\n")
+    assert changed["train_config_sha256"] != base["train_config_sha256"]
+
+
 def test_missing_data_dir_fails_before_work(tmp_path, capsys):
     from boomerang.reproduce import main
 
