@@ -164,13 +164,13 @@ def check_student_settings(out: str, student_dir: str, wanted: dict) -> None:
         with open(cfg_path) as f:
             sc = json.load(f)
         recipe = sc.get("recipe") or {}
-        found = {"teacher": sc.get("teacher_model_name_or_path"), "train_config": wanted["train_config"],
+        found = {"teacher": sc.get("teacher_model_name_or_path"),
                  "layer_map": [recipe.get("first_layers_to_keep"), recipe.get("alternate_every_n_layers"),
                                recipe.get("last_layers_to_keep")], "max_steps": sc.get("trained_steps")}
         source = cfg_path
     if found is None:
         return
-    # (a student without a settings file cannot say which version of the config made it: that key is skipped)
+    # (a student without a settings file cannot say which config made it: those keys are skipped)
     diff = [f"{k} {found.get(k)!r} (asked: {wanted[k]!r})" for k in wanted if k in found and found[k] != wanted[k]]
     if diff:
         fail(f"{out} holds a student made with other settings: {'; '.join(diff)} (from {source}). "

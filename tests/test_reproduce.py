@@ -91,12 +91,19 @@ def test_main_job_end_to_end(tiny_world, capsys):
             main(argv[:6] + extra)
         err = capsys.readouterr().err
         assert what in err and "--output_dir" in err
+    # a student from before the settings file: its student_config.json says how it was made
+    os.remove(out / "student_settings.json")
+    with pytest.raises(SystemExit):
+        main(argv[:6] + ["--max_steps", "3"])
+    err = capsys.readouterr().err
+    assert "max_steps 2 (asked: 3)" in err and "student_config.json" in err
     assert os.path.getmtime(out / "student" / "model.safetensors") == student_mtime
 
 
 def test_gpu_preset_runs_its_whole_path_on_cpu(tmp_path):
-    """The GPU preset's own path (its training config, every held-out document whole, ShortGPT and LaCo
-    beside naive pruning, bfloat16 evaluation, batch size "auto"), on a CPU: only the device differs."""
+    """The GPU preset's own path (its training config, whole held-out documents, ShortGPT and LaCo beside
+    naive pruning, bfloat16 evaluation, batch size "auto"), on a CPU and on 4 of the documents: only the
+    device and the sizes differ."""
     from boomerang.reproduce import main
 
     # the preset evaluates on 32 held-out sequences of 1024 tokens: 120 documents of 301 one-token words
