@@ -53,6 +53,7 @@ class ModelSource(Source):
         self.adapter = adapter_for_config(model.config)
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self._params = dict(model.named_parameters(remove_duplicate=False))
+        self._views: dict[int, nn.Parameter] = {}
         self._buffers = {k: v for k, v in model.named_buffers(remove_duplicate=False)}
         persistent = set(model.state_dict(keep_vars=True).keys())
         self._keys = [k for k in self._params] + [k for k in self._buffers if k in persistent]
@@ -61,7 +62,15 @@ class ModelSource(Source):
         return self._keys
 
     def get(self, key: str) -> torch.Tensor:
-        return self._params[key] if key in self._params else self._buffers[key]
+        if key not in self._params:
+            return self._buffers[key]
+        # A parameter of its own over the same storage (one per source parameter, so that parameters tied in
+        # the source stay one object): load_state_dict(assign=True) sets requires_grad on what it is given, and
+        # that must never reach the source model's own parameters.
+        p = self._params[key]
+        if id(p) not in self._views:
+            self._views[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        return self._views[id(p)]
 
 
 class CheckpointSource(Source):
@@ -150,13 +159,15 @@ def assemble(
     parts: dict[str, Source] | None = None,
     dtype: torch.dtype | None = None,
     config_overrides: dict | None = None,
+    copy_untied_head: bool = True,
 ):
     """Build a model of ``base``'s family whose layers are ``layers`` (in order).
 
     ``parts`` maps ``"embeddings"``, ``"final_norm"`` and ``"lm_head"`` to the source each comes
     from (default: ``base``). The head stays tied to the embeddings only when both come from the
     same source and that source is tied; otherwise the config says ``tie_word_embeddings=False``
-    and the head gets its own tensor. Every per-layer config field and per-layer index attribute
+    and the head gets its own tensor (``copy_untied_head=False``: a model only run, never trained or saved,
+    may share it with its source's embedding instead). Every per-layer config field and per-layer index attribute
     (the KV cache's ``layer_idx``) is rewritten for the new depth.
     """
     adapter = base.adapter
@@ -197,10 +208,11 @@ def assemble(
         head = cast(src_t)
         # A checkpoint hands out a fresh tensor on every read, and a cast is a copy already: copy only
         # a tensor still shared with an in-memory model.
-        state[adapter.tied_head_weight] = head.clone() if isinstance(head_src, ModelSource) and head is src_t else head
+        shared = isinstance(head_src, ModelSource) and head.data_ptr() == src_t.data_ptr()
+        state[adapter.tied_head_weight] = head.clone() if shared and copy_untied_head else head
     if not tied and adapter.tied_head_weight in state and adapter.tied_embedding_weight in state:
         head, emb = state[adapter.tied_head_weight], state[adapter.tied_embedding_weight]
-        if head.data_ptr() == emb.data_ptr():
+        if head.data_ptr() == emb.data_ptr() and copy_untied_head:
             # In-memory sources can share one matrix (a student fresh from init_student holds its
             # teacher's embedding; a tied source's head *is* it): an untied result needs two tensors.
             state[adapter.tied_head_weight] = head.detach().clone()

@@ -29,7 +29,15 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
         if unknown:
             parser.error(f"--config {pre.config}: unknown keys {unknown}; see --help for the flag names")
         parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # which settings the user gave (in the config file or as flags), as opposed to parser defaults
+    given = set(values) if pre.config else set()
+    words = list(sys.argv[1:] if argv is None else argv)
+    for action in parser._actions:
+        if any(w == o or w.startswith(o + "=") for o in action.option_strings for w in words):
+            given.add(action.dest)
+    args.explicit_settings = sorted(given)
+    return args
 
 
 def setup_logging(verbose: bool = False) -> None:

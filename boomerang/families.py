@@ -62,6 +62,12 @@ class FamilyAdapter:
     # The transformers Auto class that builds a model of this family from its config.
     auto_class: str = "AutoModelForCausalLM"
     is_encoder: bool = False
+    # True when ``inputs_embeds`` is the hidden state that enters layer 0 (nothing is added to it, as
+    # GPT-2 adds position embeddings): a forward can then resume from a cached hidden state.
+    inputs_embeds_is_hidden_state: bool = True
+    # The paper's patch order for this family: first-k for Llama teachers (their first blocks are patched),
+    # last-k for every other family. See patch_order().
+    first_k_by_default: bool = False
     notes: str = ""
 
     # ---------------------------------------------------------------- module access
@@ -121,12 +127,39 @@ class FamilyAdapter:
                     if hasattr(mod, attr) and isinstance(getattr(mod, attr), int):
                         setattr(mod, attr, i)
 
+    def kv_cache_bytes(self, config, batch_size: int, context_length: int, bytes_per_value: int) -> int:
+        """Bytes of the KV cache of a model with ``config`` holding ``context_length`` tokens of
+        ``batch_size`` sequences: keys and values of every layer (a sliding-window layer keeps at most
+        its window)."""
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        types = getattr(config, "layer_types", None) or ["full_attention"] * self.num_layers(config)
+        window = getattr(config, "sliding_window", None)
+        total = 0
+        for t in types:
+            length = min(context_length, window) if (t == "sliding_attention" and window) else context_length
+            total += 2 * batch_size * length * heads * head_dim * bytes_per_value
+        return total
+
     def is_tied(self, model: nn.Module) -> bool:
         if self.tied_embedding_weight is None or self.tied_head_weight is None:
             return False
         emb = get_submodule(model, self.tied_embedding_weight.rsplit(".", 1)[0]).weight
         head = get_submodule(model, self.tied_head_weight.rsplit(".", 1)[0]).weight
         return emb is head or emb.data_ptr() == head.data_ptr()
+
+
+def patch_order(config, patch_first_k_layers: bool = False, override_llama_patching: bool = False) -> str:
+    """The one rule every command follows (as the paper's code does): ``"first-k"`` when asked
+    (``--patch_first_k_layers``), else ``"last-k"`` when asked (``--override_llama_patching``), else the
+    family's order: first-k for Llama teachers (SmolLM2, Llama 3.x), last-k for the others."""
+    if patch_first_k_layers and override_llama_patching:
+        raise ValueError("--patch_first_k_layers and --override_llama_patching ask for opposite orders: give one")
+    if patch_first_k_layers:
+        return "first-k"
+    if override_llama_patching:
+        return "last-k"
+    return "first-k" if adapter_for_config(config).first_k_by_default else "last-k"
 
 
 def set_tie(config, tied: bool) -> None:
@@ -151,6 +184,7 @@ _ADAPTERS: tuple[FamilyAdapter, ...] = (
         lm_head=("lm_head",),
         tied_embedding_weight="model.embed_tokens.weight",
         tied_head_weight="lm_head.weight",
+        first_k_by_default=True,
         notes="Llama 2/3.x, SmolLM2",
         **_DECODER,
     ),
@@ -224,6 +258,7 @@ _ADAPTERS: tuple[FamilyAdapter, ...] = (
         depth_field="n_layer",
         tied_embedding_weight="transformer.wte.weight",
         tied_head_weight="lm_head.weight",
+        inputs_embeds_is_hidden_state=False,
         notes="scale_attn_by_inverse_layer_idx=True makes attention depend on the layer index",
     ),
     FamilyAdapter(

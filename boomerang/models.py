@@ -209,3 +209,15 @@ def load_tokenizer(ref):
     if isinstance(ref, PreTrainedModel):
         ref = ref.name_or_path
     return AutoTokenizer.from_pretrained(resolve_model_path(ref))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def find_tokenizer(*paths):
+    """The tokenizer saved in the first of ``paths`` (local folders; None entries skipped) that holds one, else None."""
+    for path in paths:
+        if path is not None and os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f))
+                                                              for f in TOKENIZER_FILES):
+            return load_tokenizer(path)
+    return None

@@ -94,6 +94,30 @@ def step_changes(labels: list[str], nlls: list[list[float]], counts: list[int], 
     return out
 
 
+def paired_comparison(a, b, resamples: int = 2000, seed: int = 0) -> dict:
+    """Model b against model a on the same documents (``boomerang.scoring.Scores`` each): the perplexity
+    ratio b/a and the difference of mean KL per token b - a, each with a 95% paired bootstrap interval
+    over documents."""
+    if list(a.tokens) != list(b.tokens):
+        raise ValueError("paired_comparison: the two scores are not on the same documents")
+    g = torch.Generator().manual_seed(seed)
+    n = len(a.tokens)
+    idx = torch.randint(0, n, (resamples, n), generator=g)
+    tok = torch.tensor(a.tokens, dtype=torch.float64)
+    boot_tok = tok[idx].sum(1)
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    out = {}
+    for key, xa, xb, fn in (("ppl", a.nll, b.nll, torch.exp), ("kl", a.kl, b.kl, lambda x: x)):
+        ta, tb = torch.tensor(xa, dtype=torch.float64), torch.tensor(xb, dtype=torch.float64)
+        point = fn((tb.sum() - ta.sum()) / tok.sum()).item()
+        boot = fn((tb[idx].sum(1) - ta[idx].sum(1)) / boot_tok)
+        lo, hi = torch.quantile(boot, q).tolist()
+        name = "ppl_ratio" if key == "ppl" else "kl_diff"
+        out[name] = point
+        out[f"{key}_ci95"] = [lo, hi]
+    return out
+
+
 @torch.no_grad()
 def pair_alignment(student, teacher, layer_map: LayerMap, batches: list[torch.Tensor]) -> list[dict]:
     """Cosine similarity and relative L2 error of every aligned hidden-state pair, over all tokens."""

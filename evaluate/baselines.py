@@ -274,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration_seq_len", type=int, default=256, help="tokens per sequence")
     p.add_argument("--calibration_batch_size", type=int, default=8)
     p.add_argument("--patch_first_k_layers", action="store_true",
-                   help="ladder order for naive pruning (the depths are the same in both orders)")
+                   help="first-k ladder order for naive pruning and boomerang (the default for Llama teachers; the "
+                        "depths are the same in both orders)")
+    p.add_argument("--override_llama_patching", action="store_true", help="last-k order for a Llama teacher")
     p.add_argument("--sizes", default=None, help="k values of the ladder: 0-14, 0,3,5 (default: all)")
     p.add_argument("--laco_calibration_samples", type=int, default=8,
                    help="LaCo uses the first N calibration sequences (its search runs many forward passes)")
@@ -289,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="dtype of the saved/evaluated models (search runs in float32)")
     p.add_argument("--no_save_models", action="store_true", help="do not write model folders (evaluate in memory)")
     p.add_argument("--tasks", default=None, help="evaluate every model with these tasks (as evaluate.evaluate)")
+    p.add_argument("--heldout_kl", default=None, metavar="FILE",
+                   help="also score every model against the teacher on this text (as evaluate.evaluate --heldout_kl)")
+    p.add_argument("--heldout_docs", type=int, default=25)
+    p.add_argument("--heldout_max_tokens", type=int, default=512)
     p.add_argument("--limit", type=float, default=None)
     p.add_argument("--max_doc_words", type=int, default=None)
     p.add_argument("--max_length", type=int, default=None)
@@ -323,6 +329,10 @@ def main(argv=None) -> dict:
         if adapter.is_encoder:
             raise BaselineError(f"baselines are built for decoder LMs; {adapter.name} is an encoder")
         layer_map = load_layer_map(student_path, adapter.num_layers(t_cfg))
+        from boomerang.families import patch_order
+
+        order = patch_order(t_cfg, args.patch_first_k_layers, args.override_llama_patching)
+        first_k = order == "first-k"
         ks = parse_sizes(args.sizes, layer_map.max_patch)
         needs_data = [m for m in methods if m in ("shortgpt", "laco")]
         texts = None
@@ -343,17 +353,22 @@ def main(argv=None) -> dict:
             sp = resolve_model_path(s)
             load_layer_map(sp, adapter.num_layers(t_cfg))
             boomerang_students.append((s, sp))
-        taskset = None
-        if args.tasks:
+        taskset = ref_desc = None
+        if args.heldout_kl is not None:
+            if not os.path.isfile(args.heldout_kl):
+                raise BaselineError(f"--heldout_kl {args.heldout_kl}: no such file")
+            ref_desc = {"task": "heldout_kl", "data_file": os.path.abspath(args.heldout_kl),
+                        "documents": args.heldout_docs, "max_tokens": args.heldout_max_tokens}
+        if args.tasks or ref_desc:
             from evaluate.evaluate import prepare_sweep_directory
 
-            taskset = prepare_sweep_directory(os.path.join(args.save_directory, "eval"), args.tasks,
-                                              limit=_limit(args.limit), max_doc_words=args.max_doc_words)
+            taskset = prepare_sweep_directory(os.path.join(args.save_directory, "eval"), args.tasks or None,
+                                              limit=_limit(args.limit), max_doc_words=args.max_doc_words,
+                                              reference=ref_desc)
     except (BaselineError, ModelNotFoundError, LayerMapError, PatchError, UnsupportedModelError, ValueError) as e:
         fail(str(e))
-    order = "first-k" if args.patch_first_k_layers else "last-k"
     log.info("methods %s; sizes k=%s -> depths %s (%s ladder of %s)", methods, ks,
-             [layer_map.plan(k, args.patch_first_k_layers).depth for k in ks], order, args.student_model_name_or_path)
+             [layer_map.plan(k, first_k).depth for k in ks], order, args.student_model_name_or_path)
     teacher = load_model(teacher_path, dtype=torch.float32)
     tok_cache = {}
 
@@ -383,7 +398,7 @@ def main(argv=None) -> dict:
     for method in methods:
         t0 = time.time()
         try:
-            entries = build_family(method, teacher, layer_map, ks, args.patch_first_k_layers, batches, laco_batches,
+            entries = build_family(method, teacher, layer_map, ks, first_k, batches, laco_batches,
                                    args.save_directory, laco_options, calibration)
         except BaselineError as e:
             fail(str(e))
@@ -396,17 +411,23 @@ def main(argv=None) -> dict:
     if taskset is not None:
         from evaluate.evaluate import SweepPoint, _parse_batch_size, boomerang_points, run_sweep
 
-        teacher_eval = teacher.to(dtype) if dtype is not None else teacher
+        reference = None
+        if args.heldout_kl is not None:
+            from evaluate.heldout import HeldoutReference
+
+            reference = HeldoutReference(teacher, tokenizer_fn(), args.heldout_kl, args.heldout_docs,
+                                         args.heldout_max_tokens)
+        teacher_eval = teacher if dtype in (None, torch.float32) else load_model(teacher_path, dtype=dtype)
         points = [SweepPoint("teacher", lambda: (teacher_eval, tokenizer_fn()), {
             "method": "teacher", "curve": "teacher", "role": "teacher", "depth": layer_map.num_teacher_layers})]
-        depths = {layer_map.plan(k, args.patch_first_k_layers).depth for k in ks}
+        depths = {layer_map.plan(k, first_k).depth for k in ks}
         for s, sp in boomerang_students:
             student = load_model(sp, dtype=dtype)
             smap = load_layer_map(sp, layer_map.num_teacher_layers)
             student.boomerang_layer_map = smap
-            sks = [k for k in range(smap.max_patch) if smap.plan(k, args.patch_first_k_layers).depth in depths]
+            sks = [k for k in range(smap.max_patch) if smap.plan(k, first_k).depth in depths]
             label = os.path.basename(os.path.normpath(s))
-            for p in boomerang_points(teacher_eval, student, sks, args.patch_first_k_layers, dtype=dtype,
+            for p in boomerang_points(teacher_eval, student, sks, first_k, dtype=dtype,
                                       include_endpoints=False, student_name=s, curve=f"boomerang ({label})"):
                 p.name = f"boomerang_{label}_d{p.metadata['depth']:02d}".replace("-", "_")
                 points.append(p)
@@ -415,7 +436,7 @@ def main(argv=None) -> dict:
                                           limit=_limit(args.limit), max_doc_words=args.max_doc_words,
                                           batch_size=_parse_batch_size(args.eval_batch_size),
                                           max_length=args.max_length, device="cpu" if not torch.cuda.is_available() else None,
-                                          common_metadata={"dtype": args.dtype})
+                                          common_metadata={"dtype": args.dtype}, reference=reference)
         from boomerang.io import atomic_write_text
 
         try:

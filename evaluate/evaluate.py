@@ -222,18 +222,33 @@ def _check_name(name: str) -> None:
         raise EvaluationError(f"sweep point name {name!r} must be a non-empty file-safe name (no spaces or slashes)")
 
 
-def _settings(taskset: TaskSet, limit, num_fewshot, max_doc_words) -> dict:
-    return {"tasks": taskset.describe(), "limit": limit, "num_fewshot": num_fewshot, "max_doc_words": max_doc_words}
+def _settings(taskset: TaskSet, limit, num_fewshot, max_doc_words, reference: dict | None = None) -> dict:
+    out = {"tasks": taskset.describe(), "limit": limit, "num_fewshot": num_fewshot, "max_doc_words": max_doc_words}
+    if reference is not None:
+        out["reference"] = reference
+    return out
+
+
+def _no_tasks(tasks) -> bool:
+    return tasks is None or tasks == "" or (isinstance(tasks, (list, tuple)) and not tasks)
 
 
 def prepare_sweep_directory(save_directory: str, tasks, *, limit=None, num_fewshot=None, include_path=None,
-                            task_data=None, max_doc_words=None, overwrite: bool = False) -> TaskSet:
+                            task_data=None, max_doc_words=None, overwrite: bool = False,
+                            reference: dict | None = None) -> TaskSet:
     """Resolve the tasks into ``save_directory/tasks`` and check that earlier results there were made
-    with the same settings (tasks, limit, few-shot, document cut); fails before any model loads."""
+    with the same settings (tasks, limit, few-shot, document cut, KL reference); fails before any model
+    loads. No tasks (None or empty) is allowed when a ``reference`` describes the held-out scoring."""
     os.makedirs(save_directory, exist_ok=True)
-    taskset = tasks if isinstance(tasks, TaskSet) else resolve_tasks(
-        tasks, task_data, include_path, work_dir=os.path.join(save_directory, TASKS_DIR), max_doc_words=max_doc_words)
-    settings = _settings(taskset, limit, num_fewshot, max_doc_words)
+    if _no_tasks(tasks) and not task_data:
+        if reference is None:
+            raise EvaluationError("no tasks given, and no held-out reference to score against: nothing to evaluate")
+        taskset = TaskSet([], None)
+    else:
+        taskset = tasks if isinstance(tasks, TaskSet) else resolve_tasks(
+            tasks, task_data, include_path, work_dir=os.path.join(save_directory, TASKS_DIR),
+            max_doc_words=max_doc_words)
+    settings = _settings(taskset, limit, num_fewshot, max_doc_words, reference)
     path = os.path.join(save_directory, SWEEP_FILE)
     if os.path.isfile(path):
         with open(path) as f:
@@ -269,8 +284,14 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
               num_fewshot: int | None = None, batch_size: int | str = 1, max_batch_size: int = 64,
               device: str | None = None, include_path=None, task_data: dict[str, str] | None = None,
               max_doc_words: int | None = None, bootstrap_iters: int = 1000, overwrite: bool = False,
-              plots: bool = True, common_metadata: dict | None = None, max_length: int | None = None) -> list[dict]:
+              plots: bool = True, common_metadata: dict | None = None, max_length: int | None = None,
+              reference=None) -> list[dict]:
     """Evaluate every point into ``save_directory``, one result JSON each; resumable and failure-tolerant.
+
+    ``reference``: a ``HeldoutReference`` (evaluate.heldout); each point is also scored against the
+    teacher on its text: task ``heldout_kl`` with metrics ``kl`` (mean KL(teacher || model) per token)
+    and ``token_perplexity``, the per-document sums in the record's ``heldout_scores``. With a
+    reference, ``tasks`` may be empty (no lm-eval run).
 
     A point whose ``results/<name>.json`` exists is skipped (its saved result is reused); a point that
     raises is recorded in ``failures/<name>.json`` (with the traceback) and the sweep goes on; a rerun
@@ -289,10 +310,11 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
     dup = sorted({p.name for p in points if sum(q.name == p.name for q in points) > 1})
     if dup:
         raise EvaluationError(f"sweep point names must be unique, repeated: {dup}")
+    ref_desc = reference.describe() if reference is not None else None
     taskset = prepare_sweep_directory(save_directory, tasks, limit=limit, num_fewshot=num_fewshot,
                                       include_path=include_path, task_data=task_data, max_doc_words=max_doc_words,
-                                      overwrite=overwrite)
-    settings = _settings(taskset, limit, num_fewshot, max_doc_words)
+                                      overwrite=overwrite, reference=ref_desc)
+    settings = _settings(taskset, limit, num_fewshot, max_doc_words, ref_desc)
     device = device or default_device()
     vers = versions()
     done: list[dict] = []
@@ -317,9 +339,20 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
                 from boomerang.families import adapter_for
 
                 depth = adapter_for(model).num_layers(model.config)
-            ev = evaluate_model(model, tokenizer, taskset, limit=limit, num_fewshot=num_fewshot,
-                                batch_size=batch_size, max_batch_size=max_batch_size, device=device,
-                                bootstrap_iters=bootstrap_iters, max_length=max_length)
+            ev = {"metrics": {}, "n_samples": {}, "higher_is_better": {}, "eval_time_s": 0.0}
+            if taskset.names:
+                ev = evaluate_model(model, tokenizer, taskset, limit=limit, num_fewshot=num_fewshot,
+                                    batch_size=batch_size, max_batch_size=max_batch_size, device=device,
+                                    bootstrap_iters=bootstrap_iters, max_length=max_length)
+            heldout = None
+            if reference is not None:
+                t1 = time.time()
+                heldout = reference.score(model.to(device))
+                ev["metrics"][reference.task_name] = {
+                    "kl": {"value": heldout.kl_per_token, "stderr": None},
+                    "token_perplexity": {"value": heldout.token_perplexity, "stderr": None}}
+                ev["higher_is_better"][reference.task_name] = {"kl": False, "token_perplexity": False}
+                ev["eval_time_s"] = round(ev["eval_time_s"] + time.time() - t1, 3)
         except Exception as e:  # recorded; the other points still run
             log.error("[%d/%d] %s failed: %s", i, len(points), point.name, e)
             atomic_write_json(fail_path, {"name": point.name, "metadata": meta, "error": f"{type(e).__name__}: {e}",
@@ -349,6 +382,8 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
             "versions": vers,
             "finished_at": _now(),
         }
+        if heldout is not None:
+            record["heldout_scores"] = heldout.to_dict()
         atomic_write_json(path, record)
         if os.path.isfile(fail_path):
             os.unlink(fail_path)
@@ -365,20 +400,14 @@ def _now() -> str:
 
 # --------------------------------------------------------------------------- boomerang points
 def use_first_k(teacher, patch_first_k_layers: bool = False, override_llama_patching: bool = False) -> bool:
-    """The paper's order rule: first-k when asked, or for a Llama-family teacher unless overridden.
-
-    ``teacher``: a loaded model, a config, or a name/folder. The family comes from the adapter."""
-    if patch_first_k_layers:
-        return True
-    if override_llama_patching:
-        return False
-    from boomerang.families import adapter_for
+    """The patch order rule (``boomerang.families.patch_order``) for a loaded model, a config, or a name/folder."""
+    from boomerang.families import patch_order
     from boomerang.models import load_config
 
     cfg = teacher if hasattr(teacher, "model_type") else getattr(teacher, "config", None)
     if cfg is None:
         cfg = load_config(teacher)
-    return adapter_for(cfg).name == "llama"
+    return patch_order(cfg, patch_first_k_layers, override_llama_patching) == "first-k"
 
 
 def parse_sweep(spec: str | Sequence[int] | None, max_patch: int) -> list[int]:
@@ -480,6 +509,36 @@ def boomerang_points(teacher, student, ks: Iterable[int] | None = None, patch_fi
     return points
 
 
+def plan_points(plan: dict, teacher, student, dtype=None, curve: str = "searched", teacher_name: str | None = None,
+                student_name: str | None = None) -> list[SweepPoint]:
+    """Sweep points of a searched ladder (``patching.search``): one model per depth, named ``searched_dNN``,
+    each assembled from the loaded teacher and student (tensors shared)."""
+    from boomerang.assemble import ModelSource
+    from boomerang.models import load_tokenizer
+    from patching.patch import assemble_plan, plan_of
+
+    t_src, s_src = ModelSource(teacher), ModelSource(student)
+    tok_cache: dict[str, Any] = {}
+
+    def tokenizer():
+        if "tok" not in tok_cache:
+            tok_cache["tok"] = load_tokenizer(teacher)
+        return tok_cache["tok"]
+
+    points = []
+    for e in plan["ladder"]:
+        def build(e=e):
+            return assemble_plan(t_src, s_src, plan_of(e), dtype), tokenizer()
+
+        points.append(SweepPoint(f"searched_d{e['depth']:02d}", build, {
+            "method": "searched", "curve": curve, "role": "intermediate", "order": "searched",
+            "depth": e["depth"], "layers": e["layers"], "description": e["description"],
+            "calibration_kl": e["calibration_kl"], "embeddings_from": e["embeddings_from"],
+            "final_norm_from": e["final_norm_from"], "lm_head_from": e["lm_head_from"],
+            "teacher": teacher_name, "student": student_name}))
+    return points
+
+
 def point_name(order: str, k: int) -> str:
     return f"{order.replace('-', '_')}{k:02d}"
 
@@ -532,6 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_length", type=int, default=None, help="context length for lm-eval (default: the model's)")
     p.add_argument("--bootstrap_iters", type=int, default=1000)
     p.add_argument("--curve", default=None, help="legend label of this run's curve in the plots")
+    p.add_argument("--plan", default=None,
+                   help="with --sweep: evaluate the ladder of a search result (python -m patching.search) instead of "
+                        "a fixed order: search.json or its folder")
+    p.add_argument("--heldout_kl", default=None, metavar="FILE",
+                   help="also score every model against the teacher on this text: task heldout_kl, metrics kl (mean "
+                        "KL(teacher || model) per token) and token_perplexity, per-document sums kept for bootstraps")
+    p.add_argument("--heldout_docs", type=int, default=25, help="documents of --heldout_kl (the first N)")
+    p.add_argument("--heldout_max_tokens", type=int, default=512, help="tokens of each --heldout_kl document")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results in --save_directory")
     p.add_argument("--no_plots", action="store_true")
     p.add_argument("--verbose", action="store_true")
@@ -549,6 +616,8 @@ def main(argv=None) -> list[dict]:
     setup_logging(args.verbose)
     if (args.num_layers_to_patch is None) == (args.sweep is None):
         fail("give --num_layers_to_patch K (one size) or --sweep [SPEC] (several sizes)")
+    if args.plan is not None and args.sweep is None:
+        fail("--plan evaluates a searched ladder: give it with --sweep")
     limit = args.limit
     if limit is not None:
         if limit <= 0:
@@ -575,25 +644,44 @@ def main(argv=None) -> list[dict]:
         if args.sweep is None and not 0 <= args.num_layers_to_patch <= layer_map.max_patch:
             raise EvaluationError(f"--num_layers_to_patch must be in 0..{layer_map.max_patch} for this student "
                                   f"({layer_map.max_patch} multi-layer blocks), got {args.num_layers_to_patch}")
+        plan = None
+        if args.plan is not None:
+            from patching.patch import load_plan
+
+            plan = load_plan(args.plan)
+            if list(layer_map.copied_teacher_layers) != plan.get("copied_teacher_layers"):
+                raise EvaluationError(f"--plan {args.plan} was searched for another student (copied layers "
+                                      f"{plan.get('copied_teacher_layers')})")
+        if args.heldout_kl is not None and not os.path.isfile(args.heldout_kl):
+            raise EvaluationError(f"--heldout_kl {args.heldout_kl}: no such file")
+        ref_desc = None
+        if args.heldout_kl is not None:  # described now, so that a rerun with other settings fails before loading
+            ref_desc = {"task": "heldout_kl", "data_file": os.path.abspath(args.heldout_kl),
+                        "documents": args.heldout_docs, "max_tokens": args.heldout_max_tokens}
         taskset = prepare_sweep_directory(
             args.save_directory, task_names, limit=limit, num_fewshot=args.num_fewshot,
             include_path=args.include_path, task_data=_task_data(args.task_data), max_doc_words=args.max_doc_words,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, reference=ref_desc)
     except (TaskError, EvaluationError, ModelNotFoundError, LayerMapError, PatchError, UnsupportedModelError,
             ValueError) as e:
         fail(str(e))
-    log.info("order %s (%s teacher%s), sizes k=%s, tasks %s", order, adapter.name,
-             ", first-k by default for llama" if adapter.name == "llama" and not args.override_llama_patching else "",
-             ks, taskset.names)
+    log.info("order %s (%s teacher), sizes k=%s, tasks %s", order, adapter.name, ks, taskset.names)
     common = {"teacher": args.teacher_model_name_or_path, "student": args.student_model_name_or_path,
               "dtype": args.dtype}
+    reference = None
     if args.sweep is not None:
         teacher = load_model(teacher_path, dtype=dtype)
         student = load_model(student_path, dtype=dtype)
         student.boomerang_layer_map = layer_map
-        points = boomerang_points(teacher, student, ks, first_k, dtype=dtype, include_endpoints=not args.no_endpoints,
-                                  teacher_name=args.teacher_model_name_or_path,
-                                  student_name=args.student_model_name_or_path, curve=args.curve)
+        if plan is not None:
+            points = plan_points(plan, teacher, student, dtype, curve=args.curve or "searched",
+                                 teacher_name=args.teacher_model_name_or_path,
+                                 student_name=args.student_model_name_or_path)
+        else:
+            points = boomerang_points(teacher, student, ks, first_k, dtype=dtype,
+                                      include_endpoints=not args.no_endpoints,
+                                      teacher_name=args.teacher_model_name_or_path,
+                                      student_name=args.student_model_name_or_path, curve=args.curve)
     else:
         # The paper's one-size command: read only the tensors this size needs, straight from the folders.
         k = args.num_layers_to_patch
@@ -610,10 +698,18 @@ def main(argv=None) -> list[dict]:
             "num_layers_to_patch": k, "replaced_blocks": list(plan.replaced_blocks), "depth": plan.depth,
             "layers": [list(x) for x in plan.layers], "embeddings_from": plan.embeddings_from,
             "final_norm_from": plan.final_norm_from, "lm_head_from": plan.lm_head_from})]
+    if args.heldout_kl is not None:
+        from boomerang.models import load_tokenizer
+        from evaluate.heldout import HeldoutReference
+
+        t_ref = teacher if args.sweep is not None else load_model(teacher_path, dtype=dtype)
+        reference = HeldoutReference(t_ref, load_tokenizer(teacher_path), args.heldout_kl, args.heldout_docs,
+                                     args.heldout_max_tokens)
     return run_sweep(points, args.save_directory, taskset, limit=limit, num_fewshot=args.num_fewshot,
                      batch_size=batch_size, max_batch_size=args.max_batch_size, device=args.device,
                      max_doc_words=args.max_doc_words, bootstrap_iters=args.bootstrap_iters,
-                     plots=not args.no_plots, common_metadata=common, max_length=args.max_length)
+                     plots=not args.no_plots, common_metadata=common, max_length=args.max_length,
+                     reference=reference)
 
 
 if __name__ == "__main__":

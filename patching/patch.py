@@ -4,10 +4,13 @@
     model, tokenizer = build_intermediate_model("Qwen/Qwen3-4B-Base", "runs/qwen3-student", 4)
 
 ``num_layers_to_patch`` (k) counts student layers that stand for multi-layer teacher blocks.
-Last-k (default; the paper's order for Qwen and Pythia) replaces the last k such blocks (and the
-1:1 layers after them) and takes the teacher's final norm and LM head; first-k (the paper's order
-for Llama) replaces the first k blocks (and the 1:1 layers before them) and takes the teacher's
-input embeddings. k = 0 is the student's size, k = max the teacher itself.
+Last-k (the paper's order for Qwen and Pythia) replaces the last k such blocks (and the 1:1 layers
+after them) and takes the teacher's final norm and LM head; first-k (the paper's order for Llama)
+replaces the first k blocks (and the 1:1 layers before them) and takes the teacher's input
+embeddings. k = 0 is the student's size, k = max the teacher itself. The commands follow the paper's
+rule (``boomerang.families.patch_order``): first-k for Llama teachers, last-k for the others,
+``--patch_first_k_layers`` / ``--override_llama_patching`` to choose; the Python functions take the
+order as an argument (``patch_first_k_layers=False``: last-k).
 
 Command line (writes loadable model folders with a ``boomerang_provenance.json``)::
 
@@ -34,9 +37,9 @@ from typing import Iterable
 import torch
 
 from boomerang.assemble import CheckpointSource, LayerRef, ModelSource, Source, as_source, assemble
-from boomerang.families import count_parameters, dtype_from_name, set_tie
+from boomerang.families import count_parameters, dtype_from_name, patch_order, set_tie
 from boomerang.layer_map import LayerMap, LayerMapError, PatchPlan, format_layers
-from boomerang.models import load_tokenizer, resolve_model_path
+from boomerang.models import find_tokenizer, load_tokenizer, resolve_model_path
 
 log = logging.getLogger("boomerang.patch")
 
@@ -353,11 +356,7 @@ def build_intermediate_model(
         _, plan, _ = plan_for_target(teacher, student, layer_map, target_params, patch_first_k_layers)
     model = assemble_plan(teacher, student, plan, dtype)
     model.boomerang_plan = plan
-    tokenizer = None
-    for path in (teacher_path, student_path):
-        if path is not None:
-            tokenizer = load_tokenizer(path)
-            break
+    tokenizer = find_tokenizer(teacher_path, student_path)
     return (model, tokenizer, plan) if return_plan else (model, tokenizer)
 
 
@@ -442,6 +441,134 @@ def table_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+# ---------------------------------------------------------------------------------------------- searched plans and budgets
+def load_plan(path: str) -> dict:
+    if os.path.isdir(path):
+        path = os.path.join(path, "search.json")
+    if not os.path.isfile(path):
+        raise PatchError(f"--plan {path}: no such file (write one with python -m patching.search)")
+    with open(path) as f:
+        plan = json.load(f)
+    if not isinstance(plan, dict) or not plan.get("ladder"):
+        raise PatchError(f"--plan {path}: not a search result (no 'ladder'); write one with python -m patching.search")
+    return plan
+
+
+def plan_of(e: dict) -> PatchPlan:
+    layers = tuple((src, int(i)) for src, i in e["layers"])
+    return PatchPlan(layers, e["embeddings_from"], e["final_norm_from"], e["lm_head_from"],
+                     tuple(j for j, c in enumerate(e.get("blocks", [])) if c.startswith("T")))
+
+
+def parse_memory_gb(text) -> float:
+    """``"1.5"``, ``"1.5GB"``, ``"1536MB"`` -> GiB (binary units: 1 GB here is 2**30 bytes)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(GB|GiB|G|MB|MiB|M)?\s*", str(text), flags=re.I)
+    if not m:
+        raise PatchError(f"--max_memory_gb {text!r}: expected a number of GB such as 0.5, 2 or 512MB")
+    v = float(m.group(1))
+    unit = (m.group(2) or "GB").upper()
+    return v / 1024 if unit.startswith("M") else v
+
+
+def parse_latency_ms(text) -> float:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(text), flags=re.I)
+    if not m:
+        raise PatchError(f"--max_latency_ms {text!r}: expected milliseconds such as 250 or 250ms (or 0.25s)")
+    return float(m.group(1)) * (1000.0 if (m.group(2) or "ms").lower() == "s" else 1.0)
+
+
+def entry_memory_bytes(teacher_src, student_src, e: dict, batch_size: int, context_length: int,
+                       bytes_per_value: int) -> int:
+    """Weights plus the KV cache of ``batch_size`` sequences of ``context_length`` tokens (from the config)."""
+    cfg = plan_config(teacher_src, student_src, plan_of(e))
+    return e["params"] * bytes_per_value + teacher_src.adapter.kv_cache_bytes(cfg, batch_size, context_length,
+                                                                              bytes_per_value)
+
+
+@torch.no_grad()
+def measure_latency_ms(model, batch_size: int, context_length: int, repeats: int = 3) -> float:
+    """Median wall time of one forward pass over ``batch_size`` x ``context_length`` tokens on the model's device."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, context_length), device=device,
+                        generator=torch.Generator(device=device.type).manual_seed(0))
+    model(input_ids=ids)  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        model(input_ids=ids)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def check_budget(plan: dict, target_params=None, max_memory_gb=None, max_latency_ms=None) -> dict:
+    """Parse the one budget given and check it against the plan's sizes; reads no weights."""
+    given = [x for x in (target_params, max_memory_gb, max_latency_ms) if x is not None]
+    if len(given) != 1:
+        raise PatchError("with --plan give exactly one budget: --target_params N, --max_memory_gb G or "
+                          "--max_latency_ms MS")
+    ladder = plan["ladder"]
+    student = next((e for e in plan["fixed_orders"]["last-k"] if e.get("k") == 0), None)
+    smallest = min(e["params"] for e in ladder)
+    teacher = next(e for e in ladder if e["depth"] == plan["num_teacher_layers"] and all(
+        src == "teacher" for src, _ in e["layers"]) and e["embeddings_from"] == "teacher")
+    if target_params is not None:
+        try:
+            n = parse_param_count(target_params)
+        except PatchError as e:
+            raise PatchError(f"--target_params: {e}") from None
+        if n < smallest:
+            raise PatchError(f"--target_params {target_params}: below the smallest model of the plan "
+                              f"({smallest:,} parameters{'' if student is None else ', the student side'}); "
+                              "nothing this pair assembles is that small")
+        if n >= teacher["params"]:
+            raise PatchError(f"--target_params {target_params}: the teacher itself ({teacher['params']:,} parameters) "
+                              "fits this budget; use the teacher, or a smaller budget")
+        return {"kind": "params", "value": n}
+    if max_memory_gb is not None:
+        g = parse_memory_gb(max_memory_gb)
+        if g <= 0:
+            raise PatchError(f"--max_memory_gb {max_memory_gb}: must be positive")
+        return {"kind": "memory", "value": g}
+    ms = parse_latency_ms(max_latency_ms)
+    if ms <= 0:
+        raise PatchError(f"--max_latency_ms {max_latency_ms}: must be positive")
+    return {"kind": "latency", "value": ms}
+
+
+def choose(plan: dict, budget: dict, teacher_src=None, student_src=None, batch_size: int = 1,
+           context_length: int = 2048, dtype: torch.dtype = torch.float32, latency_of=None) -> dict:
+    """The ladder entry with the lowest calibration KL whose size fits ``budget`` (from check_budget).
+
+    Memory: weights + KV cache from the config; latency: ``latency_of(entry)`` in ms, measured by the
+    caller on its device. Returns the entry with ``predicted`` figures added."""
+    bpv = torch.finfo(dtype).bits // 8
+    fits = []
+    for e in plan["ladder"]:
+        figures = {"params": e["params"]}
+        if budget["kind"] == "params":
+            ok = e["params"] <= budget["value"]
+        elif budget["kind"] == "memory":
+            mem = entry_memory_bytes(teacher_src, student_src, e, batch_size, context_length, bpv)
+            figures["memory_gb"] = mem / 2**30
+            ok = figures["memory_gb"] <= budget["value"]
+        else:
+            figures["latency_ms"] = latency_of(e)
+            ok = figures["latency_ms"] <= budget["value"]
+        if ok:
+            fits.append((e["calibration_kl"], -e["params"], e, figures))
+    if not fits:
+        what = {"params": "parameters", "memory": "GB of weights and KV cache", "latency": "ms"}[budget["kind"]]
+        raise PatchError(f"no model of the plan fits {budget['value']:g} {what} (batch {batch_size}, context "
+                          f"{context_length}); the smallest is the first ladder entry ({plan['ladder'][0]['params']:,} "
+                          "parameters)")
+    kl, _, e, figures = min(fits, key=lambda x: (x[0], x[1]))
+    return {**e, "predicted": figures, "budget": budget}
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m patching.patch", description=__doc__,
@@ -450,12 +577,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student_model_name_or_path", required=True, help="student folder (holds student_config.json)")
     p.add_argument("--save_directory", required=True,
                    help="the model folder (one model), or the folder of model folders and tables (--all)")
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_mutually_exclusive_group()
     what.add_argument("--num_layers_to_patch", type=int, help="k: multi-layer blocks to take from the teacher")
     what.add_argument("--blocks", help="comma-separated student layers to replace by their teacher blocks, e.g. 3,7,9")
-    what.add_argument("--target_params", help="largest model of the order with at most this many parameters (100M, 1.5B)")
+    what.add_argument("--target_params", help="largest model of the order with at most this many parameters (100M, 1.5B); "
+                                              "with --plan: the best searched model with at most that many")
     what.add_argument("--all", action="store_true", help="every size of the order, k = 0..max, plus a table")
-    p.add_argument("--patch_first_k_layers", action="store_true", help="first-k order (the paper's for Llama)")
+    what.add_argument("--max_memory_gb", help="with --plan: the best searched model whose weights and KV cache "
+                                              "(--batch_size x --context_length tokens, --dtype) fit in G GiB")
+    what.add_argument("--max_latency_ms", help="with --plan: the best searched model whose forward pass over "
+                                               "--batch_size x --context_length tokens takes at most MS here")
+    p.add_argument("--plan", default=None, help="a search result (python -m patching.search): search.json or its folder")
+    p.add_argument("--batch_size", type=int, default=1, help="for --max_memory_gb and --max_latency_ms")
+    p.add_argument("--context_length", type=int, default=2048, help="for --max_memory_gb and --max_latency_ms")
+    p.add_argument("--patch_first_k_layers", action="store_true",
+                   help="first-k order (default for Llama teachers, as in the paper; last-k for the others)")
+    p.add_argument("--override_llama_patching", action="store_true", help="last-k order for a Llama teacher")
     p.add_argument("--target_kind", default="total", choices=["total", "non_embedding"],
                    help="which parameter count --target_params bounds")
     p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16, float16 or auto (keep the checkpoints')")
@@ -491,7 +628,14 @@ def main(argv=None) -> list[str]:
 
     args = parse_with_config(build_parser(), argv)
     setup_logging()
-    order = order_name(args.patch_first_k_layers)
+    if args.plan is not None:
+        return main_plan(args)
+    if args.max_memory_gb is not None or args.max_latency_ms is not None:
+        fail("--max_memory_gb and --max_latency_ms choose from a search result: add --plan search.json "
+             "(python -m patching.search writes one)")
+    if args.num_layers_to_patch is None and args.blocks is None and args.target_params is None and not args.all:
+        fail("say which model: --num_layers_to_patch K, --blocks 3,7,9, --target_params N, --all, or --plan FILE "
+             "with a budget")
     # ---- every check before any weight is read
     if not args.all and os.path.exists(args.save_directory) and not args.overwrite:
         fail(f"--save_directory {args.save_directory} already exists; choose another folder or pass --overwrite")
@@ -503,11 +647,12 @@ def main(argv=None) -> list[str]:
         student = open_source(args.student_model_name_or_path, "student", dtype)
         layer_map = load_layer_map(student, teacher.adapter.num_layers(teacher.config))
         check_pair(teacher, student, layer_map)
+        order = patch_order(teacher.config, args.patch_first_k_layers, args.override_llama_patching)
+        first_k = order == "first-k"
         if args.all:
-            jobs = [(k, plan) for k, plan in enumerate(layer_map.ladder(args.patch_first_k_layers))]
+            jobs = [(k, plan) for k, plan in enumerate(layer_map.ladder(first_k))]
         elif args.num_layers_to_patch is not None:
-            jobs = [(args.num_layers_to_patch,
-                     plan_for(layer_map, args.num_layers_to_patch, args.patch_first_k_layers))]
+            jobs = [(args.num_layers_to_patch, plan_for(layer_map, args.num_layers_to_patch, first_k))]
         elif args.blocks is not None:
             try:
                 blocks = [int(b) for b in args.blocks.replace(" ", "").split(",") if b != ""]
@@ -515,16 +660,11 @@ def main(argv=None) -> list[str]:
                 raise PatchError(f"--blocks {args.blocks!r}: expected comma-separated student layer indices, e.g. 3,7,9")
             jobs = [(None, plan_for(layer_map, blocks=blocks))]
         else:
-            k, plan, _ = plan_for_target(teacher, student, layer_map, args.target_params, args.patch_first_k_layers,
-                                         args.target_kind)
+            k, plan, _ = plan_for_target(teacher, student, layer_map, args.target_params, first_k, args.target_kind)
             jobs = [(k, plan)]
     except (PatchError, LayerMapError, ModelNotFoundError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    tokenizer = None
-    for path in (_source_path(teacher), _source_path(student)):
-        if path is not None:
-            tokenizer = load_tokenizer(path)
-            break
+    tokenizer = find_tokenizer(_source_path(teacher), _source_path(student))
     t_name, s_name = args.teacher_model_name_or_path, args.student_model_name_or_path
     written, rows = [], []
     bar = tqdm(jobs, desc="patching", unit="model", disable=args.no_progress)
@@ -558,6 +698,87 @@ def main(argv=None) -> list[str]:
         atomic_write_text(os.path.join(args.save_directory, "family.csv"), table_csv(rows))
         print(table_markdown(rows))
     return written
+
+
+def main_plan(args) -> list[str]:
+    """``--plan search.json`` with one budget: build and save the best searched model that fits it."""
+    from boomerang.cli import fail
+    from boomerang.models import ModelNotFoundError
+
+    # ---- the budget is checked against the plan before any model is opened
+    try:
+        if os.path.exists(args.save_directory) and not args.overwrite:
+            raise PatchError(f"--save_directory {args.save_directory} already exists; choose another folder or pass "
+                             "--overwrite")
+        if args.batch_size < 1 or args.context_length < 1:
+            raise PatchError("--batch_size and --context_length must be positive")
+        plan = load_plan(args.plan)
+        budget = check_budget(plan, args.target_params, args.max_memory_gb, args.max_latency_ms)
+        dtype = dtype_from_name(args.dtype) or torch.float32
+        teacher = open_source(args.teacher_model_name_or_path, "teacher", dtype)
+        student = open_source(args.student_model_name_or_path, "student", dtype)
+        layer_map = load_layer_map(student, teacher.adapter.num_layers(teacher.config))
+        check_pair(teacher, student, layer_map)
+        if list(layer_map.copied_teacher_layers) != plan.get("copied_teacher_layers"):
+            raise PatchError(f"--plan {args.plan} was searched for a student with copied layers "
+                             f"{plan.get('copied_teacher_layers')}, this one has {list(layer_map.copied_teacher_layers)}")
+    except (PatchError, LayerMapError, ModelNotFoundError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    measured_latency: dict[int, float] = {}
+
+    def latency_of(e):
+        key = id(e)
+        if key not in measured_latency:
+            m = assemble_plan(teacher, student, plan_of(e), dtype)
+            measured_latency[key] = measure_latency_ms(m, args.batch_size, args.context_length)
+            del m
+        return measured_latency[key]
+
+    try:
+        chosen = choose(plan, budget, teacher, student, args.batch_size, args.context_length, dtype, latency_of)
+    except PatchError as e:
+        fail(str(e))
+    pplan = plan_of(chosen)
+    model = assemble_plan(teacher, student, pplan, dtype)
+    counts = count_parameters(model)
+    measured = {"params": counts["total"], "calibration_kl": calibration_kl(model, teacher, plan)}
+    bpv = torch.finfo(dtype).bits // 8
+    if budget["kind"] == "memory":
+        weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+        kv = teacher.adapter.kv_cache_bytes(model.config, args.batch_size, args.context_length, bpv)
+        measured["memory_gb"] = (weights + kv) / 2**30
+    if budget["kind"] == "latency":
+        measured["latency_ms"] = measure_latency_ms(model, args.batch_size, args.context_length)
+    info = provenance(pplan, layer_map, args.teacher_model_name_or_path, args.student_model_name_or_path, counts,
+                      None, "searched", dtype)
+    info["search"] = {k: v for k, v in chosen.items() if k != "layers"}
+    info["search"]["plan"] = os.path.abspath(args.plan)
+    info["measured"] = measured
+    tokenizer = find_tokenizer(_source_path(teacher), _source_path(student))
+    save_patched_model(model, tokenizer, args.save_directory, info, overwrite=args.overwrite)
+    log.info("%s: %d layers, %s parameters, calibration KL %.4f (searched %.4f) -> %s", chosen["description"],
+             pplan.depth, human_count(counts["total"]), measured["calibration_kl"], chosen["calibration_kl"],
+             args.save_directory)
+    return [args.save_directory]
+
+
+def calibration_kl(model, teacher: Source, plan: dict) -> float | None:
+    """The built model's KL from the teacher on the plan's own calibration data (None when the data is gone)."""
+    from boomerang.scoring import TeacherReference, fixed_length_sequences
+    from train.data import read_local_documents
+
+    cal = plan.get("calibration") or {}
+    if not cal.get("data") or not os.path.exists(cal["data"]) or not isinstance(teacher, ModelSource) and \
+            _source_path(teacher) is None:
+        return None
+    from boomerang.models import load_model
+
+    tok = load_tokenizer(_source_path(teacher))
+    ids = fixed_length_sequences(tok, read_local_documents(cal["data"], flag="--calibration_data"), cal["samples"],
+                                 cal["seq_len"])
+    t_model = teacher.model if isinstance(teacher, ModelSource) else load_model(_source_path(teacher), dtype=torch.float32)
+    ref = TeacherReference(t_model, [r[None] for r in ids])
+    return ref.score(model).kl_per_token
 
 
 if __name__ == "__main__":

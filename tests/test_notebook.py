@@ -39,6 +39,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     assert "REPO_URL" in code[0].source and "pip install" in code[0].source and "requirements.txt" in code[0].source
 
 
+@pytest.mark.e2e  # executes the whole notebook in a kernel
 def test_notebook_runs_offline_on_tiny_models(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

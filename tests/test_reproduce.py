@@ -1,84 +1,72 @@
-"""The main job (boomerang.reproduce) end to end on a tiny random teacher and tiny local data."""
+"""The main job (reproduce.main_job) end to end on a tiny random teacher and tiny local data."""
 
 import json
 import os
-import random
 
 import pytest
 
 import tiny_models
 
-WORDS = "the a of and to in is was he it that for on with as his by at be this had not are but from or".split()
-
-
-def _doc(rng, n):
-    return " ".join(rng.choice(WORDS) for _ in range(n)) + " ."
-
-
-def _make_world(tmp_path, heldout_docs=20):
-    rng = random.Random(0)
-    teacher = tiny_models.save_tiny_model(str(tmp_path / "teacher"), tiny_models.llama(8))
-    data = tmp_path / "data"
-    (data / "corpus").mkdir(parents=True)
-    (data / "tasks").mkdir()
-    for name, n in (("brown_train", 30), ("brown_heldout", heldout_docs)):
-        with open(data / "corpus" / f"{name}.jsonl", "w") as f:
-            for i in range(n):
-                f.write(json.dumps({"id": str(i), "genre": "x", "text": _doc(rng, 300)}) + "\n")
-    for task in ("arc_easy", "piqa", "boolq", "openbook_qa", "copa"):
-        with open(data / "tasks" / f"{task}.jsonl", "w") as f:
-            for i in range(8):
-                f.write(json.dumps({"query": _doc(rng, 6), "choices": [_doc(rng, 2), _doc(rng, 3)], "gold": i % 2}) + "\n")
-    return teacher, str(data), tmp_path / "out"
-
-
 @pytest.fixture()
 def tiny_world(tmp_path):
-    return _make_world(tmp_path)
+    return tiny_models.make_world(tmp_path)
 
 
+@pytest.mark.e2e  # the main job end to end (a minute or more)
 def test_main_job_end_to_end(tiny_world, capsys):
-    from boomerang.reproduce import main
+    from reproduce.main_job import main
 
     teacher, data, out = tiny_world
     argv = ["--teacher_model_name_or_path", teacher, "--data_dir", data, "--output_dir", str(out),
             "--max_steps", "2", "--mc_limit", "4", "--ppl_docs", "2"]
-    main(argv)
+    # a Llama teacher is patched first-k by default (the paper's rule); last-k is asked for, into its own folder
+    main(argv + ["--override_llama_patching"])
+    lk = out / "last-k"
     assert os.path.isfile(out / "student" / "student_config.json")
-    results = os.listdir(out / "eval" / "results")
+    results = os.listdir(lk / "eval" / "results")
     # student, k = 0..2, teacher (k = 3), and naive pruning at the depths of k = 0..2
     assert sorted(results) == sorted(["student.json", "last_k00.json", "last_k01.json", "last_k02.json",
                                       "teacher.json", "naive_d05.json", "naive_d06.json", "naive_d07.json"])
     for name in ("summary.csv", "summary.md"):
-        assert os.path.isfile(out / "eval" / name)
-    assert any(p.endswith(".png") for p in os.listdir(out / "eval" / "plots"))
-    report = (out / "REPORT.md").read_text()
+        assert os.path.isfile(lk / "eval" / name)
+    assert any(p.endswith(".png") for p in os.listdir(lk / "eval" / "plots"))
+    report = (lk / "REPORT.md").read_text()
     assert "| 5 (student) |" in report and "| 8 (teacher) |" in report and "Stage times" in report
-    facts = json.loads((out / "report.json").read_text())["facts"]
+    facts = json.loads((lk / "report.json").read_text())["facts"]
     assert [d for d, _, _ in facts["boomerang_beats"]["naive"]] == [5, 6, 7]
     assert facts["monotone"] == (not facts["rises"]) and "Perplexity along the boomerang ladder" in report
     for a, b, pa, pb, pct in facts["rises"]:
         assert pb > pa and pct == round(100 * (pb / pa - 1), 1)
-    pairs = json.loads((out / "alignment.json").read_text())["pairs"]
+    pairs = json.loads((lk / "alignment.json").read_text())["pairs"]
     assert [(p["student_index"], p["teacher_index"]) for p in pairs][0] == (0, 0) and len(pairs) == 6
     assert all(-1 <= p["cosine"] <= 1 for p in pairs) and "Seam alignment" in report
+    # every point carries its held-out KL from the teacher; the teacher's own is zero
+    teacher_rec = json.loads((lk / "eval" / "results" / "teacher.json").read_text())
+    assert teacher_rec["metrics"]["heldout_kl"]["kl"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert json.loads((lk / "eval" / "results" / "last_k01.json").read_text())["metrics"]["heldout_kl"]["kl"]["value"] > 0
+    # the searched ladder: one model per depth, scored like the rest, compared with the fixed order in the report
+    plan = json.loads((out / "search" / "search.json").read_text())
+    assert [e["depth"] for e in plan["ladder"]] == [5, 6, 7, 8]
+    assert sorted(os.listdir(out / "search" / "eval" / "results")) == [f"searched_d0{d}.json" for d in (5, 6, 7, 8)]
+    assert "searched ladder" in report and len(facts["searched"]) == 4
 
     # A second run reuses everything: no training, no evaluation.
-    mtimes = {n: os.path.getmtime(out / "eval" / "results" / n) for n in results}
-    main(argv)
-    assert mtimes == {n: os.path.getmtime(out / "eval" / "results" / n) for n in results}
+    mtimes = {n: os.path.getmtime(lk / "eval" / "results" / n) for n in results}
+    main(argv + ["--override_llama_patching"])
+    assert mtimes == {n: os.path.getmtime(lk / "eval" / "results" / n) for n in results}
 
-    # First-k order: the same student, its own folder beside the last-k results (which stay as they were).
+    # First-k order, the default for this Llama teacher: the same student, the results in OUTPUT_DIR, beside the
+    # last-k results (which stay as they were); --patch_first_k_layers says the same
     student_mtime = os.path.getmtime(out / "student" / "model.safetensors")
     main(argv + ["--patch_first_k_layers"])
     assert os.path.getmtime(out / "student" / "model.safetensors") == student_mtime
-    assert mtimes == {n: os.path.getmtime(out / "eval" / "results" / n) for n in results}
-    first = out / "first-k"
+    assert mtimes == {n: os.path.getmtime(lk / "eval" / "results" / n) for n in results}
+    first = out
     assert sorted(os.listdir(first / "eval" / "results")) == sorted(
         ["student.json", "first_k00.json", "first_k01.json", "first_k02.json", "teacher.json",
          "naive_d05.json", "naive_d06.json", "naive_d07.json"])
     naive_first = json.loads((first / "eval" / "results" / "naive_d06.json").read_text())
-    naive_last = json.loads((out / "eval" / "results" / "naive_d06.json").read_text())
+    naive_last = json.loads((lk / "eval" / "results" / "naive_d06.json").read_text())
     assert (naive_first["order"], naive_last["order"]) == ("first-k", "last-k")
     assert naive_first["teacher_layers"] == [0, 1, 2, 4, 6, 7] and naive_last["teacher_layers"] == [0, 2, 4, 5, 6, 7]
     assert "first-k order" in (first / "REPORT.md").read_text() and (first / "alignment.json").is_file()
@@ -100,14 +88,15 @@ def test_main_job_end_to_end(tiny_world, capsys):
     assert os.path.getmtime(out / "student" / "model.safetensors") == student_mtime
 
 
+@pytest.mark.e2e  # the main job end to end (a minute or more)
 def test_gpu_preset_runs_its_whole_path_on_cpu(tmp_path):
     """The GPU preset's own path (its training config, whole held-out documents, ShortGPT and LaCo beside
     naive pruning, bfloat16 evaluation, batch size "auto"), on a CPU and on 4 of the documents: only the
     device and the sizes differ."""
-    from boomerang.reproduce import main
+    from reproduce.main_job import main
 
     # the preset evaluates on 32 held-out sequences of 1024 tokens: 120 documents of 301 one-token words
-    teacher, data, out = _make_world(tmp_path, heldout_docs=120)
+    teacher, data, out = tiny_models.make_world(tmp_path, heldout_docs=120)
     result = main(["--preset", "gpu", "--teacher_model_name_or_path", teacher, "--data_dir", data,
                    "--output_dir", str(out), "--max_steps", "2", "--mc_limit", "4", "--ppl_docs", "4"])
     assert set(result["timings"]) == {"teacher", "distillation", "evaluation sweep", "alignment", "report"}
@@ -118,7 +107,7 @@ def test_gpu_preset_runs_its_whole_path_on_cpu(tmp_path):
     results = sorted(os.listdir(out / "eval" / "results"))
     for method in ("naive", "shortgpt", "laco"):
         assert [r for r in results if r.startswith(method + "_d")] == [f"{method}_d0{d}.json" for d in (5, 6, 7)]
-    rec = json.loads((out / "eval" / "results" / "last_k01.json").read_text())
+    rec = json.loads((out / "eval" / "results" / "first_k01.json").read_text())  # first-k: a Llama teacher
     assert rec["dtype"] == "bfloat16" and rec["preset"] == "gpu"
     facts = json.loads((out / "report.json").read_text())["facts"]
     assert set(facts["boomerang_beats"]) == {"naive", "shortgpt", "laco"}
@@ -126,10 +115,11 @@ def test_gpu_preset_runs_its_whole_path_on_cpu(tmp_path):
     assert "shortgpt ppl" in report and "laco ppl" in report and "(gpu preset)" in report
 
 
+@pytest.mark.e2e  # the main job end to end (a minute or more)
 def test_layer_map_option_trains_that_student(tmp_path):
-    from boomerang.reproduce import main
+    from reproduce.main_job import main
 
-    teacher, data, out = _make_world(tmp_path)
+    teacher, data, out = tiny_models.make_world(tmp_path)
     main(["--teacher_model_name_or_path", teacher, "--data_dir", data, "--output_dir", str(out), "--layer_map", "2,2,1",
           "--max_steps", "1", "--mc_limit", "2", "--ppl_docs", "1", "--patch_first_k_layers"])
     student_cfg = json.loads((out / "student" / "student_config.json").read_text())
@@ -137,7 +127,7 @@ def test_layer_map_option_trains_that_student(tmp_path):
     assert student_cfg["copied_teacher_layers"] == [0, 1, 3, 5, 7]
     assert student_cfg["recipe"] == {"first_layers_to_keep": 2, "alternate_every_n_layers": 2, "last_layers_to_keep": 1}
     assert json.loads((out / "student_settings.json").read_text())["layer_map"] == [2, 2, 1]
-    results = sorted(os.listdir(out / "first-k" / "eval" / "results"))
+    results = sorted(os.listdir(out / "eval" / "results"))  # first-k: the default for a Llama teacher
     assert results == sorted(["student.json", "first_k00.json", "first_k01.json", "first_k02.json", "teacher.json",
                               "naive_d05.json", "naive_d06.json", "naive_d07.json"])
 
@@ -145,9 +135,9 @@ def test_layer_map_option_trains_that_student(tmp_path):
 @pytest.mark.parametrize("layer_map, message", [("2,2", "expected three integers F,N,L"),
                                                  ("5,2,5", "--layer_map 5,2,5: --first_layers_to_keep 5")])
 def test_bad_layer_map_fails_before_distillation(tmp_path, capsys, layer_map, message):
-    from boomerang.reproduce import main
+    from reproduce.main_job import main
 
-    teacher, data, out = _make_world(tmp_path)
+    teacher, data, out = tiny_models.make_world(tmp_path)
     with pytest.raises(SystemExit):
         main(["--teacher_model_name_or_path", teacher, "--data_dir", data, "--output_dir", str(out),
               "--layer_map", layer_map])
@@ -158,7 +148,7 @@ def test_bad_layer_map_fails_before_distillation(tmp_path, capsys, layer_map, me
 def test_student_settings_ignore_config_comments_but_not_values(tmp_path):
     from argparse import Namespace
 
-    from boomerang.reproduce import student_settings
+    from reproduce.main_job import student_settings
 
     args = Namespace(layer_map=None, max_steps=None, teacher_model_name_or_path="t")
     cfg = tmp_path / "c.yaml"
@@ -178,7 +168,7 @@ def test_student_settings_ignore_config_comments_but_not_values(tmp_path):
 
 
 def test_missing_data_dir_fails_before_work(tmp_path, capsys):
-    from boomerang.reproduce import main
+    from reproduce.main_job import main
 
     with pytest.raises(SystemExit):
         main(["--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")])
@@ -188,7 +178,7 @@ def test_missing_data_dir_fails_before_work(tmp_path, capsys):
 
 
 def test_comparison_reports_every_rise_along_the_ladder():
-    from boomerang.reproduce import comparison
+    from reproduce.main_job import comparison
 
     def rec(role, method, depth, ppl):
         return {"role": role, "method": method, "depth": depth, "parameters": {"total": depth * 10 ** 6},

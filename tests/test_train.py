@@ -31,9 +31,11 @@ def setup(tmp_path_factory):
 
 
 def args(root, teacher, out, *extra):
+    # a global batch size sets the accumulation itself: giving both is refused
+    accum = [] if "--global_batch_size" in extra else ["--gradient_accumulation_steps", "2"]
     return ["--teacher_model_name_or_path", teacher, "--save_directory", str(root / out),
             "--dataset", str(root / "train.jsonl"), "--max_length", "16", "--per_device_train_batch_size", "2",
-            "--gradient_accumulation_steps", "2", "--learning_rate", "1e-2", "--logging_steps", "1",
+            *accum, "--learning_rate", "1e-2", "--logging_steps", "1",
             "--save_steps", "0", "--warmup_ratio", "0.2", "--device", "cpu", *map(str, extra)]
 
 
@@ -142,6 +144,7 @@ def test_nan_loss_stops_and_names_checkpoint(setup, capsys):
 
 
 @pytest.mark.distributed
+@pytest.mark.e2e  # two torchrun processes: a minute or more
 def test_torchrun_two_processes_match_single_process(setup):
     """2 processes (FSDP2, gloo) give the losses and final weights of one process; a single process
     resumes from the FSDP checkpoint of step 2 and reproduces step 3 (another world size)."""

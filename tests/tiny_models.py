@@ -142,3 +142,32 @@ def save_tiny_model(path: str, config, seed: int = 0) -> str:
     model.save_pretrained(path)
     save_tiny_tokenizer(path)
     return path
+
+
+WORDS = "the a of and to in is was he it that for on with as his by at be this had not are but from or".split()
+
+
+def _doc(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n)) + " ."
+
+
+def make_world(tmp_path, heldout_docs=20):
+    """A tiny 8-layer Llama teacher folder and a data folder shaped like ../shared/data (Brown train and
+    held-out, five multiple-choice tasks of 8 items); returns (teacher folder, data folder, out path)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    teacher = save_tiny_model(str(tmp_path / "teacher"), llama(8))
+    data = tmp_path / "data"
+    (data / "corpus").mkdir(parents=True)
+    (data / "tasks").mkdir()
+    for name, n in (("brown_train", 30), ("brown_heldout", heldout_docs)):
+        with open(data / "corpus" / f"{name}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"id": str(i), "genre": "x", "text": _doc(rng, 300)}) + "\n")
+    for task in ("arc_easy", "piqa", "boolq", "openbook_qa", "copa"):
+        with open(data / "tasks" / f"{task}.jsonl", "w") as f:
+            for i in range(8):
+                f.write(json.dumps({"query": _doc(rng, 6), "choices": [_doc(rng, 2), _doc(rng, 3)], "gold": i % 2}) + "\n")
+    return teacher, str(data), tmp_path / "out"

@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fsdp", default="auto", choices=["auto", "on", "off"],
                    help="FSDP2 sharding of student and teacher; auto = on when run by torchrun with >1 process")
     g.add_argument("--fsdp_config", default=None,
-                   help="accepted for the paper's command lines and ignored: FSDP2 wraps every decoder layer, "
-                        "found through the family adapter, for any teacher")
+                   help="the paper's Hugging Face Trainer FSDP file; not read here (FSDP2 wraps every decoder layer, "
+                        "found through the family adapter): giving it is an error that says which flags to use")
     g.add_argument("--gradient_checkpointing", **B, default=False, help="activation checkpointing in the student")
     g.add_argument("--peak_tflops", type=float, default=None, help="accelerator peak for MFU (default: by GPU name)")
     g.add_argument("--num_threads", type=int, default=None, help="torch CPU threads")
@@ -319,6 +319,11 @@ def main(argv=None) -> dict:
         fail("--save_directory is required")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    if args.fsdp_config is not None:
+        fail(f"--fsdp_config {args.fsdp_config}: this trainer does not read Hugging Face Trainer FSDP files. It shards "
+             "with FSDP2 on its own (one unit per decoder layer, found through the family adapter) whenever torchrun "
+             "starts more than one process; use --fsdp on|off|auto and --gradient_checkpointing instead, and drop "
+             "--fsdp_config")
 
     # ---- everything that can be wrong is checked before a model loads
     try:
@@ -360,6 +365,12 @@ def main(argv=None) -> dict:
             fail(f"--global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size "
                  f"x processes = {per}")
         accum = args.global_batch_size // per
+        if "gradient_accumulation_steps" in getattr(args, "explicit_settings", ()) and \
+                args.gradient_accumulation_steps != accum:
+            fail(f"--global_batch_size {args.global_batch_size} with --per_device_train_batch_size "
+                 f"{args.per_device_train_batch_size} on {world} process(es) means {accum} accumulation step(s), but "
+                 f"--gradient_accumulation_steps {args.gradient_accumulation_steps} is also set: give only one of "
+                 "--global_batch_size and --gradient_accumulation_steps")
     else:
         accum = args.gradient_accumulation_steps
     global_batch = args.per_device_train_batch_size * accum * world
@@ -431,10 +442,11 @@ def main(argv=None) -> dict:
 
     stream = SequenceStream(args.dataset, tokenizer, args.max_length, packing=not args.no_packing,
                             split=args.dataset_split, text_field=args.text_field, seed=args.seed)
-    step = 0
+    step = tokens_seen = 0  # tokens_seen: real (non-padding) tokens trained on so far, logged with every record
     if resume_from:
         state = ckpt.load_checkpoint(resume_from, student, optimizer, scheduler, fsdp)
         step = state["step"]
+        tokens_seen = state.get("tokens_seen", 0)
         stream.skip(state["data_position"])
         if is_main:
             log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, step, stream.position)
@@ -555,13 +567,14 @@ def main(argv=None) -> dict:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        tokens_seen += n_tokens
         tokens_since += n_tokens
         seq_tokens_since += global_batch * args.max_length
         bar.update(1)
         rec = {"step": step, "loss": loss, "ce": sums[1] / max(n_valid, 1.0),
                "kl": sums[2] / max(n_valid, 1.0), "cosine": sums[3] / max(n_valid, 1.0),
                "lr": lr, "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0,
-               "tokens": n_tokens, "sequence_tokens": global_batch * args.max_length,
+               "tokens": n_tokens, "tokens_seen": tokens_seen, "sequence_tokens": global_batch * args.max_length,
                "data_position": stream.position}
         time_since += rec["step_time_s"]
         history.append(rec)
@@ -590,12 +603,13 @@ def main(argv=None) -> dict:
         if (args.save_steps and step % args.save_steps == 0) or step == stop < args.max_steps:
             last_good = ckpt.save_checkpoint(args.save_directory, step, student, optimizer, scheduler,
                                              stream.position, fsdp, args.save_total_limit,
-                                             extra={"world_size": world, "global_batch": global_batch})
+                                             extra={"world_size": world, "global_batch": global_batch,
+                                                    "tokens_seen": tokens_seen})
     bar.close()
 
     if step >= args.max_steps:
         write_final_student(student, fsdp, tokenizer, layer_map, args.save_directory,
-                            dict(provenance, trained_steps=step), is_main)
+                            dict(provenance, trained_steps=step, trained_tokens=tokens_seen), is_main)
         if is_main:
             log.info("student written to %s", args.save_directory)
     reporter.close()

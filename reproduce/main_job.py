@@ -1,14 +1,14 @@
 """The main job: boomerang distillation end to end on the embedded SmolLM2-135M teacher.
 
-    bash scripts/main.sh                      # = python -m boomerang.reproduce --preset cpu
-    python -m boomerang.reproduce --preset gpu --output_dir runs/main-gpu
+    bash scripts/main.sh                      # = python -m reproduce.main_job --preset cpu
+    python -m reproduce.main_job --preset gpu --output_dir runs/main-gpu
 
 Stages (each resumable: a rerun skips what is done and continues what was interrupted):
   1. resolve ``embedded:smollm2-135m`` (30 layers) and check the data folder;
   2. distill the 16-layer (1, 2, 2) student (``--layer_map F,N,L`` for another) on the Brown training split
      (``train.train``); a folder whose student was made with other settings is refused, never reused;
-  3. sweep every size from student to teacher in last-k order (``--patch_first_k_layers``: first-k,
-     the paper's order for Llama, into OUTPUT_DIR/first-k/) (``evaluate.evaluate``) on held-out
+  3. sweep every size from student to teacher in the paper's order for the teacher's family (first-k for
+     Llama teachers such as SmolLM2; ``--override_llama_patching``: last-k, into OUTPUT_DIR/last-k/) on held-out
      Brown perplexity and the multiple-choice tasks of ``DATA/tasks``, with the naive-pruning
      baseline (and, in the GPU preset, ShortGPT and LaCo) at the same sizes, in one sweep folder;
   4. measure the seam alignment: the cosine of student and teacher hidden states at every aligned
@@ -24,7 +24,6 @@ repository): ``corpus/brown_train.jsonl``, ``corpus/brown_heldout.jsonl`` and ``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
@@ -34,75 +33,38 @@ import time
 import torch
 
 from boomerang.cli import fail, setup_logging
+from boomerang.families import patch_order
 from boomerang.io import atomic_write_json, atomic_write_text
+from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, check_data, default_data_dir, distill,
+                              heldout_subset, is_finished, stage)
 
-log = logging.getLogger("boomerang.reproduce")
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEACHER = "embedded:smollm2-135m"
+log = logging.getLogger("boomerang.main_job")
 
 # Each preset: the training config and its overrides, and what the sweep evaluates.
 PRESETS = {
     "cpu": {
         "train_config": "configs/smollm2-135m-cpu.yaml",
-        "train_overrides": [],
         "ppl_docs": 25,  # held-out documents for perplexity
         "max_doc_words": 300,  # ... each cut to its first N words (~400 tokens)
         "mc_limit": 40,  # items per multiple-choice task (100 made the sweep ~56 min on 2 cores)
         "baselines": ["naive"],
         "dtype": "float32",
         "eval_batch_size": "8",
+        "search": {"samples": 16, "seq_len": 128, "beam_width": 1},
     },
     "gpu": {
         "train_config": "configs/smollm2-135m.yaml",
-        "train_overrides": [],
         "ppl_docs": None,  # all 50 held-out documents, whole
         "max_doc_words": None,
         "mc_limit": None,  # every item
         "baselines": ["naive", "shortgpt", "laco"],
         "dtype": "bfloat16",
         "eval_batch_size": "auto",
+        "search": {"samples": 32, "seq_len": 256, "beam_width": 2},
     },
 }
-MC_TASKS = ("arc_easy", "piqa", "boolq", "openbook_qa", "copa")
-ALIGN_TOKENS = 512  # each held-out document cut to this many tokens for the seam-alignment table
-
-
-def default_data_dir() -> str:
-    return os.environ.get("BOOMERANG_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data")
-
-
-def check_data(data_dir: str) -> dict[str, str]:
-    """The data files of the main job, or a clear error naming the setting and what is missing."""
-    if not os.path.isdir(data_dir):
-        fail(f"data folder {data_dir} not found. Pass --data_dir DIR or set BOOMERANG_DATA to a folder holding "
-             "corpus/brown_train.jsonl, corpus/brown_heldout.jsonl and tasks/*.jsonl (see ../shared/data/README.md)")
-    files = {
-        "train": os.path.join(data_dir, "corpus", "brown_train.jsonl"),
-        "heldout": os.path.join(data_dir, "corpus", "brown_heldout.jsonl"),
-    }
-    for t in MC_TASKS:
-        files[t] = os.path.join(data_dir, "tasks", f"{t}.jsonl")
-    missing = [p for p in files.values() if not os.path.isfile(p)]
-    if missing:
-        fail(f"the data folder {data_dir} lacks {', '.join(missing)}; pass --data_dir (or BOOMERANG_DATA) "
-             "pointing at a complete copy")
-    return files
-
-
-def _heldout_subset(src: str, n_docs: int | None, out_dir: str) -> str:
-    """The first ``n_docs`` held-out documents as a file of their own (the task records which file ran)."""
-    if n_docs is None:
-        return src
-    with open(src) as f:
-        lines = [line for line in f if line.strip()][:n_docs]
-    path = os.path.join(out_dir, f"brown_heldout_first{n_docs}.jsonl")
-    atomic_write_text(path, "".join(lines))
-    return path
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m boomerang.reproduce", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m reproduce.main_job", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="cpu (default without a GPU; ~45 min on 2 cores) or gpu (the full-size micro-reproduction)")
@@ -113,13 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl_docs", type=int, default=None, help="override held-out documents for perplexity")
     p.add_argument("--baselines", default=None, help="comma-separated: naive, shortgpt, laco (default: the preset's)")
     p.add_argument("--patch_first_k_layers", action="store_true",
-                   help="sweep in first-k order (the paper's order for Llama teachers) instead of last-k; the results "
-                        "go to OUTPUT_DIR/first-k/, beside a last-k run's, and the distilled student is shared")
+                   help="sweep in first-k order; the paper's order, and the default, for Llama teachers such as SmolLM2. "
+                        "An order other than the teacher family's goes to OUTPUT_DIR/<order>/; the student is shared")
+    p.add_argument("--override_llama_patching", action="store_true",
+                   help="sweep a Llama teacher in last-k order (the paper's flag), into OUTPUT_DIR/last-k/")
     p.add_argument("--layer_map", default=None, metavar="F,N,L",
                    help="the student's layer map: keep the first F teacher layers, every N-th after them and the last "
                         "L (default: the preset's, the paper's 1,2,2; 2,2,1 is method.md's map for Llama teachers). "
                         "Another map gets its own default folder, runs/main-<preset>-map<F><N><L>")
     p.add_argument("--teacher_model_name_or_path", default=TEACHER)
+    p.add_argument("--no_search", action="store_true",
+                   help="skip the searched ladder (patching.search: the best model the pair assembles at every depth)")
     p.add_argument("--skip_training", action="store_true",
                    help="evaluate an existing student in OUTPUT_DIR/student (e.g. after a run on another machine)")
     return p
@@ -146,6 +112,14 @@ def student_settings(preset: dict, args) -> dict:
             "train_config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16],
             "layer_map": list(layer_map),
             "max_steps": args.max_steps if args.max_steps is not None else cfg["max_steps"]}
+
+
+def train_settings(wanted: dict, files: dict) -> dict:
+    """The flags the main job's distillation adds to its preset: teacher, data, layer map, steps."""
+    f, n, l = wanted["layer_map"]
+    return {"teacher_model_name_or_path": wanted["teacher"], "dataset": files["train"], "eval_dataset": files["heldout"],
+            "first_layers_to_keep": f, "alternate_every_n_layers": n, "last_layers_to_keep": l,
+            "max_steps": wanted["max_steps"]}
 
 
 def check_student_settings(out: str, student_dir: str, wanted: dict) -> None:
@@ -177,16 +151,6 @@ def check_student_settings(out: str, student_dir: str, wanted: dict) -> None:
              "Pass --output_dir NEW_DIR for these settings, or --skip_training to evaluate the student that is there")
 
 
-@contextlib.contextmanager
-def _stage(name: str, timings: dict):
-    """Print a stage's start and end, and record its wall time in ``timings``."""
-    start = time.time()
-    print(f"\n=== {name} ===", flush=True)
-    yield
-    timings[name] = round(time.time() - start, 1)
-    print(f"=== {name}: {timings[name]:.0f} s ===", flush=True)
-
-
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -206,21 +170,27 @@ def main(argv=None) -> dict:
     student_dir = os.path.join(out, "student")
     if not args.skip_training:
         check_student_settings(out, student_dir, wanted)
+    if args.patch_first_k_layers and args.override_llama_patching:
+        fail("--patch_first_k_layers and --override_llama_patching ask for opposite orders: give one")
     os.makedirs(out, exist_ok=True)
-    order = "first-k" if args.patch_first_k_layers else "last-k"
-    results_dir = os.path.join(out, "first-k") if args.patch_first_k_layers else out  # one folder per order
-    eval_dir = os.path.join(results_dir, "eval")
     timings: dict[str, float] = {}
     t_start = time.time()
-    print(f"boomerang main job: preset {preset_name}, {order} order, output {out}, data {data_dir}", flush=True)
+    print(f"boomerang main job: preset {preset_name}, output {out}, data {data_dir}", flush=True)
 
     # 1. the teacher
-    with _stage("teacher", timings):
+    with stage("teacher", timings):
         from boomerang.models import load_config, resolve_model_path
 
         teacher_path = resolve_model_path(args.teacher_model_name_or_path)
         cfg = load_config(teacher_path)
         print(f"teacher {args.teacher_model_name_or_path}: {cfg.num_hidden_layers} layers ({teacher_path})")
+        # the patch order: the rule every command follows (first-k for Llama teachers, last-k for the others,
+        # unless asked); the family's own order is swept into OUTPUT_DIR, the other into OUTPUT_DIR/<order>
+        order = patch_order(cfg, args.patch_first_k_layers, args.override_llama_patching)
+        first_k = order == "first-k"
+        results_dir = out if order == patch_order(cfg) else os.path.join(out, order)
+        eval_dir = os.path.join(results_dir, "eval")
+        print(f"patch order: {order}; results in {results_dir}")
         if not args.skip_training:
             from boomerang.layer_map import LayerMapError
             from train.init_student import plan_student
@@ -233,32 +203,18 @@ def main(argv=None) -> dict:
                   f"copied teacher layers {list(planned.copied_teacher_layers)}")
 
     # 2. distillation (train.train decides: fresh, resume, or already finished)
-    with _stage("distillation", timings):
-        finished = os.path.isfile(os.path.join(student_dir, "student_config.json"))
-        if args.skip_training or finished:
-            if not finished:
+    with stage("distillation", timings):
+        if args.skip_training:
+            if not is_finished(student_dir):
                 fail(f"--skip_training: no finished student in {student_dir}")
             print(f"student already distilled in {student_dir}: reused")
         else:
-            from train import train as train_mod
-
-            f, n, l = wanted["layer_map"]
-            argv_t = ["--config", os.path.join(REPO, preset["train_config"]),
-                      "--teacher_model_name_or_path", args.teacher_model_name_or_path,
-                      "--save_directory", student_dir, "--dataset", files["train"], "--eval_dataset", files["heldout"],
-                      "--first_layers_to_keep", str(f), "--alternate_every_n_layers", str(n),
-                      "--last_layers_to_keep", str(l), "--max_steps", str(wanted["max_steps"]),
-                      *preset["train_overrides"]]
-            atomic_write_json(os.path.join(out, "student_settings.json"), wanted)
-            if os.path.isdir(os.path.join(student_dir, "checkpoints")) and os.listdir(os.path.join(student_dir, "checkpoints")):
-                argv_t += ["--resume"]
-                print("resuming the interrupted distillation")
-            elif os.path.isdir(student_dir) and os.listdir(student_dir):
-                argv_t += ["--overwrite"]  # a run that died before its first checkpoint: nothing to keep
-            train_mod.main(argv_t)
+            if not is_finished(student_dir):
+                atomic_write_json(os.path.join(out, "student_settings.json"), wanted)
+            distill(student_dir, os.path.join(REPO, preset["train_config"]), train_settings(wanted, files))
 
     # 3. the sweep: boomerang (in the chosen order) and the baselines at the same sizes, one folder
-    with _stage("evaluation sweep", timings):
+    with stage("evaluation sweep", timings):
         from boomerang.families import adapter_for, dtype_from_name
         from boomerang.models import load_model, load_tokenizer
         from evaluate.baselines import build_family, calibration_batches, family_points, load_texts
@@ -267,7 +223,7 @@ def main(argv=None) -> dict:
 
         dtype = dtype_from_name(preset["dtype"])
         os.makedirs(eval_dir, exist_ok=True)
-        heldout = _heldout_subset(files["heldout"], ppl_docs, out)
+        heldout = heldout_subset(files["heldout"], ppl_docs, out)
         tasks = [f"brown_heldout=local_ppl:{heldout}"] + [f"{t}=local_mc:{files[t]}" for t in MC_TASKS]
         teacher = load_model(teacher_path, dtype=torch.float32)
         student = load_model(student_dir, dtype=dtype)
@@ -275,8 +231,13 @@ def main(argv=None) -> dict:
         student.boomerang_layer_map = layer_map
         tok = load_tokenizer(teacher_path)
         ks = list(range(layer_map.max_patch + 1))
-        teacher_eval = teacher.to(dtype)
-        points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=args.patch_first_k_layers, dtype=dtype,
+        # the baselines calibrate on the float32 teacher, as their standalone command does; sizes are evaluated
+        # in the preset's dtype (a second copy only when that dtype differs)
+        teacher_eval = teacher if dtype == torch.float32 else load_model(teacher_path, dtype=dtype)
+        from evaluate.heldout import HeldoutReference
+
+        reference = HeldoutReference(teacher, tok, heldout, None, ALIGN_TOKENS)  # held-out KL of every point
+        points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=first_k, dtype=dtype,
                                   teacher_name=args.teacher_model_name_or_path, student_name=student_dir,
                                   curve="boomerang")
         batches = laco_batches = calibration = None
@@ -293,17 +254,27 @@ def main(argv=None) -> dict:
             laco_options["thresholds"] = list(DEFAULT_THRESHOLDS)
         # Baselines at every interpolated size (the teacher and the student's own depth-16 point included).
         for method in baselines:
-            entries = build_family(method, teacher, layer_map, ks[:-1], args.patch_first_k_layers, batches,
+            entries = build_family(method, teacher, layer_map, ks[:-1], first_k, batches,
                                    laco_batches, os.path.join(results_dir, "baselines"), laco_options, calibration)
             points += family_points(method, entries, args.teacher_model_name_or_path, student_dir, order,
                                     lambda: tok, None, dtype=dtype,
                                     listing_directory=os.path.join(results_dir, "baselines"))
         records = run_sweep(points, eval_dir, tasks, limit=mc_limit, batch_size=preset["eval_batch_size"],
-                            max_doc_words=preset["max_doc_words"], common_metadata={"preset": preset_name, "dtype": preset["dtype"]})
+                            max_doc_words=preset["max_doc_words"], common_metadata={"preset": preset_name, "dtype": preset["dtype"]},
+                            reference=reference)
+
+    # 3b. the searched ladder: the best model the pair assembles at every depth (patching.search), calibrated on
+    #     the training split, evaluated on the held-out text like every other point
+    search_dir = os.path.join(out, "search")
+    searched = []
+    if not args.no_search:
+        with stage("search", timings):
+            searched = searched_ladder(search_dir, teacher, student, layer_map, tok, files["train"], reference, preset,
+                                       args, student_dir, dtype)
 
     # 4. seam alignment: how closely the student's hidden states match the teacher's at the aligned
     #    pairs, i.e. at every seam a patched size has (evaluate.alignment has the full diagnosis)
-    with _stage("alignment", timings):
+    with stage("alignment", timings):
         from evaluate.alignment import alignment_report, encode_documents, render
 
         align_batches = encode_documents(tok, heldout, None, ALIGN_TOKENS)
@@ -315,11 +286,37 @@ def main(argv=None) -> dict:
         atomic_write_text(os.path.join(results_dir, "alignment.md"), render(alignment))
 
     # 5. the report
-    with _stage("report", timings):
+    with stage("report", timings):
         report = write_report(results_dir, eval_dir, records, timings, preset_name, time.time() - t_start, alignment,
-                              order)
+                              order, searched)
     print(report, flush=True)
     return {"output_dir": out, "timings": timings}
+
+
+def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, reference, preset, args, student_dir,
+                    dtype) -> list[dict]:
+    """Run the search once (its search.json is reused by a rerun) and score its ladder against the teacher."""
+    from boomerang.scoring import fixed_length_sequences
+    from evaluate.evaluate import plan_points, run_sweep
+    from patching.patch import load_plan
+    from patching.search import SEARCH_FILE, run_search
+    from train.data import read_local_documents
+
+    path = os.path.join(search_dir, SEARCH_FILE)
+    cal = preset["search"]
+    if not os.path.isfile(path):
+        ids = fixed_length_sequences(tok, read_local_documents(train_file), cal["samples"], cal["seq_len"])
+        result = run_search(teacher, student, layer_map, ids, beam_width=cal["beam_width"])
+        result = {"teacher": args.teacher_model_name_or_path, "student": student_dir,
+                  "calibration": {"data": train_file, "samples": cal["samples"], "seq_len": cal["seq_len"]},
+                  "dtype": "float32", **result}
+        atomic_write_json(path, result)
+    plan = load_plan(path)
+    c = plan["cost"]
+    print(f"search: {len(plan['ladder'])} depths, {c['models_scored']} models scored in {c['wall_time_s']:.0f} s")
+    points = plan_points(plan, teacher, student, dtype, teacher_name=args.teacher_model_name_or_path,
+                         student_name=student_dir)
+    return run_sweep(points, os.path.join(search_dir, "eval"), None, reference=reference)
 
 
 def _value(r: dict, task: str, metric: str):
@@ -380,11 +377,20 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
 
 
 def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, preset: str, total_s: float,
-                 alignment: dict | None = None, order: str = "last-k") -> str:
+                 alignment: dict | None = None, order: str = "last-k", searched: list[dict] | None = None) -> str:
     table, facts = comparison(records)
     lines = [f"# boomerang main job ({preset} preset)", "",
              "Held-out Brown token perplexity (lower is better) and mean accuracy over "
              f"{', '.join(MC_TASKS)} (higher is better), {order} order:", "", table]
+    if searched:
+        from evaluate.compare import compare_rows, ladder_by_depth, render
+
+        rows = compare_rows(ladder_by_depth(records, "boomerang"), ladder_by_depth(searched))
+        facts["searched"] = [{k: r[k] for k in ("depth", "ppl_ratio", "ppl_ci95", "kl_diff", "kl_ci95")} for r in rows]
+        lines += [f"The searched ladder (python -m patching.search: the lowest calibration KL at every depth) against the "
+                  f"{order} order, on the held-out documents cut to 512 tokens (perplexity, and mean KL(teacher || model) "
+                  "per token; intervals from a paired bootstrap over documents):", "",
+                  render(rows, order, "searched")]
     if facts["monotone"]:
         lines.append("Perplexity along the boomerang ladder (student, then every added block): monotone, never rises.")
     else:

@@ -1,0 +1,42 @@
+"""Held-out KL divergence from the teacher, next to perplexity, for every point of a sweep.
+
+    reference = HeldoutReference(teacher, tokenizer, "../shared/data/corpus/brown_heldout.jsonl", docs=25, max_tokens=512)
+    run_sweep(points, out, tasks, reference=reference)     # adds task "heldout_kl": kl, token_perplexity
+
+The teacher's log-probabilities are computed once (``boomerang.scoring.TeacherReference``); each model
+then costs one forward pass over the documents. The per-document sums are kept in each result record
+(``heldout_scores``) so that two curves can be compared with a paired bootstrap over documents
+(``evaluate.alignment.paired_comparison``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from boomerang.scoring import Scores, TeacherReference, encode_documents
+from train.data import DataError, read_local_documents
+
+TASK_NAME = "heldout_kl"
+
+
+class HeldoutReference:
+    task_name = TASK_NAME
+
+    def __init__(self, teacher, tokenizer, data_file: str, docs: int | None = None, max_tokens: int = 512):
+        texts = read_local_documents(data_file, flag="--heldout_kl")
+        sequences = encode_documents(tokenizer, texts, max_tokens, docs)
+        if not sequences:
+            raise DataError(f"--heldout_kl {data_file}: no document has 2 or more tokens")
+        self.data_file = os.path.abspath(data_file)
+        self.requested_docs = docs
+        self.docs = len(sequences)
+        self.max_tokens = max_tokens
+        self.reference = TeacherReference(teacher, sequences)
+
+    def describe(self) -> dict:
+        """The settings (what a rerun into the same sweep folder must repeat); known before any model loads."""
+        return {"task": TASK_NAME, "data_file": self.data_file, "documents": self.requested_docs,
+                "max_tokens": self.max_tokens}
+
+    def score(self, model) -> Scores:
+        return self.reference.score(model)

@@ -1,0 +1,447 @@
+"""Search for the best model a student/teacher pair can assemble at every size, without training.
+
+The paper builds intermediate models in a fixed order (last-k or first-k). This searches the space the
+pair spans instead. At each position ``j`` of the student's layer map one of:
+
+- ``S``: student layer j;
+- ``T``: the teacher block it stands for (teacher layers ``[copied[j], copied[j+1])``);
+- with ``--allow_drop``: nothing (the position removed, as layer pruning does), or part of the
+  teacher block (some of its layers dropped), so that ShortGPT-style pruning of the teacher is a
+  point of the space too;
+
+and the embeddings, and the final norm with the head, from either model. Both fixed orders are points
+of this space, and are always scored.
+
+The criterion is the mean per-token KL(teacher || model) of the next-token distribution on a
+calibration text. The teacher's log-probabilities are computed once; candidates are assembled from
+the two loaded models' tensors (shared, not copied), and a candidate that shares a prefix of layers
+(and embeddings) with one already run starts from the cached hidden state after that prefix.
+
+Two searches, whose candidates are pooled:
+- greedy from the student: at each step the change toward the teacher (a block to the teacher's, or
+  the embeddings or head to the teacher's) that lowers KL most per added parameter;
+- beam search of width W over depths: at each depth the W best models found so far are expanded by
+  every single change; with ``--allow_drop`` first downward from the student, then upward.
+
+The result is a ladder, the best model found at every depth, in ``search.json``; ``python -m
+patching.patch --plan search.json --target_params N`` (or ``--max_memory_gb`` / ``--max_latency_ms``)
+builds the best model under a budget, ``python -m evaluate.evaluate --sweep --plan search.json``
+evaluates the ladder.
+
+    python -m patching.search --teacher_model_name_or_path T --student_model_name_or_path S \\
+        --calibration_data ../shared/data/corpus/brown_train.jsonl --save_directory D \\
+        [--calibration_samples 16] [--calibration_seq_len 128] [--beam_width 2] [--allow_drop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from boomerang.assemble import LayerRef, ModelSource, assemble
+from boomerang.layer_map import LayerMap, PatchPlan, format_layers
+from boomerang.scoring import TeacherReference, fixed_length_sequences
+
+log = logging.getLogger("boomerang.search")
+
+SEARCH_FILE = "search.json"
+Layers = tuple[tuple[str, int], ...]
+
+
+class SearchError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------- candidates
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space: the layers taken at each position, and where the parts come from."""
+
+    blocks: tuple[Layers, ...]  # per student position: (("student", j),), the teacher block, part of it, or ()
+    embeddings_from: str
+    head_from: str  # the final norm and the LM head
+
+    @property
+    def layers(self) -> Layers:
+        return tuple(x for b in self.blocks for x in b)
+
+    @property
+    def depth(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+    def plan(self) -> PatchPlan:
+        replaced = tuple(j for j, b in enumerate(self.blocks) if any(src == "teacher" for src, _ in b))
+        return PatchPlan(self.layers, self.embeddings_from, self.head_from, self.head_from, replaced)
+
+    def codes(self) -> list[str]:
+        """Per position: ``S``, ``T``, ``-`` (dropped) or ``T[4]`` (part of the teacher block: its layer 4)."""
+        out = []
+        for b in self.blocks:
+            if not b:
+                out.append("-")
+            elif b[0][0] == "student":
+                out.append("S")
+            else:
+                out.append(f"T[{format_layers([i for _, i in b])}]")
+        return out
+
+    def describe(self, full_blocks: list[Layers]) -> str:
+        codes = ["T" if b == full and b and b[0][0] == "teacher" else c
+                 for c, b, full in zip(self.codes(), self.blocks, full_blocks)]
+        return f"emb {self.embeddings_from[0].upper()} | {' '.join(codes)} | head {self.head_from[0].upper()}"
+
+
+class SearchSpace:
+    """The options at each position and the parameter count of any candidate (computed, not built)."""
+
+    def __init__(self, teacher: ModelSource, student: ModelSource, layer_map: LayerMap, allow_drop: bool = False):
+        self.teacher, self.student, self.layer_map, self.allow_drop = teacher, student, layer_map, allow_drop
+        self.adapter = teacher.adapter
+        self.full_blocks: list[Layers] = [tuple(("teacher", t) for t in range(a, b)) for a, b in layer_map.blocks]
+        self.options: list[list[Layers]] = []
+        for j, full in enumerate(self.full_blocks):
+            opts = [(("student", j),), full]
+            if allow_drop:
+                opts.append(())
+                idx = [i for _, i in full]
+                if len(idx) > 1:  # part of the block: every proper subset up to 4 layers, else drop one
+                    sizes = range(1, len(idx)) if len(idx) <= 4 else [len(idx) - 1]
+                    for r in sizes:
+                        opts += [tuple(("teacher", i) for i in sub) for sub in itertools.combinations(idx, r)]
+            self.options.append(opts)
+        self._sources = {"teacher": teacher, "student": student}
+        self._layer_params = {}
+        for name, src in self._sources.items():
+            for key in src.keys():
+                role, i = src.adapter.part_of(key)
+                if role == "layer":
+                    self._layer_params[(name, i)] = self._layer_params.get((name, i), 0) + src.get(key).numel()
+        self._part_params = {(name, role): sum(src.get(k).numel() for k in src.role_keys(role))
+                             for name, src in self._sources.items() for role in ("embeddings", "final_norm", "lm_head")}
+        self._vocab_matrix = {name: src.get(self.adapter.tied_embedding_weight).numel()
+                              if self.adapter.tied_embedding_weight else 0 for name, src in self._sources.items()}
+
+    def student_candidate(self) -> Candidate:
+        return Candidate(tuple(opts[0] for opts in self.options), "student", "student")
+
+    def teacher_candidate(self) -> Candidate:
+        return Candidate(tuple(self.full_blocks), "teacher", "teacher")
+
+    def from_plan(self, plan: PatchPlan) -> Candidate:
+        """The candidate of a fixed-order plan (its replaced blocks taken whole)."""
+        blocks = tuple(self.full_blocks[j] if j in plan.replaced_blocks else (("student", j),)
+                       for j in range(self.layer_map.num_student_layers))
+        cand = Candidate(blocks, plan.embeddings_from, plan.lm_head_from)
+        assert cand.layers == tuple(plan.layers), "a fixed-order plan is not a point of the search space"
+        return cand
+
+    def tied(self, cand: Candidate) -> bool:
+        return cand.embeddings_from == cand.head_from and self._sources[cand.head_from].tied()
+
+    def params(self, cand: Candidate) -> int:
+        """Total parameters of the assembled model (each shared tensor once), as ``count_parameters`` counts."""
+        n = sum(self._layer_params[x] for x in cand.layers)
+        n += self._part_params[(cand.embeddings_from, "embeddings")] + self._part_params[(cand.head_from, "final_norm")]
+        head = self._part_params[(cand.head_from, "lm_head")]
+        if not self.tied(cand) and head == 0:  # the head source is tied: the result gets its own head matrix
+            head = self._vocab_matrix[cand.head_from]
+        return n + (0 if self.tied(cand) else head)
+
+    def moves(self, cand: Candidate):
+        """Every candidate one change away: one position's option, or the embeddings' or head's source."""
+        for j, opts in enumerate(self.options):
+            for o in opts:
+                if o != cand.blocks[j]:
+                    yield Candidate(cand.blocks[:j] + (o,) + cand.blocks[j + 1:], cand.embeddings_from, cand.head_from)
+        other = {"student": "teacher", "teacher": "student"}
+        yield Candidate(cand.blocks, other[cand.embeddings_from], cand.head_from)
+        yield Candidate(cand.blocks, cand.embeddings_from, other[cand.head_from])
+
+    def toward_teacher(self, cand: Candidate):
+        """The changes greedy may make: a position to its whole teacher block, embeddings or head to the teacher's."""
+        for j, full in enumerate(self.full_blocks):
+            if cand.blocks[j] != full:
+                yield Candidate(cand.blocks[:j] + (full,) + cand.blocks[j + 1:], cand.embeddings_from, cand.head_from)
+        if cand.embeddings_from != "teacher":
+            yield Candidate(cand.blocks, "teacher", cand.head_from)
+        if cand.head_from != "teacher":
+            yield Candidate(cand.blocks, cand.embeddings_from, "teacher")
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+class Scorer:
+    """Mean KL(teacher || candidate) per token on the calibration batch, with a prefix cache.
+
+    The hidden state after the first m layers of a candidate (with its embeddings) is cached, keyed by
+    those layers; a later candidate that starts with the same layers runs only the rest. The cache is
+    bounded by ``cache_bytes`` (least recently used entries go first).
+    """
+
+    def __init__(self, space: SearchSpace, calibration: torch.Tensor, cache_bytes: int = 2 * 2**30):
+        self.space = space
+        self.ids = calibration
+        self.reference = TeacherReference(space.teacher.model, [row[None] for row in calibration])
+        self.scores: dict[Candidate, float] = {}
+        self.cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self.cache_bytes, self._bytes = cache_bytes, 0
+        self.reuse = space.adapter.inputs_embeds_is_hidden_state
+        self.stats = {"models_scored": 0, "layers_run": 0, "layers_reused": 0}
+
+    def _store(self, key, h: torch.Tensor) -> None:
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return
+        self.cache[key] = h
+        self._bytes += h.numel() * h.element_size()
+        while self._bytes > self.cache_bytes and self.cache:
+            _, old = self.cache.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+    @torch.no_grad()
+    def _run(self, cand: Candidate) -> torch.Tensor:
+        sp = self.space
+        layers = cand.layers
+        sources = {"teacher": sp.teacher, "student": sp.student}
+        head_src = sources[cand.head_from]
+        start, h = 0, None
+        if self.reuse:
+            for m in range(len(layers) - 1, -1, -1):  # the longest cached prefix (at least one layer is run)
+                key = (cand.embeddings_from, layers[:m])
+                if key in self.cache:
+                    start, h = m, self.cache[key]
+                    self.cache.move_to_end(key)
+                    break
+            if h is None:
+                emb = sources[cand.embeddings_from].model.get_input_embeddings()
+                h = emb(self.ids)
+                self._store((cand.embeddings_from, ()), h)
+        suffix = [LayerRef(sources[src], i) for src, i in layers[start:]]
+        parts = {"embeddings": sources[cand.embeddings_from], "final_norm": head_src, "lm_head": head_src}
+        model = assemble(head_src, suffix, parts, copy_untied_head=False)
+        if self.reuse:
+            out = model(inputs_embeds=h, output_hidden_states=True)
+            for i in range(1, len(suffix)):  # hidden_states[i]: the input of suffix layer i
+                self._store((cand.embeddings_from, layers[:start + i]), out.hidden_states[i])
+        else:
+            out = model(input_ids=self.ids)
+        self.stats["layers_run"] += len(suffix)
+        self.stats["layers_reused"] += start
+        return out.logits
+
+    def __call__(self, cand: Candidate) -> float:
+        if cand in self.scores:
+            return self.scores[cand]
+        if cand.depth == 0:
+            self.scores[cand] = float("inf")  # no layer at all: not a model
+            return self.scores[cand]
+        logits = self._run(cand)
+        kl = sum(self.reference.score_logits(i, logits[i, :-1])[1] for i in range(logits.shape[0]))
+        self.scores[cand] = kl / sum(self.reference.tokens)
+        self.stats["models_scored"] += 1
+        if self.stats["models_scored"] % 25 == 0:
+            log.info("%d models scored (%d of %d layer passes reused from the prefix cache)",
+                     self.stats["models_scored"], self.stats["layers_reused"],
+                     self.stats["layers_reused"] + self.stats["layers_run"])
+        return self.scores[cand]
+
+
+# ---------------------------------------------------------------------------------------------- searches
+def greedy(space: SearchSpace, score: Scorer) -> list[Candidate]:
+    """From the student to the teacher, one change toward the teacher at a time: the change that lowers
+    KL most per added parameter (a change that adds none and lowers KL comes first; one that adds none
+    and raises KL last)."""
+    cur = space.student_candidate()
+    path = [cur]
+    target = space.teacher_candidate()
+    while cur != target:
+        kl, p = score(cur), space.params(cur)
+
+        def key(c):
+            gain, added = kl - score(c), space.params(c) - p
+            if added > 0:
+                return (1, gain / added)
+            return (2, gain) if gain > 0 else (0, gain)
+
+        cur = max(space.toward_teacher(cur), key=key)
+        path.append(cur)
+        log.info("greedy step %d: depth %d, KL %.4f: %s", len(path) - 1, cur.depth, score(cur),
+                 cur.describe(space.full_blocks))
+    return path
+
+
+def beam(space: SearchSpace, score: Scorer, width: int, seeds: list[Candidate]) -> None:
+    """Beam search over depths: at each depth keep the ``width`` best candidates found so far and score
+    every single change of each. Without drops only changes that keep or add depth exist, so one
+    upward pass from the student's depth covers the space; with drops a downward pass comes first."""
+    by_depth: dict[int, set[Candidate]] = {}
+
+    def add(c):
+        by_depth.setdefault(c.depth, set()).add(c)
+
+    for c in seeds:
+        add(c)
+
+    def expand(d, direction):
+        seen: set[Candidate] = set()
+        while True:  # same-depth changes can improve the beam: expand until its members are all expanded
+            top = sorted(by_depth.get(d, ()), key=lambda c: (score(c), c.codes()))[:width]
+            todo = [c for c in top if c not in seen]
+            if not todo:
+                if top:
+                    log.info("beam: depth %d, best KL %.4f: %s", d, score(top[0]), top[0].describe(space.full_blocks))
+                return
+            for c in todo:
+                seen.add(c)
+                for m in space.moves(c):
+                    if (m.depth - d) * direction >= 0 and m.depth > 0:
+                        score(m)
+                        add(m)
+
+    d0 = space.layer_map.num_student_layers
+    if space.allow_drop:
+        for d in range(d0, 0, -1):
+            expand(d, -1)
+    for d in range(1 if space.allow_drop else d0, space.layer_map.num_teacher_layers + 1):
+        expand(d, +1)
+
+
+def fixed_order_candidates(space: SearchSpace) -> dict[str, list[tuple[int, Candidate]]]:
+    lm = space.layer_map
+    return {order: [(k, space.from_plan(lm.plan(k, order == "first-k"))) for k in range(lm.max_patch + 1)]
+            for order in ("last-k", "first-k")}
+
+
+def entry(space: SearchSpace, score: Scorer, cand: Candidate, **extra) -> dict:
+    plan = cand.plan()
+    return {"params": space.params(cand), "depth": cand.depth, "calibration_kl": score(cand),
+            "description": cand.describe(space.full_blocks), "blocks": cand.codes(),
+            "layers": [list(x) for x in plan.layers], "embeddings_from": plan.embeddings_from,
+            "final_norm_from": plan.final_norm_from, "lm_head_from": plan.lm_head_from, **extra}
+
+
+def run_search(teacher, student, layer_map: LayerMap, calibration: torch.Tensor, *, beam_width: int = 2,
+               allow_drop: bool = False, use_greedy: bool = True, cache_bytes: int = 2 * 2**30) -> dict:
+    """Score the fixed orders, run greedy and the beam search, and return the ladder (the best candidate
+    at every depth) with everything ``search.json`` holds. ``teacher``/``student``: loaded models."""
+    t0 = time.time()
+    space = SearchSpace(ModelSource(teacher), ModelSource(student), layer_map, allow_drop)
+    score = Scorer(space, calibration, cache_bytes)
+    t_ref = time.time() - t0
+    found: dict[Candidate, set[str]] = {}
+
+    def note(c, how):
+        score(c)
+        found.setdefault(c, set()).add(how)
+
+    note(space.student_candidate(), "student")
+    note(space.teacher_candidate(), "teacher")
+    fixed = fixed_order_candidates(space)
+    for order, cands in fixed.items():
+        for _, c in cands:
+            note(c, order)
+    if use_greedy:
+        for c in greedy(space, score):
+            note(c, "greedy")
+    if beam_width > 0:
+        beam(space, score, beam_width, list(found))
+        for c in score.scores:
+            found.setdefault(c, set()).add("beam")
+    best: dict[int, Candidate] = {}
+    for c in score.scores:
+        if c.depth and (c.depth not in best or (score(c), space.params(c)) < (score(best[c.depth]), space.params(best[c.depth]))):
+            best[c.depth] = c
+    ladder = [entry(space, score, best[d], found_by=sorted(found.get(best[d], {"beam"}))) for d in sorted(best)]
+    candidates = sorted(score.scores, key=lambda c: (c.depth, score(c)))
+    return {
+        "ladder": ladder,
+        "fixed_orders": {order: [entry(space, score, c, k=k) for k, c in cands] for order, cands in fixed.items()},
+        "candidates": [{"params": space.params(c), "depth": c.depth, "calibration_kl": score(c),
+                        "embeddings_from": c.embeddings_from, "head_from": c.head_from, "blocks": c.codes()}
+                       for c in candidates if c.depth],
+        "search": {"greedy": use_greedy, "beam_width": beam_width, "allow_drop": allow_drop,
+                   "positions": layer_map.num_student_layers, "options_per_position": [len(o) for o in space.options]},
+        "cost": {**score.stats, "wall_time_s": round(time.time() - t0, 1), "teacher_reference_s": round(t_ref, 1)},
+        "copied_teacher_layers": list(layer_map.copied_teacher_layers),
+        "num_teacher_layers": layer_map.num_teacher_layers,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m patching.search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher_model_name_or_path", required=True)
+    p.add_argument("--student_model_name_or_path", required=True, help="student folder (holds student_config.json)")
+    p.add_argument("--calibration_data", required=True, help="local .jsonl/.txt/.parquet file or folder")
+    p.add_argument("--save_directory", required=True, help="search.json is written here")
+    p.add_argument("--calibration_samples", type=int, default=16)
+    p.add_argument("--calibration_seq_len", type=int, default=128)
+    p.add_argument("--beam_width", type=int, default=2, help="0: greedy only")
+    p.add_argument("--no_greedy", action="store_true", help="beam search only")
+    p.add_argument("--allow_drop", action="store_true",
+                   help="positions may also be removed, and teacher blocks taken in part (as layer pruning does)")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
+    p.add_argument("--cache_gb", type=float, default=2.0, help="memory for cached prefix hidden states")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing search.json")
+    return p
+
+
+def main(argv=None) -> dict:
+    from boomerang.cli import fail, setup_logging
+    from boomerang.families import UnsupportedModelError, adapter_for_config, dtype_from_name
+    from boomerang.io import atomic_write_json
+    from boomerang.layer_map import LayerMapError
+    from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
+    from patching.patch import PatchError, load_layer_map
+    from train.data import DataError, read_local_documents
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    out = os.path.join(args.save_directory, SEARCH_FILE)
+    try:
+        if args.beam_width < 0:
+            raise SearchError(f"--beam_width must be >= 0, got {args.beam_width}")
+        if args.no_greedy and args.beam_width == 0:
+            raise SearchError("--no_greedy with --beam_width 0 leaves no search to run")
+        if args.calibration_samples < 1 or args.calibration_seq_len < 2:
+            raise SearchError("--calibration_samples must be >= 1 and --calibration_seq_len >= 2")
+        if os.path.isfile(out) and not args.overwrite:
+            raise SearchError(f"{out} exists; pass --overwrite to replace it, or another --save_directory")
+        dtype = dtype_from_name(args.dtype)
+        texts = read_local_documents(args.calibration_data, flag="--calibration_data")
+        teacher_path = resolve_model_path(args.teacher_model_name_or_path)
+        student_path = resolve_model_path(args.student_model_name_or_path)
+        t_cfg = load_config(teacher_path)
+        layer_map = load_layer_map(student_path, adapter_for_config(t_cfg).num_layers(t_cfg))
+        tok = load_tokenizer(teacher_path)
+        ids = fixed_length_sequences(tok, texts, args.calibration_samples, args.calibration_seq_len,
+                                     "--calibration_data", "--calibration_samples", "--calibration_seq_len")
+    except (SearchError, DataError, ModelNotFoundError, LayerMapError, PatchError, UnsupportedModelError,
+            ValueError) as e:
+        fail(str(e))
+    teacher = load_model(teacher_path, dtype=dtype)
+    student = load_model(student_path, dtype=dtype)
+    result = run_search(teacher, student, layer_map, ids, beam_width=args.beam_width, allow_drop=args.allow_drop,
+                        use_greedy=not args.no_greedy, cache_bytes=int(args.cache_gb * 2**30))
+    result = {"teacher": args.teacher_model_name_or_path, "student": args.student_model_name_or_path,
+              "calibration": {"data": os.path.abspath(args.calibration_data), "samples": args.calibration_samples,
+                              "seq_len": args.calibration_seq_len}, "dtype": args.dtype, **result}
+    atomic_write_json(out, result)
+    c = result["cost"]
+    print(f"{out}: {len(result['ladder'])} sizes; {c['models_scored']} models scored in {c['wall_time_s']:.0f} s "
+          f"({c['layers_reused']} of {c['layers_run'] + c['layers_reused']} layer passes reused from the prefix cache)")
+    for e in result["ladder"]:
+        print(f"  depth {e['depth']:3d}  {e['params'] / 1e6:8.1f}M  KL {e['calibration_kl']:.4f}  {e['description']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""What the main job and the experiments share: the data folder, stage timing, and distilling a student."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+
+from boomerang.cli import fail
+from boomerang.io import atomic_write_text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = "embedded:smollm2-135m"
+MC_TASKS = ("arc_easy", "piqa", "boolq", "openbook_qa", "copa")
+# chance level of each multiple-choice task: 1 / number of choices (arc_easy has 4 choices on most items; see
+# chance_levels() for the value measured on the items used)
+ALIGN_TOKENS = 512  # each held-out document cut to this many tokens for the seam alignment and held-out KL
+
+
+def default_data_dir() -> str:
+    return os.environ.get("BOOMERANG_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+def check_data(data_dir: str) -> dict[str, str]:
+    """The data files of the main job, or a clear error naming the setting and what is missing."""
+    if not os.path.isdir(data_dir):
+        fail(f"data folder {data_dir} not found. Pass --data_dir DIR or set BOOMERANG_DATA to a folder holding "
+             "corpus/brown_train.jsonl, corpus/brown_heldout.jsonl and tasks/*.jsonl (see ../shared/data/README.md)")
+    files = {
+        "train": os.path.join(data_dir, "corpus", "brown_train.jsonl"),
+        "heldout": os.path.join(data_dir, "corpus", "brown_heldout.jsonl"),
+    }
+    for t in MC_TASKS:
+        files[t] = os.path.join(data_dir, "tasks", f"{t}.jsonl")
+    missing = [p for p in files.values() if not os.path.isfile(p)]
+    if missing:
+        fail(f"the data folder {data_dir} lacks {', '.join(missing)}; pass --data_dir (or BOOMERANG_DATA) "
+             "pointing at a complete copy")
+    return files
+
+
+def chance_levels(files: dict[str, str], limit: int | None) -> dict[str, float]:
+    """Expected accuracy of a uniform guess on the first ``limit`` items of each multiple-choice task."""
+    out = {}
+    for t in MC_TASKS:
+        with open(files[t]) as f:
+            items = [json.loads(line) for line in f if line.strip()][:limit]
+        out[t] = sum(1 / len(it["choices"]) for it in items) / len(items)
+    return out
+
+
+def heldout_subset(src: str, n_docs: int | None, out_dir: str) -> str:
+    """The first ``n_docs`` held-out documents as a file of their own (the task records which file ran)."""
+    if n_docs is None:
+        return src
+    with open(src) as f:
+        lines = [line for line in f if line.strip()][:n_docs]
+    path = os.path.join(out_dir, f"brown_heldout_first{n_docs}.jsonl")
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict, ledger: str | None = None):
+    """Print a stage's start and end, and record its wall time in ``timings``.
+
+    ``ledger``: a JSON file that keeps each stage's time across runs of a resumable job: the time of
+    every run adds up until the stage completes once; later runs (which find it done) add nothing.
+    """
+    start = time.time()
+    print(f"\n=== {name} ===", flush=True)
+    done = False
+    try:
+        yield
+        done = True
+    finally:
+        timings[name] = round(time.time() - start, 1)
+        if ledger is not None:
+            book = {}
+            if os.path.isfile(ledger):
+                with open(ledger) as f:
+                    book = json.load(f)
+            entry = book.setdefault(name, {"seconds": 0.0, "complete": False, "runs": 0})
+            if not entry["complete"]:
+                entry["seconds"] = round(entry["seconds"] + timings[name], 1)
+                entry["runs"] += 1
+                entry["complete"] = done
+            atomic_write_text(ledger, json.dumps(book, indent=1) + "\n")
+        if done:
+            print(f"=== {name}: {timings[name]:.0f} s ===", flush=True)
+
+
+def is_finished(student_dir: str) -> bool:
+    return os.path.isfile(os.path.join(student_dir, "student_config.json"))
+
+
+def distill(student_dir: str, config: str, settings: dict) -> None:
+    """Distill a student into ``student_dir`` with ``train.train`` (fresh, resumed, or already finished).
+
+    ``config``: the training preset (YAML); ``settings``: the flags that differ from it (``{"max_steps":
+    120, "use_kl_loss": False, ...}``). A finished student is left alone; an interrupted run resumes from
+    its newest checkpoint; a folder that died before its first checkpoint starts again.
+    """
+    if is_finished(student_dir):
+        print(f"student already distilled in {student_dir}: reused", flush=True)
+        return
+    from train import train as train_mod
+
+    argv = ["--config", config, "--save_directory", student_dir]
+    for key, value in settings.items():
+        argv += [f"--{key}", str(value)]
+    ckpt_dir = os.path.join(student_dir, "checkpoints")
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        argv.append("--resume")
+        print(f"resuming the interrupted distillation in {student_dir}", flush=True)
+    elif os.path.isdir(student_dir) and os.listdir(student_dir):
+        argv.append("--overwrite")  # a run that died before its first checkpoint: nothing to keep
+    train_mod.main(argv)
+
+
+def training_log(student_dir: str) -> dict:
+    """What a distillation log says about the run: steps, real tokens trained on, final held-out CE, time."""
+    path = os.path.join(student_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    steps = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if "eval_ce" in r]
+    out = {"steps": steps[-1]["step"] if steps else 0,
+           "tokens": steps[-1].get("tokens_seen") if steps else None,
+           "eval_ce": evals[-1]["eval_ce"] if evals else None}
+    if steps:
+        out["mean_step_time_s"] = sum(r["step_time_s"] for r in steps) / len(steps)
+    return out
