@@ -1,6 +1,6 @@
 """Plots of sweep results: each metric against parameter count, one curve per method/order.
 
-    python -m evaluate.plot DIR [DIR ...] [--out OUT] [--x total|non_embedding]
+    python -m evaluate.plot DIR [DIR ...] [--out OUT] [--x total|non_embedding|depth]
 
 Reads ``DIR/results/*.json`` of every folder given (a boomerang sweep, baselines, another order)
 and draws one PNG per (task, metric) into ``OUT`` (default ``DIR/plots`` of the first folder),
@@ -40,10 +40,13 @@ def plot_records(records: list[dict], out_dir: str, x: str = "total") -> list[st
         fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
         marked = set()
         for ci, (curve, recs) in enumerate(curves.items()):
-            pts = [(r["parameters"][x], r["metrics"][task][metric]["value"], r.get("metrics")[task][metric].get("stderr"), r)
+            pts = [(r["depth"] if x == "depth" else r["parameters"][x], r["metrics"][task][metric]["value"],
+                    r.get("metrics")[task][metric].get("stderr"), r)
                    for r in recs if r.get("metrics", {}).get(task, {}).get(metric, {}).get("value") is not None]
             if not pts:
                 continue
+            if all(p[3].get("role") == "teacher" for p in pts) and "teacher" in marked:
+                continue  # another folder's teacher point: already marked
             pts.sort(key=lambda p: p[0])
             xs, ys, es = [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
             color = f"C{ci % 10}"
@@ -65,12 +68,13 @@ def plot_records(records: list[dict], out_dir: str, x: str = "total") -> list[st
                     if r.get("higher_is_better", {}).get(task, {}).get(metric) is not None), None)
         if "perplexity" in metric:
             ax.set_yscale("log")
-        ax.set_xlabel(f"parameters ({'total' if x == 'total' else 'non-embedding'})")
+        ax.set_xlabel("depth (layers)" if x == "depth" else f"parameters ({'total' if x == 'total' else 'non-embedding'})")
         arrow = "" if hib is None else (" (higher is better)" if hib else " (lower is better)")
         ax.set_ylabel(f"{metric}{arrow}")
         ax.set_title(f"{task}: {metric}")
         ax.grid(True, alpha=0.3)
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(6, 6))
+        if x != "depth":
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(6, 6))
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, f"{_safe(task)}__{_safe(metric)}.png")
@@ -90,7 +94,8 @@ def main(argv=None) -> list[str]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", help="sweep folders (holding results/*.json); the first is the main one")
     p.add_argument("--out", default=None, help="folder for the PNGs (default: FIRST_DIR/plots)")
-    p.add_argument("--x", choices=("total", "non_embedding"), default="total", help="parameter count on the x axis")
+    p.add_argument("--x", choices=("total", "non_embedding", "depth"), default="total",
+                   help="the x axis: total or non-embedding parameters, or depth (layers)")
     args = p.parse_args(argv)
     records = []
     for d in args.dirs:

@@ -277,7 +277,7 @@ def greedy(space: SearchSpace, score: Scorer) -> list[Candidate]:
     return path
 
 
-def beam(space: SearchSpace, score: Scorer, width: int, seeds: list[Candidate]) -> None:
+def beam(space: SearchSpace, score: Scorer, width: int, seeds: list[Candidate]) -> list[Candidate]:
     """Beam search over depths: at each depth keep the ``width`` best candidates found so far and score
     every single change of each. Without drops only changes that keep or add depth exist, so one
     upward pass from the student's depth covers the space; with drops a downward pass comes first."""
@@ -311,6 +311,8 @@ def beam(space: SearchSpace, score: Scorer, width: int, seeds: list[Candidate]) 
             expand(d, -1)
     for d in range(1 if space.allow_drop else d0, space.layer_map.num_teacher_layers + 1):
         expand(d, +1)
+    # the beam's answer: its members at every depth
+    return [c for d in sorted(by_depth) for c in sorted(by_depth[d], key=lambda c: (score(c), c.codes()))[:width]]
 
 
 def fixed_order_candidates(space: SearchSpace) -> dict[str, list[tuple[int, Candidate]]]:
@@ -351,14 +353,15 @@ def run_search(teacher, student, layer_map: LayerMap, calibration: torch.Tensor,
         for c in greedy(space, score):
             note(c, "greedy")
     if beam_width > 0:
-        beam(space, score, beam_width, list(found))
-        for c in score.scores:
+        for c in beam(space, score, beam_width, list(found)):
             found.setdefault(c, set()).add("beam")
     best: dict[int, Candidate] = {}
     for c in score.scores:
         if c.depth and (c.depth not in best or (score(c), space.params(c)) < (score(best[c.depth]), space.params(best[c.depth]))):
             best[c.depth] = c
-    ladder = [entry(space, score, best[d], found_by=sorted(found.get(best[d], {"beam"}))) for d in sorted(best)]
+    # found_by: the searches whose answer holds it (a fixed order, greedy's path, the beam), or "scored" for a
+    # candidate only met as a neighbour
+    ladder = [entry(space, score, best[d], found_by=sorted(found.get(best[d], {"scored"}))) for d in sorted(best)]
     candidates = sorted(score.scores, key=lambda c: (c.depth, score(c)))
     return {
         "ladder": ladder,
