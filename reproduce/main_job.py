@@ -109,7 +109,10 @@ def student_settings(preset: dict, args) -> dict:
                  (cfg["first_layers_to_keep"], cfg["alternate_every_n_layers"], cfg["last_layers_to_keep"]))
     return {"teacher": args.teacher_model_name_or_path, "train_config": preset["train_config"],
             # the hash of the parsed settings, so that editing a comment of the config changes nothing
-            "train_config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16],
+            # (the default recipe, "improved", is left out: students made before the setting existed still match)
+            "train_config_sha256": hashlib.sha256(json.dumps(
+                {k: v for k, v in cfg.items() if not (k == "recipe" and v == "improved")},
+                sort_keys=True).encode()).hexdigest()[:16],
             "layer_map": list(layer_map),
             "max_steps": args.max_steps if args.max_steps is not None else cfg["max_steps"]}
 

@@ -165,6 +165,11 @@ def test_student_settings_ignore_config_comments_but_not_values(tmp_path):
     changed = settings("first_layers_to_keep: 1\nalternate_every_n_layers: 2\nlast_layers_to_keep: 2\nmax_steps: 120\n"
                        "learning_rate: 1.0e-3\n")
     assert changed["train_config_sha256"] != base["train_config_sha256"]
+    # the default recipe written out changes nothing (students from before the setting still match); another does
+    common = ("first_layers_to_keep: 1\nalternate_every_n_layers: 2\nlast_layers_to_keep: 2\nmax_steps: 120\n"
+              "learning_rate: 3.0e-4\n")
+    assert settings(common + "recipe: improved\n") == base
+    assert settings(common + "recipe: paper\n")["train_config_sha256"] != base["train_config_sha256"]
 
 
 def test_missing_data_dir_fails_before_work(tmp_path, capsys):

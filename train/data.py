@@ -266,3 +266,77 @@ def model_inputs(batch: dict, device, mask_dtype: torch.dtype, config=None) -> d
         "position_ids": position_ids_from_docs(doc_ids),
         "attention_mask": mask,
     }
+
+
+# ------------------------------------------------------------------------------------ the paper's recipe
+PAPER_SKIP = 50_000  # the paper's train.py: train_dataset.skip(50000) before shuffling
+PAPER_SHUFFLE_BUFFER = 100_000  # ... then .shuffle(buffer_size=100_000, seed=args.seed)
+
+
+def paper_documents(source: str, split: str = "train", text_field: str = "text", seed: int = 0,
+                    skip: int = PAPER_SKIP, buffer_size: int = PAPER_SHUFFLE_BUFFER, flag: str = "--dataset"):
+    """The paper's document order: the dataset streamed, ``skip(skip)``, then ``shuffle(buffer_size, seed)``
+    (``datasets.IterableDataset``: a buffer of ``buffer_size`` documents sampled with the seed). A local
+    source is streamed the same way, its documents in file order. One pass, no repetition."""
+    import datasets
+
+    if is_local(source):
+        docs = read_local_documents(source, text_field, flag)
+        ds = datasets.IterableDataset.from_generator(_rows, gen_kwargs={"docs": docs, "field": text_field})
+    else:
+        ds = datasets.load_dataset(source, split=split, streaming=True)
+    for row in ds.skip(skip).shuffle(buffer_size=buffer_size, seed=seed):
+        text = row.get(text_field)
+        if text is None:
+            raise DataError(f"{flag} {source}: rows have no field {text_field!r} (fields: {sorted(row)}); "
+                            "set --text_field")
+        yield text
+
+
+def _rows(docs, field):
+    for d in docs:
+        yield {field: d}
+
+
+def paper_sequence(tokenizer, text: str, max_length: int) -> dict:
+    """One document as the paper's code makes it: the tokenizer's own special tokens (a BOS where it adds one),
+    truncated and right-padded with EOS to ``max_length``; ``labels`` = ``input_ids`` with every EOS (the pad
+    token) set to -100, as ``DataCollatorForLanguageModeling(mlm=False)`` does with ``pad_token = eos_token``."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no eos_token_id; the paper's recipe pads with it")
+    ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    input_ids = torch.full((max_length,), eos, dtype=torch.long)
+    input_ids[:len(ids)] = torch.tensor(ids, dtype=torch.long)
+    attention = torch.zeros(max_length, dtype=torch.long)
+    attention[:len(ids)] = 1
+    labels = input_ids.masked_fill(input_ids == eos, -100)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+class PaperStream:
+    """``SequenceStream``'s interface over the paper's data (``paper_documents`` + ``paper_sequence``)."""
+
+    def __init__(self, source: str, tokenizer, max_length: int, split: str = "train", text_field: str = "text",
+                 seed: int = 0, skip: int = PAPER_SKIP, buffer_size: int = PAPER_SHUFFLE_BUFFER,
+                 flag: str = "--dataset"):
+        self._docs = paper_documents(source, split, text_field, seed, skip, buffer_size, flag)
+        self._tok, self._max_length, self._flag, self._skip = tokenizer, max_length, flag, skip
+        self.position = 0
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            self.next()
+
+    def next(self) -> dict:
+        try:
+            text = next(self._docs)
+        except StopIteration:
+            raise DataError(f"{self._flag}: the paper's stream ran out of documents after {self.position} (it skips "
+                            f"the first {self._skip}; lower --paper_skip_documents for a small dataset)") from None
+        self.position += 1
+        return paper_sequence(self._tok, text, self._max_length)
+
+    def take(self, n: int) -> dict:
+        items = [self.next() for _ in range(n)]
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}

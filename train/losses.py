@@ -172,3 +172,44 @@ def distillation_loss(cfg: LossConfig, student_logits, teacher_logits, student_h
         total = total + cfg.cosine_loss_weight * cos
     return LossTerms(total=total, ce=ce.detach(), kl=kl.detach(), cosine=cos.detach(),
                      num_valid=int(valid.sum()))
+
+
+# ------------------------------------------------------------------------------------ the paper's recipe
+def paper_loss(cfg: LossConfig, student_logits, teacher_logits, student_hidden, teacher_hidden, attention_mask,
+               labels) -> LossTerms:
+    """The loss of one micro-batch exactly as the paper's ``BoomerangDistillationTrainer.compute_loss``:
+
+    - CE: ``CrossEntropyLoss()`` (mean over labels that are not -100) of logits[:, :-1] against labels[:, 1:];
+    - KL: ``KLDivLoss(reduction="batchmean")`` of log_softmax(student / T) against softmax(teacher / T), both
+      viewed as [B·S, V]: the sum over *every* position, padding included, divided by B·S; times T²;
+    - cosine: for each aligned pair, ``CosineEmbeddingLoss`` with target 1 (the mean of 1 - cos) over the
+      positions where ``attention_mask > 0``, weighted ``cosine_loss_weight / #pairs``.
+
+    Returns *means* (``total`` is the micro-batch loss the paper back-propagates; ``num_valid`` counts the CE
+    targets).
+    """
+    V = student_logits.shape[-1]
+    zero = student_logits.new_zeros((), dtype=torch.float32)
+    ce = kl = cos = zero
+    y = labels[:, 1:].reshape(-1)
+    if cfg.use_cross_entropy:
+        ce = F.cross_entropy(student_logits[:, :-1].reshape(-1, V).float(), y, ignore_index=-100)
+    if cfg.use_kl_loss:
+        s = F.log_softmax(student_logits.reshape(-1, V).float() / cfg.T, dim=-1)
+        t = F.softmax(teacher_logits.reshape(-1, teacher_logits.shape[-1]).float() / cfg.T, dim=-1)
+        kl = F.kl_div(s, t, reduction="batchmean")
+    if cfg.use_cosine_loss:
+        m = attention_mask.reshape(-1) > 0
+        parts = []
+        for hs, ht in zip(student_hidden, teacher_hidden):
+            a, b = hs.reshape(-1, hs.shape[-1])[m].float(), ht.reshape(-1, ht.shape[-1])[m].float()
+            parts.append(F.cosine_embedding_loss(b, a, a.new_ones(a.shape[0])))  # (teacher, student, target 1)
+        cos = torch.stack(parts).mean()
+    total = zero
+    if cfg.use_cross_entropy:
+        total = total + ce
+    if cfg.use_kl_loss:
+        total = total + cfg.kl_loss_weight * cfg.T ** 2 * kl
+    if cfg.use_cosine_loss:
+        total = total + cfg.cosine_loss_weight * cos
+    return LossTerms(total=total, ce=ce.detach(), kl=kl.detach(), cosine=cos.detach(), num_valid=int((y != -100).sum()))

@@ -40,9 +40,9 @@ from boomerang.io import atomic_write_text
 from boomerang.layer_map import LayerMapError
 from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
 from train import checkpoint as ckpt
-from train.data import DataError, SequenceStream, check_source, model_inputs
+from train.data import PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, check_source, model_inputs
 from train.init_student import init_student, plan_student, save_student
-from train.losses import LossConfig, distillation_loss, valid_positions
+from train.losses import LossConfig, distillation_loss, paper_loss, valid_positions
 
 log = logging.getLogger("boomerang.train")
 
@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--random_initialization", **B, default=False, help="student of the same shape, fresh weights")
     g.add_argument("--teacher_dtype", default="auto", help="auto (bfloat16 with --bf16 on GPU, else float32)")
     g.add_argument("--attn_implementation", default="sdpa", help="sdpa or eager (a per-document 4D mask is used)")
+    g = p.add_argument_group("recipe")
+    g.add_argument("--recipe", default="improved", choices=["improved", "paper"],
+                   help="improved (default): packed documents, every loss term a mean over real tokens of the global "
+                        "batch, exact accumulation. paper: exactly the paper's code (padded documents, KL over every "
+                        "position, the sum of micro-batch means, warmup from 0, its data order); docs/training.md")
+    g.add_argument("--paper_skip_documents", type=int, default=PAPER_SKIP,
+                   help="with --recipe paper: documents skipped before the shuffle buffer (the paper's 50000)")
+    g.add_argument("--paper_shuffle_buffer", type=int, default=PAPER_SHUFFLE_BUFFER,
+                   help="with --recipe paper: the shuffle buffer (the paper's 100000)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="EleutherAI/the_pile_deduplicated",
                    help="Hugging Face dataset name (streamed) or a local .txt/.jsonl/.parquet file or folder")
@@ -309,6 +318,24 @@ def write_final_student(student, fsdp: bool, tokenizer, layer_map, save_director
     os.rmdir(tmp)
 
 
+def make_stream(args, tokenizer, source: str, split: str, flag: str, training: bool, repeat: bool = True):
+    """The recipe's sequences: the paper's (skip, shuffle buffer, one padded document each; held-out data in file
+    order) or the improved recipe's (packed, shuffled per epoch; held-out data in file order)."""
+    if args.recipe == "paper":
+        skip, buffer = (args.paper_skip_documents, args.paper_shuffle_buffer) if training else (0, 1)
+        return PaperStream(source, tokenizer, args.max_length, split=split, text_field=args.text_field, seed=args.seed,
+                           skip=skip, buffer_size=buffer, flag=flag)
+    return SequenceStream(source, tokenizer, args.max_length, packing=not args.no_packing, split=split,
+                          text_field=args.text_field, seed=args.seed, shuffle=training, repeat=repeat, flag=flag)
+
+
+def batch_counts(batch: dict, recipe: str) -> tuple[float, int]:
+    """(loss positions, real tokens) of a batch: what the improved recipe averages over, and what is logged."""
+    if recipe == "paper":
+        return float((batch["labels"][:, 1:] != -100).sum()), int(batch["attention_mask"].sum())
+    return float(valid_positions(batch["doc_ids"]).sum()), int((batch["doc_ids"] >= 0).sum())
+
+
 # ----------------------------------------------------------------------------- the run
 def main(argv=None) -> dict:
     args = parse_with_config(build_parser(), argv)
@@ -394,8 +421,7 @@ def main(argv=None) -> dict:
         if not src:
             continue
         try:
-            SequenceStream(src, tokenizer, args.max_length, packing=not args.no_packing, split=split,
-                           text_field=args.text_field, seed=args.seed, repeat=False, flag=flag).next()
+            make_stream(args, tokenizer, src, split, flag, training=flag == "--dataset", repeat=False).next()
         except DataError as e:
             fail(f"{flag} {src}: {e}" if src not in str(e) else str(e))
         except Exception as e:  # e.g. datasets cannot reach the hub
@@ -406,13 +432,15 @@ def main(argv=None) -> dict:
     if world > 1:
         dist.barrier()
 
-    # ---- models
-    teacher = load_model(teacher_path, dtype=teacher_dtype)
+    # ---- models (the paper's code cuts the student from the float32 teacher, then casts the teacher)
+    teacher = load_model(teacher_path, dtype=torch.float32 if args.recipe == "paper" else teacher_dtype)
     teacher.set_attn_implementation(args.attn_implementation)
     for p_ in teacher.parameters():
         p_.requires_grad_(False)
     student = copy.deepcopy(init_student(teacher, layer_map, args.random_initialization, torch.float32,
                                          args.seed))
+    if args.recipe == "paper":
+        teacher.to(teacher_dtype)
     student.set_attn_implementation(args.attn_implementation)
     student.config.use_cache = False
     student.train()
@@ -437,11 +465,16 @@ def main(argv=None) -> dict:
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                                   **({"fused": True} if device.type == "cuda" else {}))
     warmup = math.ceil(args.warmup_ratio * args.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler_type, warmup,
-                                                                       args.max_steps))
+    if args.recipe == "paper":  # Hugging Face's schedules, as its Trainer builds them: warmup starts at lr 0
+        from transformers import get_scheduler
 
-    stream = SequenceStream(args.dataset, tokenizer, args.max_length, packing=not args.no_packing,
-                            split=args.dataset_split, text_field=args.text_field, seed=args.seed)
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=args.max_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler_type, warmup,
+                                                                           args.max_steps))
+
+    stream = make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True)
     step = tokens_seen = 0  # tokens_seen: real (non-padding) tokens trained on so far, logged with every record
     if resume_from:
         state = ckpt.load_checkpoint(resume_from, student, optimizer, scheduler, fsdp)
@@ -456,9 +489,15 @@ def main(argv=None) -> dict:
     s_idx = [s for s, _ in pairs]
     t_idx = [t for _, t in pairs]
 
+    def inputs_of(batch, model):
+        if args.recipe == "paper":  # Hugging Face's own masks and positions from the 2D attention mask
+            return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+        return model_inputs(batch, device, compute_dtype, model.config)
+
     def forward(batch):
-        """Student and teacher forward on one micro-batch -> LossTerms (sums over valid positions)."""
-        inputs = model_inputs(batch, device, compute_dtype, student.config)
+        """Student and teacher forward on one micro-batch -> LossTerms (improved: sums over valid positions;
+        paper: the micro-batch means the paper's code back-propagates)."""
+        inputs = inputs_of(batch, student)
         need_teacher = loss_cfg.use_kl_loss or loss_cfg.use_cosine_loss
         t_out = None
         with autocast:
@@ -469,15 +508,17 @@ def main(argv=None) -> dict:
             s_out = student(**inputs, output_hidden_states=s_idx if loss_cfg.use_cosine_loss else None)
         s_h = [s_out.hidden_states[i] for i in s_idx] if loss_cfg.use_cosine_loss else []
         t_h = [t_out.hidden_states[i] for i in t_idx] if loss_cfg.use_cosine_loss else []
+        if args.recipe == "paper":
+            return paper_loss(loss_cfg, s_out.logits, t_out.logits if loss_cfg.use_kl_loss else None, s_h, t_h,
+                              inputs["attention_mask"], batch["labels"].to(device))
         return distillation_loss(loss_cfg, s_out.logits, t_out.logits if loss_cfg.use_kl_loss else None,
                                  s_h, t_h, inputs["input_ids"], batch["doc_ids"].to(device))
 
     # ---- held-out evaluation: mean next-token CE of the student (and, once, of the teacher)
     eval_batches = None
     if args.eval_dataset:
-        es = SequenceStream(args.eval_dataset, tokenizer, args.max_length, packing=not args.no_packing,
-                            split=args.eval_split, text_field=args.text_field, seed=args.seed, shuffle=False,
-                            repeat=False, flag="--eval_dataset")
+        es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
+                         repeat=False)
         try:
             seqs = es.take(args.eval_sequences)
         except DataError:
@@ -493,10 +534,13 @@ def main(argv=None) -> dict:
         ce_sum = n = 0.0
         with torch.no_grad(), autocast:
             for b in eval_batches:
-                inputs = model_inputs(b, device, compute_dtype, model.config)
+                inputs = inputs_of(b, model)
                 logits = model(**inputs).logits
-                doc = b["doc_ids"].to(device)
-                valid = valid_positions(doc)
+                if args.recipe == "paper":  # the paper's CE: every label that is not -100
+                    valid = (b["labels"] != -100).to(device)
+                    valid = torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], dim=1)
+                else:
+                    valid = valid_positions(b["doc_ids"].to(device))
                 lp = torch.log_softmax(logits[:, :-1].float(), -1)
                 nll = -lp.gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
                 ce_sum += float((nll * valid[:, :-1]).sum())
@@ -509,7 +553,7 @@ def main(argv=None) -> dict:
                       recipe={"first_layers_to_keep": args.first_layers_to_keep,
                               "alternate_every_n_layers": args.alternate_every_n_layers,
                               "last_layers_to_keep": args.last_layers_to_keep},
-                      random_initialization=args.random_initialization)
+                      random_initialization=args.random_initialization, training_recipe=args.recipe)
     history: list[dict] = []
     if eval_batches and step == 0:
         rec = {"step": 0, "eval_ce": evaluate(student), "teacher_eval_ce": evaluate(teacher)}
@@ -535,8 +579,7 @@ def main(argv=None) -> dict:
     while step < stop:
         t0 = time.perf_counter()
         batch = stream.take(global_batch)
-        n_valid = float(valid_positions(batch["doc_ids"]).sum())
-        n_tokens = int((batch["doc_ids"] >= 0).sum())
+        n_valid, n_tokens = batch_counts(batch, args.recipe)
         lo = rank * args.per_device_train_batch_size * accum
         mine = {k: v[lo:lo + args.per_device_train_batch_size * accum] for k, v in batch.items()}
         sums = [0.0, 0.0, 0.0, 0.0]
@@ -546,12 +589,19 @@ def main(argv=None) -> dict:
             if fsdp:
                 student.set_requires_gradient_sync(m == accum - 1)
             terms = forward(mb)
-            # Sum over valid positions / valid positions of the whole global batch; FSDP averages gradients
-            # over processes, so multiply by their number to get the global mean.
-            (terms.total * (world / max(n_valid, 1.0))).backward()
+            if args.recipe == "paper":
+                # The paper's code back-propagates each micro-batch's mean undivided (transformers 4.51.3 does not
+                # divide it by the accumulation steps for this model: docs/training.md); processes are averaged.
+                terms.total.backward()
+            else:
+                # Sum over valid positions / valid positions of the whole global batch; FSDP averages gradients
+                # over processes, so multiply by their number to get the global mean.
+                (terms.total * (world / max(n_valid, 1.0))).backward()
             sums = [a + float(b) for a, b in zip(sums, (terms.total.detach(), terms.ce, terms.kl, terms.cosine))]
         sums = all_sum(sums, device)
-        loss = sums[0] / max(n_valid, 1.0)
+        # logged: the mean loss per loss position (improved), or the mean of the micro-batch means (paper)
+        denom = accum * world if args.recipe == "paper" else max(n_valid, 1.0)
+        loss = sums[0] / denom
         if not math.isfinite(loss):
             bar.close()
             fail(f"non-finite loss ({loss}) at step {step + 1}. Last good checkpoint: "
@@ -571,8 +621,7 @@ def main(argv=None) -> dict:
         tokens_since += n_tokens
         seq_tokens_since += global_batch * args.max_length
         bar.update(1)
-        rec = {"step": step, "loss": loss, "ce": sums[1] / max(n_valid, 1.0),
-               "kl": sums[2] / max(n_valid, 1.0), "cosine": sums[3] / max(n_valid, 1.0),
+        rec = {"step": step, "loss": loss, "ce": sums[1] / denom, "kl": sums[2] / denom, "cosine": sums[3] / denom,
                "lr": lr, "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0,
                "tokens": n_tokens, "tokens_seen": tokens_seen, "sequence_tokens": global_batch * args.max_length,
                "data_position": stream.position}
