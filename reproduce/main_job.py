@@ -194,6 +194,21 @@ def main(argv=None) -> dict:
         results_dir = out if order == patch_order(cfg) else os.path.join(out, order)
         eval_dir = os.path.join(results_dir, "eval")
         print(f"patch order: {order}; results in {results_dir}")
+        calibration_ids = None
+        if not args.no_search and not os.path.isfile(os.path.join(out, "search", "search.json")):
+            # the search's calibration text is checked here, before the distillation, not after it
+            from boomerang.models import load_tokenizer
+            from boomerang.scoring import fixed_length_sequences
+            from train.data import read_local_documents
+
+            cal = preset["search"]
+            try:
+                calibration_ids = fixed_length_sequences(load_tokenizer(teacher_path),
+                                                         read_local_documents(files["train"]), cal["samples"],
+                                                         cal["seq_len"], data_flag=files["train"])
+            except ValueError as e:
+                fail(f"the searched ladder of preset {preset_name!r} calibrates on {cal['samples']} documents of "
+                     f"{cal['seq_len']} tokens: {e}. Add training documents, or pass --no_search")
         if not args.skip_training:
             from boomerang.layer_map import LayerMapError
             from train.init_student import plan_student
@@ -273,7 +288,7 @@ def main(argv=None) -> dict:
     if not args.no_search:
         with stage("search", timings):
             searched = searched_ladder(search_dir, teacher, student, layer_map, tok, files["train"], reference, preset,
-                                       args, student_dir, dtype)
+                                       args, student_dir, dtype, calibration_ids)
 
     # 4. seam alignment: how closely the student's hidden states match the teacher's at the aligned
     #    pairs, i.e. at every seam a patched size has (evaluate.alignment has the full diagnosis)
@@ -297,7 +312,7 @@ def main(argv=None) -> dict:
 
 
 def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, reference, preset, args, student_dir,
-                    dtype) -> list[dict]:
+                    dtype, ids=None) -> list[dict]:
     """Run the search once (its search.json is reused by a rerun) and score its ladder against the teacher."""
     from boomerang.scoring import fixed_length_sequences
     from evaluate.evaluate import plan_points, run_sweep
@@ -308,7 +323,8 @@ def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, re
     path = os.path.join(search_dir, SEARCH_FILE)
     cal = preset["search"]
     if not os.path.isfile(path):
-        ids = fixed_length_sequences(tok, read_local_documents(train_file), cal["samples"], cal["seq_len"])
+        if ids is None:
+            ids = fixed_length_sequences(tok, read_local_documents(train_file), cal["samples"], cal["seq_len"])
         result = run_search(teacher, student, layer_map, ids, beam_width=cal["beam_width"])
         result = {"teacher": args.teacher_model_name_or_path, "student": student_dir,
                   "calibration": {"data": train_file, "samples": cal["samples"], "seq_len": cal["seq_len"]},

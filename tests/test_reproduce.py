@@ -145,6 +145,19 @@ def test_bad_layer_map_fails_before_distillation(tmp_path, capsys, layer_map, me
     assert not os.path.exists(out / "student")
 
 
+def test_too_little_calibration_text_fails_before_distillation(tmp_path, capsys):
+    """The searched ladder's calibration text (the GPU preset asks for 32 documents of 256 tokens) is
+    checked with the data, not found short after the distillation."""
+    from reproduce.main_job import main
+
+    teacher, data, out = tiny_models.make_world(tmp_path, train_docs=31)
+    with pytest.raises(SystemExit):
+        main(["--preset", "gpu", "--teacher_model_name_or_path", teacher, "--data_dir", data, "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    assert "32 documents of 256 tokens" in err and "only 31" in err and "--no_search" in err
+    assert not os.path.exists(out / "student")
+
+
 def test_student_settings_ignore_config_comments_but_not_values(tmp_path):
     from argparse import Namespace
 

@@ -151,7 +151,7 @@ def _doc(rng, n):
     return " ".join(rng.choice(WORDS) for _ in range(n)) + " ."
 
 
-def make_world(tmp_path, heldout_docs=20):
+def make_world(tmp_path, heldout_docs=20, train_docs=40):
     """A tiny 8-layer Llama teacher folder and a data folder shaped like ../shared/data (Brown train and
     held-out, five multiple-choice tasks of 8 items); returns (teacher folder, data folder, out path)."""
     import json
@@ -162,7 +162,7 @@ def make_world(tmp_path, heldout_docs=20):
     data = tmp_path / "data"
     (data / "corpus").mkdir(parents=True)
     (data / "tasks").mkdir()
-    for name, n in (("brown_train", 30), ("brown_heldout", heldout_docs)):
+    for name, n in (("brown_train", train_docs), ("brown_heldout", heldout_docs)):
         with open(data / "corpus" / f"{name}.jsonl", "w") as f:
             for i in range(n):
                 f.write(json.dumps({"id": str(i), "genre": "x", "text": _doc(rng, 300)}) + "\n")

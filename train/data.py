@@ -183,18 +183,14 @@ def sequences(token_docs: Iterable[list[int]], max_length: int, packing: bool = 
     # A last partial sequence is dropped (training streams repeat; eval streams are long enough).
 
 
-class SequenceStream:
-    """A resumable stream of sequences: ``position`` counts the sequences handed out so far."""
+class _Stream:
+    """A resumable stream of sequences (dicts of tensors): ``position`` counts those handed out so far."""
 
-    def __init__(self, source: str, tokenizer, max_length: int, packing: bool = True, split: str = "train",
-                 text_field: str = "text", seed: int = 0, shuffle: bool = True, repeat: bool = True,
-                 flag: str = "--dataset"):
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._it = sequences(
-            token_documents(document_stream(source, split, text_field, seed, shuffle, repeat, flag), tokenizer),
-            max_length, packing, pad,
-        )
-        self.position = 0
+    position = 0
+    _it: Iterator[dict]
+
+    def _exhausted(self) -> DataError:
+        return DataError("the dataset ran out of sequences")
 
     def skip(self, n: int) -> None:
         for _ in range(n):
@@ -204,14 +200,27 @@ class SequenceStream:
         try:
             item = next(self._it)
         except StopIteration:
-            raise DataError("the dataset ran out of sequences") from None
+            raise self._exhausted() from None
         self.position += 1
         return item
 
     def take(self, n: int) -> dict:
-        """``n`` sequences stacked into a batch: ``input_ids`` and ``doc_ids`` of shape [n, S]."""
+        """``n`` sequences stacked into a batch: each field of shape [n, S]."""
         items = [self.next() for _ in range(n)]
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+class SequenceStream(_Stream):
+    """The improved recipe's sequences (packed or padded): ``input_ids`` and ``doc_ids``."""
+
+    def __init__(self, source: str, tokenizer, max_length: int, packing: bool = True, split: str = "train",
+                 text_field: str = "text", seed: int = 0, shuffle: bool = True, repeat: bool = True,
+                 flag: str = "--dataset"):
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._it = sequences(
+            token_documents(document_stream(source, split, text_field, seed, shuffle, repeat, flag), tokenizer),
+            max_length, packing, pad,
+        )
 
 
 def position_ids_from_docs(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -314,29 +323,16 @@ def paper_sequence(tokenizer, text: str, max_length: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-class PaperStream:
-    """``SequenceStream``'s interface over the paper's data (``paper_documents`` + ``paper_sequence``)."""
+class PaperStream(_Stream):
+    """The paper's sequences (``paper_documents`` + ``paper_sequence``): ``input_ids``, ``attention_mask``, ``labels``."""
 
     def __init__(self, source: str, tokenizer, max_length: int, split: str = "train", text_field: str = "text",
                  seed: int = 0, skip: int = PAPER_SKIP, buffer_size: int = PAPER_SHUFFLE_BUFFER,
                  flag: str = "--dataset"):
-        self._docs = paper_documents(source, split, text_field, seed, skip, buffer_size, flag)
-        self._tok, self._max_length, self._flag, self._skip = tokenizer, max_length, flag, skip
-        self.position = 0
+        docs = paper_documents(source, split, text_field, seed, skip, buffer_size, flag)
+        self._it = (paper_sequence(tokenizer, text, max_length) for text in docs)
+        self._flag, self._skip = flag, skip
 
-    def skip(self, n: int) -> None:
-        for _ in range(n):
-            self.next()
-
-    def next(self) -> dict:
-        try:
-            text = next(self._docs)
-        except StopIteration:
-            raise DataError(f"{self._flag}: the paper's stream ran out of documents after {self.position} (it skips "
-                            f"the first {self._skip}; lower --paper_skip_documents for a small dataset)") from None
-        self.position += 1
-        return paper_sequence(self._tok, text, self._max_length)
-
-    def take(self, n: int) -> dict:
-        items = [self.next() for _ in range(n)]
-        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    def _exhausted(self) -> DataError:
+        return DataError(f"{self._flag}: the paper's stream ran out of documents after {self.position} (it skips the "
+                         f"first {self._skip}; lower --paper_skip_documents for a small dataset)")

@@ -153,6 +153,18 @@ class LossTerms:
     cosine: torch.Tensor
     num_valid: int
 
+    @classmethod
+    def weighted(cls, cfg: LossConfig, ce, kl, cos, num_valid: int) -> "LossTerms":
+        """The terms switched on, weighted: CE + kl_loss_weight * T^2 * KL + cosine_loss_weight * cosine."""
+        total = ce.new_zeros(())
+        if cfg.use_cross_entropy:
+            total = total + ce
+        if cfg.use_kl_loss:
+            total = total + cfg.kl_loss_weight * cfg.T ** 2 * kl
+        if cfg.use_cosine_loss:
+            total = total + cfg.cosine_loss_weight * cos
+        return cls(total=total, ce=ce.detach(), kl=kl.detach(), cosine=cos.detach(), num_valid=num_valid)
+
 
 def distillation_loss(cfg: LossConfig, student_logits, teacher_logits, student_hidden, teacher_hidden,
                       input_ids, doc_ids) -> LossTerms:
@@ -163,15 +175,7 @@ def distillation_loss(cfg: LossConfig, student_logits, teacher_logits, student_h
                           cfg.use_kl_loss, cfg.kl_chunk_size)
     cos = (cosine_loss_sum(student_hidden, teacher_hidden, valid) if cfg.use_cosine_loss
            else ce.new_zeros(()))
-    total = ce.new_zeros(())
-    if cfg.use_cross_entropy:
-        total = total + ce
-    if cfg.use_kl_loss:
-        total = total + cfg.kl_loss_weight * cfg.T ** 2 * kl
-    if cfg.use_cosine_loss:
-        total = total + cfg.cosine_loss_weight * cos
-    return LossTerms(total=total, ce=ce.detach(), kl=kl.detach(), cosine=cos.detach(),
-                     num_valid=int(valid.sum()))
+    return LossTerms.weighted(cfg, ce, kl, cos, int(valid.sum()))
 
 
 # ------------------------------------------------------------------------------------ the paper's recipe
@@ -205,11 +209,4 @@ def paper_loss(cfg: LossConfig, student_logits, teacher_logits, student_hidden, 
             a, b = hs.reshape(-1, hs.shape[-1])[m].float(), ht.reshape(-1, ht.shape[-1])[m].float()
             parts.append(F.cosine_embedding_loss(b, a, a.new_ones(a.shape[0])))  # (teacher, student, target 1)
         cos = torch.stack(parts).mean()
-    total = zero
-    if cfg.use_cross_entropy:
-        total = total + ce
-    if cfg.use_kl_loss:
-        total = total + cfg.kl_loss_weight * cfg.T ** 2 * kl
-    if cfg.use_cosine_loss:
-        total = total + cfg.cosine_loss_weight * cos
-    return LossTerms(total=total, ce=ce.detach(), kl=kl.detach(), cosine=cos.detach(), num_valid=int((y != -100).sum()))
+    return LossTerms.weighted(cfg, ce, kl, cos, int((y != -100).sum()))
