@@ -81,15 +81,21 @@ def test_attention_mask_blocks_documents():
                           [False, False, False, False, True]]
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox", "qwen3", "mistral"])
-def test_packed_documents_equal_separate_runs(family):
+@pytest.mark.parametrize("attention", ["dense_mask", "position_ids"])
+@pytest.mark.parametrize("family", sorted(TINY_DECODERS))
+def test_packed_documents_equal_separate_runs(family, attention):
+    """Either way of separating packed documents (tests/test_packing.py) matches separate runs, in every family."""
+    from train.data import POSITION_IDS_FAMILIES
+
+    assert set(POSITION_IDS_FAMILIES) == set(TINY_DECODERS)
     model = build(TINY_DECODERS[family](4), seed=0)
     torch.manual_seed(0)
     a, b = torch.randint(3, 100, (1, 20)), torch.randint(3, 100, (1, 9))
     batch = {"input_ids": torch.cat([a, b, torch.zeros(1, 3, dtype=torch.long)], 1),
              "doc_ids": torch.tensor([[0] * 20 + [1] * 9 + [-1] * 3])}
     with torch.no_grad():
-        out = model(**model_inputs(batch, "cpu", torch.float32, model.config), output_hidden_states=[2]).logits
+        out = model(**model_inputs(batch, "cpu", torch.float32, model.config, attention),
+                    output_hidden_states=[2]).logits
         ra, rb = model(a).logits, model(b).logits
     torch.testing.assert_close(out[:, :20], ra, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[:, 20:29], rb, rtol=1e-4, atol=1e-4)

@@ -7,8 +7,11 @@ Sources (``--dataset`` / ``--eval_dataset``):
   * otherwise a Hugging Face dataset name, read with ``datasets.load_dataset(..., streaming=True)``.
 
 Each sequence is a dict of ``input_ids`` [S] and ``doc_ids`` [S] (a document number per token, -1 for
-padding). From ``doc_ids`` come the position ids (restarting at every document), the block-diagonal
-causal attention mask and the loss mask, so no attention and no loss term crosses a document.
+padding). From ``doc_ids`` come the position ids (restarting at every document), the attention that keeps
+documents apart and the loss mask, so no attention and no loss term crosses a document. Attention
+(``packed_attention``, ``model_inputs``): on GPU transformers separates the documents from the restarting
+position ids (a FlexAttention block mask, flash-attention varlen lengths, or its own sdpa mask); on CPU, and for
+models or attention implementations that cannot, our dense block-diagonal 4D mask is passed instead.
 
 Packing (default): documents are concatenated with EOS and cut into full ``max_length`` sequences
 (a document can continue in the next sequence, where it counts as a new document). ``packing=False``
@@ -216,6 +219,7 @@ class SequenceStream(_Stream):
     def __init__(self, source: str, tokenizer, max_length: int, packing: bool = True, split: str = "train",
                  text_field: str = "text", seed: int = 0, shuffle: bool = True, repeat: bool = True,
                  flag: str = "--dataset"):
+        requested_packed_attention()  # a bad $BOOMERANG_PACKED_ATTENTION fails with the data checks, before models load
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._it = sequences(
             token_documents(document_stream(source, split, text_field, seed, shuffle, repeat, flag), tokenizer),
@@ -254,14 +258,122 @@ def document_attention_mask(doc_ids: torch.Tensor, dtype: torch.dtype, sliding_w
     return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
 
-def model_inputs(batch: dict, device, mask_dtype: torch.dtype, config=None) -> dict:
+# ------------------------------------------------------------------------------------ packed attention
+PACKED_ATTENTION_ENV = "BOOMERANG_PACKED_ATTENTION"
+PACKED_ATTENTION_CHOICES = ("auto", "position_ids", "dense_mask")
+# Families whose transformers modeling code hands ``position_ids`` to its mask builders (create_causal_mask,
+# create_sliding_window_causal_mask), so that packed positions separate the documents; each is checked
+# against the dense mask in tests/test_packing.py. Encoders (bert, distilbert) are not packed.
+POSITION_IDS_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt_neox", "gpt2")
+_logged_choices: set = set()
+
+
+def _library_packing(attn: str) -> str | None:
+    """Why the installed transformers cannot separate packed documents from ``position_ids`` under the
+    attention implementation ``attn``, or None when it can."""
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return "this transformers has no masking_utils"
+    if not hasattr(masking_utils, "find_packed_sequence_indices"):
+        return "this transformers does not detect packed sequences from position_ids"
+    known = getattr(masking_utils.ALL_MASK_ATTENTION_FUNCTIONS, "_global_mapping", {})
+    if attn not in known:
+        return f"attention implementation {attn!r} has no transformers mask builder (known: {sorted(known)})"
+    if attn.startswith("flash_attention"):
+        from transformers import modeling_flash_attention_utils as fa
+
+        if not hasattr(fa, "prepare_fa_kwargs_from_position_ids"):
+            return "this transformers cannot derive flash-attention sequence lengths from position_ids"
+    return None
+
+
+def requested_packed_attention(requested: str | None = None) -> str:
+    """``requested``, else $BOOMERANG_PACKED_ATTENTION, else ``auto``; a DataError for anything else."""
+    requested = requested or os.environ.get(PACKED_ATTENTION_ENV) or "auto"
+    if requested not in PACKED_ATTENTION_CHOICES:
+        raise DataError(f"{PACKED_ATTENTION_ENV}={requested!r}: choose one of {', '.join(PACKED_ATTENTION_CHOICES)}")
+    return requested
+
+
+def packed_attention(device, config, attn_implementation: str | None = None, requested: str | None = None) -> str:
+    """How packed documents are kept apart in attention: ``"position_ids"`` or ``"dense_mask"``.
+
+    ``position_ids``: positions restart at 0 at every document and no mask is passed; transformers finds the
+    documents from the positions (masking_utils.find_packed_sequence_indices) and builds what the attention
+    implementation needs: a FlexAttention BlockMask (flex_attention), varlen sequence lengths with no mask
+    (flash_attention_*: ``model_inputs`` passes them), a boolean mask (sdpa, eager). No [B, 1, S, S] mask of
+    ours is built, and a row holding one document runs with no mask at all (SDPA's causal kernels).
+    ``dense_mask``: our additive block-diagonal 4D mask (``document_attention_mask``), which every
+    implementation that takes a 4D mask follows.
+
+    ``requested`` (default: $BOOMERANG_PACKED_ATTENTION, else ``auto``): ``auto`` chooses ``position_ids`` on
+    CUDA, or for a flash-attention implementation (which takes no 4D mask), when the family and the installed
+    transformers support it, else ``dense_mask`` (the CPU fallback). Asking for ``position_ids`` where it is not
+    supported is a DataError. The choice is logged once per (device, family, attention implementation).
+    """
+    requested = requested_packed_attention(requested)
+    attn = attn_implementation or getattr(config, "_attn_implementation", None) or "eager"
+    device_type = torch.device(device).type
+    from boomerang.families import UnsupportedModelError, adapter_for_config
+
+    try:
+        family = adapter_for_config(config).name if config is not None else None
+    except UnsupportedModelError:
+        family = None
+    why_not = (f"family {family or type(config).__name__} is not among {', '.join(POSITION_IDS_FAMILIES)}"
+               if family not in POSITION_IDS_FAMILIES else _library_packing(attn))
+    if requested == "position_ids" and why_not:
+        raise DataError(f"{PACKED_ATTENTION_ENV}=position_ids: {why_not}; use dense_mask or auto")
+    if requested == "dense_mask":
+        choice, reason = "dense_mask", f"{PACKED_ATTENTION_ENV}=dense_mask"
+    elif requested == "position_ids":
+        choice, reason = "position_ids", f"{PACKED_ATTENTION_ENV}=position_ids"
+    elif why_not:
+        if attn.startswith("flash_attention"):
+            raise DataError(f"attention {attn!r} takes no 4D mask and {why_not}: packed documents cannot be "
+                            "separated; use --attn_implementation sdpa or --no_packing")
+        choice, reason = "dense_mask", why_not
+    elif device_type == "cuda" or attn.startswith("flash_attention"):
+        choice, reason = "position_ids", f"{attn} on {device_type}: transformers builds the document masks"
+    else:
+        choice, reason = "dense_mask", f"{device_type}: the dense mask is the CPU fallback"
+    key = (device_type, family, attn, choice)
+    if key not in _logged_choices:
+        _logged_choices.add(key)
+        import logging
+
+        logging.getLogger("boomerang.data").info("packed attention: %s (%s; %s, %s)", choice, reason,
+                                                 family, attn)
+    return choice
+
+
+def model_inputs(batch: dict, device, mask_dtype: torch.dtype, config=None, attention: str | None = None) -> dict:
     """Keyword arguments for a Hugging Face causal LM: ids, per-document positions and attention.
 
-    For a model with sliding-window layers (``config.layer_types`` holding ``"sliding_attention"``)
-    the mask is a dict per layer type, as Hugging Face models accept, so the window is kept; a config
-    with ``sliding_window`` and no ``layer_types`` (Mistral) slides in every layer.
+    ``attention``: ``"position_ids"`` or ``"dense_mask"``; default: ``packed_attention(device, config)``.
+    position_ids: no ``attention_mask`` and ``use_cache=False`` (transformers separates the documents from the
+    positions, and only when there is no cache); for a
+    flash-attention implementation the varlen sequence lengths (``cu_seq_lens_q``/``_k``, ``max_length_q``/``_k``)
+    as transformers derives them from the positions, since its own derivation only covers batch size 1.
+    dense_mask: for a model with sliding-window layers (``config.layer_types`` holding ``"sliding_attention"``)
+    the mask is a dict per layer type, as Hugging Face models accept, so the window is kept; a config with
+    ``sliding_window`` and no ``layer_types`` (Mistral) slides in every layer.
     """
     doc_ids = batch["doc_ids"].to(device)
+    position_ids = position_ids_from_docs(doc_ids)
+    inputs = {"input_ids": batch["input_ids"].to(device), "position_ids": position_ids}
+    attention = attention or packed_attention(device, config)
+    if attention == "position_ids":
+        inputs["use_cache"] = False  # transformers looks for packed documents only when no cache is passed
+        if (getattr(config, "_attn_implementation", None) or "").startswith("flash_attention"):
+            from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+            (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(position_ids)
+            inputs.update(cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k, max_length_q=int(max_q), max_length_k=int(max_k))
+        return inputs
+    if attention != "dense_mask":
+        raise DataError(f"model_inputs: attention must be 'position_ids' or 'dense_mask', got {attention!r}")
     mask = document_attention_mask(doc_ids, mask_dtype)
     layer_types = set(getattr(config, "layer_types", None) or ())
     window = getattr(config, "sliding_window", None)
@@ -270,11 +382,8 @@ def model_inputs(batch: dict, device, mask_dtype: torch.dtype, config=None) -> d
     elif "sliding_attention" in layer_types and window:
         mask = {"full_attention": mask,
                 "sliding_attention": document_attention_mask(doc_ids, mask_dtype, window)}
-    return {
-        "input_ids": batch["input_ids"].to(device),
-        "position_ids": position_ids_from_docs(doc_ids),
-        "attention_mask": mask,
-    }
+    inputs["attention_mask"] = mask
+    return inputs
 
 
 # ------------------------------------------------------------------------------------ the paper's recipe
