@@ -14,6 +14,11 @@ tensors shared, freed after; a rerun skips the sizes already done):
     python -m evaluate.evaluate ... --sweep --tasks local_ppl:../shared/data/corpus/brown_heldout.jsonl \\
         --task_data arc_local=../shared/data/tasks/arc_easy.jsonl --limit 200 --dtype float32
 
+The sizes of a sweep split over processes (each on its own GPU, cuda:LOCAL_RANK, or CPU; each result written as
+it finishes, the summary by rank 0 once all are done; a rerun evaluates only the sizes without a result):
+
+    torchrun --nproc-per-node=8 -m evaluate.evaluate ... --sweep
+
 Patch order: last-k by default; first-k with --patch_first_k_layers, and for Llama-family
 models (decided by the family adapter) unless --override_llama_patching is given.
 
@@ -145,6 +150,10 @@ def evaluate_model(model, tokenizer, tasks, *, limit: int | float | None = None,
     # time): skipped, the result files record versions themselves.
     saved_env_info = evaluator.add_env_info
     evaluator.add_env_info = lambda results: None
+    # Under torchrun (a sweep split over processes) lm-eval returns results only where LOCAL_RANK is 0; each process
+    # evaluates its own model alone here, so it is told it is process 0.
+    saved_local_rank = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
     try:
         out = evaluator.simple_evaluate(
             model=lm, tasks=list(taskset.names), task_manager=taskset.task_manager, limit=limit,
@@ -154,6 +163,10 @@ def evaluate_model(model, tokenizer, tasks, *, limit: int | float | None = None,
         )
     finally:
         evaluator.add_env_info = saved_env_info
+        if saved_local_rank is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = saved_local_rank
     elapsed = time.time() - t0
     if out is None:
         raise EvaluationError("lm-eval returned no results")
@@ -280,12 +293,95 @@ def result_path(save_directory: str, name: str) -> str:
     return os.path.join(save_directory, RESULTS_DIR, f"{name}.json")
 
 
+# --------------------------------------------------------------------------- a sweep over several processes
+def sweep_processes(device: str | None = None) -> tuple[int, int, str | None]:
+    """(rank, world size, device) of this process. Under torchrun (WORLD_SIZE > 1) the process group is set up
+    here (gloo: only barriers and one broadcast travel through it) and each process takes ``cuda:LOCAL_RANK``
+    (``--device`` unset or ``cuda``) or the CPU (``--device cpu``, or no GPU); one process: ``device`` as given."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device not in (None, "auto", "cuda", "cpu"):
+        raise EvaluationError(f"--device {device} with {world} processes: give --device cuda (process r takes "
+                              "cuda:LOCAL_RANK) or --device cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError("--device cuda: no CUDA device is available; use --device cpu")
+    if device != "cpu" and torch.cuda.is_available():
+        if local >= torch.cuda.device_count():
+            raise EvaluationError(f"process with LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s): "
+                                  "start at most that many processes per node")
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    else:
+        device = "cpu"
+    if not dist.is_initialized():
+        from datetime import timedelta
+
+        # The summary barrier waits for the slowest process's sizes: hours on a large sweep.
+        dist.init_process_group(backend="gloo", timeout=timedelta(days=7))
+    return rank, world, device
+
+
+def _group() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rank0_first(fn: Callable[[bool], Any], rank: int, world_size: int):
+    """``fn(True)`` on rank 0, then ``fn(False)`` on the other ranks (e.g. only rank 0 may delete old results)."""
+    if world_size <= 1:
+        return fn(True)
+    import torch.distributed as dist
+
+    if rank == 0:
+        out = fn(True)
+        dist.barrier()
+        return out
+    dist.barrier()
+    return fn(False)
+
+
+def split_points(names: Sequence[str], weights: Sequence[float], world_size: int) -> list[list[str]]:
+    """Deterministic split of sweep points over ``world_size`` processes: heaviest first (weight = depth), each to
+    the process with the least weight so far (the lowest rank on ties); each list kept in sweep order."""
+    order = sorted(range(len(names)), key=lambda i: (-weights[i], i))
+    load = [0.0] * world_size
+    owner = {}
+    for i in order:
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += weights[i]
+    return [[names[i] for i in range(len(names)) if owner[i] == r] for r in range(world_size)]
+
+
+def _my_points(points: list[SweepPoint], save_directory: str, rank: int, world_size: int) -> set[str] | None:
+    """The names this process evaluates: rank 0 lists the points without a result file (finished ones are never
+    redone), every process receives that list and takes its share (``split_points``). None: one process."""
+    if world_size <= 1:
+        return None
+    import torch.distributed as dist
+
+    pending = [[p.name for p in points if not os.path.isfile(result_path(save_directory, p.name))]]
+    dist.broadcast_object_list(pending, src=0)
+    weight = {p.name: float(p.metadata.get("depth") or 1) for p in points}
+    shares = split_points(pending[0], [weight[n] for n in pending[0]], world_size)
+    log.info("process %d of %d: %d of %d pending points: %s", rank, world_size, len(shares[rank]), len(pending[0]),
+             ", ".join(shares[rank]) or "none")
+    return set(shares[rank])
+
+
 def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit: int | float | None = None,
               num_fewshot: int | None = None, batch_size: int | str = 1, max_batch_size: int = 64,
               device: str | None = None, include_path=None, task_data: dict[str, str] | None = None,
               max_doc_words: int | None = None, bootstrap_iters: int = 1000, overwrite: bool = False,
               plots: bool = True, common_metadata: dict | None = None, max_length: int | None = None,
-              reference=None) -> list[dict]:
+              reference=None, rank: int | None = None, world_size: int | None = None) -> list[dict]:
     """Evaluate every point into ``save_directory``, one result JSON each; resumable and failure-tolerant.
 
     ``reference``: a ``HeldoutReference`` (evaluate.heldout); each point is also scored against the
@@ -298,6 +394,12 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
     retries it. After the points: ``summary.csv``, ``summary.md`` and ``plots/*.png``. ``tasks`` as in
     ``evaluate_model`` (resolved once, into ``save_directory/tasks``). ``common_metadata`` is merged
     under each point's metadata. Returns the result dicts of the points that succeeded (new and saved).
+
+    Several processes (``rank``/``world_size``, default: the initialized torch.distributed group, as
+    ``sweep_processes`` sets up under torchrun): every process holds the same points; the pending ones are split
+    among them (``split_points``), each process evaluates its share on its own ``device`` and writes each result as
+    it finishes; after a barrier every process returns all results and rank 0 writes the summary. A process that
+    dies loses only its unfinished points: the rerun evaluates what has no result file.
     """
     from boomerang.families import count_parameters
     from boomerang.io import atomic_write_json
@@ -310,17 +412,22 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
     dup = sorted({p.name for p in points if sum(q.name == p.name for q in points) > 1})
     if dup:
         raise EvaluationError(f"sweep point names must be unique, repeated: {dup}")
+    if rank is None or world_size is None:
+        rank, world_size = _group()
     ref_desc = reference.describe() if reference is not None else None
-    taskset = prepare_sweep_directory(save_directory, tasks, limit=limit, num_fewshot=num_fewshot,
-                                      include_path=include_path, task_data=task_data, max_doc_words=max_doc_words,
-                                      overwrite=overwrite, reference=ref_desc)
+    taskset = _rank0_first(lambda first: prepare_sweep_directory(
+        save_directory, tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path, task_data=task_data,
+        max_doc_words=max_doc_words, overwrite=overwrite and first, reference=ref_desc), rank, world_size)
     settings = _settings(taskset, limit, num_fewshot, max_doc_words, ref_desc)
     device = device or default_device()
     vers = versions()
+    mine = _my_points(points, save_directory, rank, world_size)
     done: list[dict] = []
     for i, point in enumerate(points, 1):
         path = result_path(save_directory, point.name)
         fail_path = os.path.join(save_directory, FAILURES_DIR, f"{point.name}.json")
+        if mine is not None and point.name not in mine:
+            continue  # another process's, or finished before: read after the barrier
         if os.path.isfile(path):
             with open(path) as f:
                 done.append(json.load(f))
@@ -390,7 +497,17 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
         done.append(record)
         log.info("[%d/%d] %s: done in %.1f s (%s)", i, len(points), point.name, record["wall_time_s"]["total"],
                  results_mod.headline(record))
-    results_mod.write_summary(save_directory, plots=plots)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every process's points are finished (or failed)
+        done = []
+        for point in points:
+            if os.path.isfile(result_path(save_directory, point.name)):
+                with open(result_path(save_directory, point.name)) as f:
+                    done.append(json.load(f))
+    if rank == 0:
+        results_mod.write_summary(save_directory, plots=plots)
     return done
 
 
@@ -565,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_directory", required=True)
     p.add_argument("--num_layers_to_patch", type=int, default=None, help="k: evaluate this one size")
     p.add_argument("--sweep", nargs="?", const="all", default=None,
-                   help="evaluate several sizes in one process: 'all' (default when given alone), '0,3,5', '0-14'; "
+                   help="evaluate several sizes in one process (or split over torchrun's processes): 'all' (default when "
+                        "given alone), '0,3,5', '0-14'; "
                         "student and teacher are included unless --no_endpoints")
     p.add_argument("--no_endpoints", action="store_true",
                    help="with --sweep: only the listed k (k=max is then the teacher assembled like any size)")
@@ -618,6 +736,13 @@ def main(argv=None) -> list[dict]:
         fail("give --num_layers_to_patch K (one size) or --sweep [SPEC] (several sizes)")
     if args.plan is not None and args.sweep is None:
         fail("--plan evaluates a searched ladder: give it with --sweep")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.sweep is None:
+        fail("several processes (torchrun) split the sizes of a --sweep among them: give --sweep, or run "
+             "--num_layers_to_patch in one process")
+    try:
+        rank, world, device = sweep_processes(args.device)
+    except EvaluationError as e:
+        fail(str(e))
     limit = args.limit
     if limit is not None:
         if limit <= 0:
@@ -658,10 +783,11 @@ def main(argv=None) -> list[dict]:
         if args.heldout_kl is not None:  # described now, so that a rerun with other settings fails before loading
             ref_desc = {"task": "heldout_kl", "data_file": os.path.abspath(args.heldout_kl),
                         "documents": args.heldout_docs, "max_tokens": args.heldout_max_tokens}
-        taskset = prepare_sweep_directory(
+        task_data = _task_data(args.task_data)
+        taskset = _rank0_first(lambda first: prepare_sweep_directory(  # only rank 0 may discard old results
             args.save_directory, task_names, limit=limit, num_fewshot=args.num_fewshot,
-            include_path=args.include_path, task_data=_task_data(args.task_data), max_doc_words=args.max_doc_words,
-            overwrite=args.overwrite, reference=ref_desc)
+            include_path=args.include_path, task_data=task_data, max_doc_words=args.max_doc_words,
+            overwrite=args.overwrite and first, reference=ref_desc), rank, world)
     except (TaskError, EvaluationError, ModelNotFoundError, LayerMapError, PatchError, UnsupportedModelError,
             ValueError) as e:
         fail(str(e))
@@ -705,11 +831,16 @@ def main(argv=None) -> list[dict]:
         t_ref = teacher if args.sweep is not None else load_model(teacher_path, dtype=dtype)
         reference = HeldoutReference(t_ref, load_tokenizer(teacher_path), args.heldout_kl, args.heldout_docs,
                                      args.heldout_max_tokens)
-    return run_sweep(points, args.save_directory, taskset, limit=limit, num_fewshot=args.num_fewshot,
-                     batch_size=batch_size, max_batch_size=args.max_batch_size, device=args.device,
-                     max_doc_words=args.max_doc_words, bootstrap_iters=args.bootstrap_iters,
-                     plots=not args.no_plots, common_metadata=common, max_length=args.max_length,
-                     reference=reference)
+    records = run_sweep(points, args.save_directory, taskset, limit=limit, num_fewshot=args.num_fewshot,
+                        batch_size=batch_size, max_batch_size=args.max_batch_size, device=device,
+                        max_doc_words=args.max_doc_words, bootstrap_iters=args.bootstrap_iters,
+                        plots=not args.no_plots, common_metadata=common, max_length=args.max_length,
+                        reference=reference, rank=rank, world_size=world)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return records
 
 
 if __name__ == "__main__":
