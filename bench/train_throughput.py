@@ -4,18 +4,25 @@
     python bench/train_throughput.py --teacher random:tiny --max_length 128 --batch 4 --steps 5
     python bench/train_throughput.py --teacher random:qwen3-4b --max_length 2048 --batch 2 --steps 10   # GPU
 
-Modes (each a fresh ``python -m train.train`` process, so peak memory is per mode):
+Modes (each a fresh ``python -m train.train`` process, so peak memory is per mode; the first four by default):
   packed+chunked   documents packed into full sequences, CE/KL in chunks of --kl_chunk_size positions
   packed+dense     packed, CE/KL over all positions at once
   padded+chunked   one document per sequence, padded (--no_packing)
-  padded+dense     the paper's recipe: padded sequences and dense KL
+  padded+dense     padded sequences and dense KL
+  packed+dense_mask      packed+chunked with documents kept apart by the dense 4D mask (the CPU fallback) even
+                         on GPU, where packed+chunked lets transformers build the masks from position ids
+  packed+flex_attention  packed+chunked under --attn_implementation flex_attention (a block mask; GPU)
+  paper            the paper's recipe (--recipe paper: padded documents, its loss and data order; no skipped
+                   documents here, so a small corpus suffices)
 
 Reported per mode: tokens/s counting real (non-padding) tokens, sequence tokens/s (padding included),
 peak memory (GPU: max allocated; CPU: peak RSS of the process), MFU on GPU, mean loss. Steps after
 --warmup are timed (time of the optimizer steps as the trainer logs them, data loading included).
 
-``--teacher random:<shape>`` builds a teacher with random weights (shapes: tiny, smollm2-135m, qwen3-4b,
-qwen3-8b) with a small word-level tokenizer: enough for throughput, no download.
+``--teacher random:<shape>`` builds a teacher with random weights (shapes: tiny, smollm2-135m, qwen3-1.7b,
+qwen3-4b, qwen3-8b) with a small word-level tokenizer: enough for throughput, no download. Each mode also
+reports the packed-attention path the trainer chose (train.data.packed_attention); ``--mode_timeout`` bounds
+each mode's process.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,18 +38,24 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODES = {
-    "packed+chunked": [],
-    "packed+dense": ["--kl_chunk_size", "0"],
-    "padded+chunked": ["--no_packing"],
-    "padded+dense": ["--no_packing", "--kl_chunk_size", "0"],
+MODES = {  # name: (train.train flags, environment)
+    "packed+chunked": ([], {}),
+    "packed+dense": (["--kl_chunk_size", "0"], {}),
+    "padded+chunked": (["--no_packing"], {}),
+    "padded+dense": (["--no_packing", "--kl_chunk_size", "0"], {}),
+    "packed+dense_mask": ([], {"BOOMERANG_PACKED_ATTENTION": "dense_mask"}),
+    "packed+flex_attention": (["--attn_implementation", "flex_attention"], {}),
+    "paper": (["--recipe", "paper", "--paper_skip_documents", "0", "--paper_shuffle_buffer", "1000"], {}),
 }
+DEFAULT_MODES = ("packed+chunked", "packed+dense", "padded+chunked", "padded+dense")
 
 SHAPES = {  # Qwen3 shapes (random weights); tiny for smoke tests
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, vocab_size=512),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, head_dim=64, vocab_size=49152),
+    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
     "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, vocab_size=151936),
     "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
@@ -57,12 +71,16 @@ def random_teacher(shape: str, folder: str) -> str:
 
     if shape not in SHAPES:
         raise SystemExit(f"unknown random shape {shape!r}; choose from {sorted(SHAPES)}")
-    cfg = transformers.Qwen3Config(**SHAPES[shape], max_position_embeddings=32768, tie_word_embeddings=False,
+    cfg = transformers.Qwen3Config(**{"tie_word_embeddings": False, **SHAPES[shape]}, max_position_embeddings=32768,
                                    bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if shape.startswith("qwen3")
-                                                          else torch.float32)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of billions: faster on a GPU
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if shape.startswith("qwen3")
+                                                              else torch.float32)
     model.save_pretrained(folder)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the modes run in other processes
     save_tiny_tokenizer(folder)
     return folder
 
@@ -90,11 +108,18 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per mode")
     p.add_argument("--kl_chunk_size", type=int, default=None)
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES), help="comma-separated, of: " + ", ".join(MODES))
+    p.add_argument("--mode_timeout", type=float, default=None, help="seconds allowed to each mode's process")
     p.add_argument("--extra", default="", help="more train.train flags, one string")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, random teacher)")
     args = p.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise SystemExit(f"--modes: unknown {unknown or 'none given'}; choose from {list(MODES)}")
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
 
     work = tempfile.mkdtemp(prefix="bench-train-")
     base = [sys.executable, "-m", "train.train"]
@@ -123,16 +148,22 @@ def main(argv=None):
               "--eval_steps", "0", "--warmup_ratio", "0"] + args.extra.split()
     results = {}
     env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONPATH=ROOT)
-    for mode in args.modes.split(","):
-        if mode not in MODES:
-            raise SystemExit(f"unknown mode {mode!r}; choose from {list(MODES)}")
+    for mode in modes:
+        mode_flags, mode_env = MODES[mode]
         out = os.path.join(work, mode.replace("+", "_"))
-        cmd = base + flags + MODES[mode] + ["--save_directory", out]
+        cmd = base + flags + mode_flags + ["--save_directory", out]
         print(f"[{mode}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
-        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        try:
+            res = subprocess.run(cmd, cwd=ROOT, env=dict(env, **mode_env), capture_output=True, text=True,
+                                 timeout=args.mode_timeout)
+        except subprocess.TimeoutExpired as e:
+            tail = (e.stderr or b"")[-2000:]
+            results[mode] = {"error": f"timeout after {args.mode_timeout:g} s",
+                             "stderr_tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail}
+            continue
         if res.returncode != 0:
             print(res.stderr[-4000:], file=sys.stderr)
-            results[mode] = {"error": f"exit {res.returncode}"}
+            results[mode] = {"error": f"exit {res.returncode}", "stderr_tail": res.stderr[-2000:]}
             continue
         with open(os.path.join(out, "log.jsonl")) as f:
             recs = [r for r in map(json.loads, f) if "loss" in r]
@@ -150,6 +181,8 @@ def main(argv=None):
         }
         if "mfu" in last:
             row["mfu"] = sum(r.get("mfu", 0.0) for r in timed) / len(timed)
+        chosen = re.findall(r"packed attention: (\w+) \(", res.stderr)
+        row["packed_attention"] = chosen[-1] if chosen else None  # None: the paper's recipe (its own masks)
         results[mode] = row
         print(f"[{mode}] {json.dumps(row)}", file=sys.stderr, flush=True)
     print(f"\n{'mode':16} {'tok/s(real)':>12} {'tok/s(seq)':>11} {'s/step':>8} {'real%':>6} {'peak GB':>8} {'MFU':>6}")

@@ -62,24 +62,33 @@ def test_flash_attention_inputs_carry_varlen_lengths():
     torch.testing.assert_close(inp["position_ids"], position_ids_from_docs(DOC_IDS))
 
 
-def _pair(family):
+def pair(family, attn, device="cpu"):
+    """A tiny teacher of ``family`` (8 layers), its student (train mode) and their aligned layer pairs."""
     from train.init_student import init_student, plan_student
 
     teacher = build(TINY_DECODERS[family](8), seed=0)
     student = init_student(teacher, plan_student(teacher.config), dtype=torch.float32)
+    for m in (teacher, student):
+        m.set_attn_implementation(attn)
+        m.to(device)
     return teacher, student.train(), plan_student(teacher.config).cosine_pairs()
 
 
-def _losses(teacher, student, pairs, batch, attention):
+def losses(teacher, student, pairs, batch, attention, device="cpu", autocast=None):
+    """LossTerms of train/losses.py on ``batch`` and the student's gradients, documents kept apart by
+    ``attention`` (position_ids or dense_mask)."""
+    import contextlib
+
     cfg = LossConfig(kl_chunk_size=16)
     s_idx, t_idx = [s for s, _ in pairs], [t for _, t in pairs]
     student.zero_grad(set_to_none=True)
-    inputs = model_inputs(batch, "cpu", torch.float32, student.config, attention)
-    with torch.no_grad():
-        t_out = teacher(**inputs, output_hidden_states=t_idx)
-    s_out = student(**inputs, output_hidden_states=s_idx)
+    inputs = model_inputs(batch, device, autocast or torch.float32, student.config, attention)
+    with torch.autocast("cuda", dtype=autocast) if autocast else contextlib.nullcontext():
+        with torch.no_grad():
+            t_out = teacher(**inputs, output_hidden_states=t_idx)
+        s_out = student(**inputs, output_hidden_states=s_idx)
     terms = distillation_loss(cfg, s_out.logits, t_out.logits, [s_out.hidden_states[i] for i in s_idx],
-                              [t_out.hidden_states[i] for i in t_idx], inputs["input_ids"], batch["doc_ids"])
+                              [t_out.hidden_states[i] for i in t_idx], inputs["input_ids"], batch["doc_ids"].to(device))
     terms.total.backward()
     grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
     return terms, grads
@@ -91,13 +100,11 @@ def test_position_ids_path_gives_the_dense_mask_losses(family, attn, one_thread)
     """CE, KL and cosine (train/losses.py) and the student's gradients are the same on one packed batch
     whether documents are separated by our dense mask or by transformers from the position ids; without
     either (plain positions, no mask) they differ, so the batch does test the separation."""
-    teacher, student, pairs = _pair(family)
-    teacher.set_attn_implementation(attn)
-    student.set_attn_implementation(attn)
+    teacher, student, pairs = pair(family, attn)
     torch.manual_seed(1)
     batch = {"input_ids": torch.randint(3, 120, DOC_IDS.shape), "doc_ids": DOC_IDS}
-    dense, g_dense = _losses(teacher, student, pairs, batch, "dense_mask")
-    packed, g_packed = _losses(teacher, student, pairs, batch, "position_ids")
+    dense, g_dense = losses(teacher, student, pairs, batch, "dense_mask")
+    packed, g_packed = losses(teacher, student, pairs, batch, "position_ids")
     for term in ("ce", "kl", "cosine", "total"):
         torch.testing.assert_close(getattr(packed, term), getattr(dense, term), rtol=1e-5, atol=1e-5)
     assert packed.num_valid == dense.num_valid
@@ -113,8 +120,9 @@ def test_position_ids_path_gives_the_dense_mask_losses(family, attn, one_thread)
     assert (leaky[1, 5:25] - sep[1, 5:25]).abs().max() > 1e-2
 
 
-def test_training_logs_the_same_losses_either_way(tmp_path, monkeypatch, one_thread):
-    """Two steps of train.train (CPU, sdpa) with BOOMERANG_PACKED_ATTENTION=position_ids and =dense_mask."""
+def train_logs(tmp_path, monkeypatch, modes, device="cpu", *extra):
+    """log.jsonl records (step, loss terms, eval_ce) of two train.train steps on a tiny Qwen3 teacher, per
+    BOOMERANG_PACKED_ATTENTION mode; a mode that is refused raises SystemExit."""
     from train.train import main
 
     teacher = save_tiny_model(str(tmp_path / "teacher"), qwen3(8))
@@ -123,28 +131,34 @@ def test_training_logs_the_same_losses_either_way(tmp_path, monkeypatch, one_thr
     with open(tmp_path / "train.jsonl", "w") as f:
         for _ in range(40):
             f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(r.randint(3, 30)))}) + "\n")
-
-    def run(out):
+    logs = {}
+    for mode in modes:
+        monkeypatch.setenv("BOOMERANG_PACKED_ATTENTION", mode)
+        out = tmp_path / mode
         main(["--teacher_model_name_or_path", teacher, "--save_directory", str(out), "--dataset",
               str(tmp_path / "train.jsonl"), "--eval_dataset", str(tmp_path / "train.jsonl"), "--eval_sequences", "4",
               "--max_length", "32", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
-              "--max_steps", "2", "--logging_steps", "1", "--eval_steps", "2", "--save_steps", "0", "--device", "cpu"])
-
-    monkeypatch.setenv("BOOMERANG_PACKED_ATTENTION", "bogus")  # refused with the data checks, before models load
-    with pytest.raises(SystemExit) as e:
-        run(tmp_path / "bogus")
-    assert e.value.code == 2 and not os.path.exists(tmp_path / "bogus")
-    logs = {}
-    for mode in ("dense_mask", "position_ids"):
-        monkeypatch.setenv("BOOMERANG_PACKED_ATTENTION", mode)
-        out = tmp_path / mode
-        run(out)
+              "--max_steps", "2", "--logging_steps", "1", "--eval_steps", "2", "--save_steps", "0", "--device", device,
+              *extra])
         with open(out / "log.jsonl") as f:
             logs[mode] = [{k: v for k, v in rec.items() if k in ("step", "loss", "ce", "kl", "cosine", "eval_ce")}
                           for rec in map(json.loads, f)]
-    a, b = logs["dense_mask"], logs["position_ids"]
+    return logs
+
+
+def assert_same_logs(a, b, rel):
     assert len(a) == len(b) >= 3
     for x, y in zip(a, b):
         assert x.keys() == y.keys()
         for k in x:
-            assert x[k] == pytest.approx(y[k], rel=1e-5), (k, x, y)
+            assert x[k] == pytest.approx(y[k], rel=rel), (k, x, y)
+
+
+def test_training_logs_the_same_losses_either_way(tmp_path, monkeypatch, one_thread):
+    """Two steps of train.train (CPU, sdpa) with BOOMERANG_PACKED_ATTENTION=position_ids and =dense_mask; a bad
+    value is refused with the data checks, before models load."""
+    with pytest.raises(SystemExit) as e:
+        train_logs(tmp_path, monkeypatch, ["bogus"])
+    assert e.value.code == 2 and not os.path.exists(tmp_path / "bogus")
+    logs = train_logs(tmp_path, monkeypatch, ["dense_mask", "position_ids"])
+    assert_same_logs(logs["dense_mask"], logs["position_ids"], rel=1e-5)

@@ -1,0 +1,349 @@
+"""One GPU check, in at most ~8 minutes on one NVIDIA GPU, writing ONE JSON of figures.
+
+    bash scripts/gpu_check.sh [--output $OUT/gpu_check.json] [--data ../shared/data]
+    bash scripts/gpu_check.sh --dry-run --output /tmp/gpu_check.json     # CPU: tiny shapes, a couple of steps
+
+Parts, each a separate process group with its own timeout (a part that fails or times out is recorded and the
+next one runs; the JSON is rewritten after every part):
+
+  cuda_tests  pytest -m cuda (tests/test_cuda.py: packed attention under sdpa, flex_attention and flash_attention_2
+              against the dense mask, bf16 training steps, a sweep on the GPU)
+  train       20 steps of the GPU preset (configs/smollm2-135m.yaml, reproduce.main_job's "gpu" preset) on the
+              embedded teacher embedded:smollm2-135m in bfloat16: tokens/s, MFU, peak memory, losses, held-out CE
+  bench       bench/train_throughput.py on a Qwen3-1.7B-shaped random pair at sequence 2048: the packed recipe
+              (transformers' masks from position ids), the same with the dense 4D mask, and the paper's padded
+              recipe (--recipe paper): tokens/s, MFU, peak memory each
+  sweep       a 3-size sweep (k = 0, max/2, max, --no_endpoints) of the trained student (an initialized one
+              if training failed): perplexity, a multiple-choice task, held-out KL, seconds per size
+
+--dry-run (CPU): the same parts with tiny shapes: the CUDA tests are collected (and skipped), 2 training steps of
+a tiny random teacher with the preset's settings, the bench on random:tiny, a 3-size sweep of that student.
+
+Data: --data, else $BOOMERANG_DATA, else ../shared/data beside the repository; where that folder is absent a
+small synthetic corpus and task are written and the JSON says so ("data": {"synthetic": true}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PARTS = ("cuda_tests", "train", "bench", "sweep")
+# seconds per part on the GPU: 470 in all, leaving ~10 s of the 8 minutes for start-up and the report
+GPU_TIMEOUTS = {"cuda_tests": 110, "train": 100, "bench": 190, "sweep": 70}
+DRY_TIMEOUTS = {"cuda_tests": 120, "train": 180, "bench": 300, "sweep": 240}
+GPU_PRESET = "configs/smollm2-135m.yaml"  # reproduce.main_job.PRESETS["gpu"]["train_config"]
+TEACHER = "embedded:smollm2-135m"
+BENCH_MODES = "packed+chunked,packed+dense_mask,paper"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bash scripts/gpu_check.sh", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="CPU, tiny shapes (checks the script)")
+    p.add_argument("--output", default=None,
+                   help="the JSON (default: $OUT/gpu_check.json when $OUT is set, else gpu_check.json in a temp folder)")
+    p.add_argument("--data", default=None, help="data folder (corpus/, tasks/); default $BOOMERANG_DATA or ../shared/data")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ", ".join(PARTS))
+    p.add_argument("--timeouts", default="", metavar="PART=S,...", help="override seconds per part, e.g. bench=240")
+    p.add_argument("--teacher", default=None, help=f"teacher of the train and sweep parts (default {TEACHER}; "
+                                                     "dry run: a tiny random one)")
+    p.add_argument("--train_steps", type=int, default=None, help="default 20 (dry run: 2)")
+    p.add_argument("--bench_batch", type=int, default=4, help="sequences per step in the bench (GPU)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (students, random teacher)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    bad = [x for x in parts if x not in PARTS]
+    if bad or not parts:
+        p.error(f"--parts: unknown {bad or 'none given'}; choose from {', '.join(PARTS)}")
+    args.parts = parts
+    args.timeout = dict(DRY_TIMEOUTS if args.dry_run else GPU_TIMEOUTS)
+    for item in filter(None, (x.strip() for x in args.timeouts.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if name not in PARTS or seconds <= 0:
+            p.error(f"--timeouts {item!r}: expected PART=SECONDS with PART one of {', '.join(PARTS)}")
+        args.timeout[name] = seconds
+    if args.train_steps is not None and args.train_steps < 1:
+        p.error(f"--train_steps must be >= 1, got {args.train_steps}")
+    if args.data is not None and not os.path.isdir(args.data):
+        p.error(f"--data {args.data}: no such folder (it holds corpus/brown_train.jsonl, corpus/brown_heldout.jsonl, "
+                "tasks/arc_easy.jsonl)")
+    if args.output is None:
+        folder = os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu-check-")
+        args.output = os.path.join(folder, "gpu_check.json")
+    args.output = os.path.abspath(args.output)
+    return args
+
+
+# ----------------------------------------------------------------------------- pieces
+def environment() -> dict:
+    import importlib.util
+    from importlib.metadata import version
+
+    import torch
+
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": version("transformers"),
+           "lm_eval": version("lm_eval"), "cuda": torch.version.cuda, "gpu": None,
+           "flash_attn": importlib.util.find_spec("flash_attn") is not None}
+    if torch.cuda.is_available():
+        prop = torch.cuda.get_device_properties(0)
+        env["gpu"] = {"name": prop.name, "memory_gib": round(prop.total_memory / 2**30, 1),
+                      "count": torch.cuda.device_count(), "capability": f"{prop.major}.{prop.minor}"}
+    return env
+
+
+def data_files(args, work: str) -> dict:
+    """The corpus and task files the parts read: the real ones, or a synthetic stand-in (said in the JSON)."""
+    from reproduce.common import default_data_dir
+
+    folder = os.path.abspath(args.data or default_data_dir())
+    files = {"train": os.path.join(folder, "corpus", "brown_train.jsonl"),
+             "heldout": os.path.join(folder, "corpus", "brown_heldout.jsonl"),
+             "mc": os.path.join(folder, "tasks", "arc_easy.jsonl")}
+    if all(os.path.isfile(f) for f in files.values()):
+        return {"folder": folder, "synthetic": False, **files}
+    if args.data is not None:
+        raise SystemExit(f"--data {args.data}: missing {[f for f in files.values() if not os.path.isfile(f)]}")
+    words = ("the a of and to in is was he it that for on with as his by at be this had not are but from or have "
+             "an they which one you were her all she there would their we him been has when who will more").split()
+    r = random.Random(0)
+    os.makedirs(os.path.join(work, "data"), exist_ok=True)
+    files = {k: os.path.join(work, "data", f"{k}.jsonl") for k in ("train", "heldout", "mc")}
+    for key, n in (("train", 400), ("heldout", 40)):
+        with open(files[key], "w") as f:
+            for _ in range(n):
+                f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(r.randint(50, 600)))}) + "\n")
+    with open(files["mc"], "w") as f:
+        for i in range(200):
+            f.write(json.dumps({"query": " ".join(r.choice(words) for _ in range(8)),
+                                "choices": [" ".join(r.choice(words) for _ in range(3)) for _ in range(4)],
+                                "gold": i % 4}) + "\n")
+    return {"folder": folder, "synthetic": True, "why": f"{folder} holds no corpus/ and tasks/ files", **files}
+
+
+def run_part(name: str, cmd: list[str], timeout: float, log_dir: str, env: dict | None = None) -> dict:
+    """Run ``cmd`` in its own process group; on timeout the whole group is killed. Returns the part's record."""
+    os.makedirs(log_dir, exist_ok=True)
+    log_path = os.path.join(log_dir, f"{name}.log")
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                                         **(env or {})))
+        try:
+            rc = proc.wait(timeout=timeout)
+            status = "ok" if rc == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the part and everything it started
+            proc.wait()
+            rc, status = None, "timeout"
+    rec = {"status": status, "exit_code": rc, "seconds": round(time.time() - t0, 1), "timeout_s": timeout,
+           "command": " ".join(cmd), "log": log_path}
+    if status != "ok":
+        with open(log_path, errors="replace") as f:
+            rec["log_tail"] = f.read()[-2500:]
+    return rec
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def train_figures(save_directory: str, log_path: str) -> dict:
+    """Figures from the trainer's log.jsonl: throughput of the steps after the first logging window (start-up and
+    compilation excluded), MFU, peak memory, first and last losses and held-out CE."""
+    recs = _read_jsonl(os.path.join(save_directory, "log.jsonl"))
+    steps = [r for r in recs if "loss" in r]
+    windows = [r for r in steps if "tokens_per_s" in r]
+    later = windows[1:] or windows
+    evals = [r for r in recs if "eval_ce" in r]
+    out = {"steps": steps[-1]["step"] if steps else 0,
+           "loss_first": steps[0]["loss"] if steps else None, "loss_last": steps[-1]["loss"] if steps else None,
+           "step_time_s_median": sorted(r["step_time_s"] for r in steps)[len(steps) // 2] if steps else None,
+           "tokens_per_s": sum(r["tokens_per_s"] for r in later) / len(later) if later else None,
+           "mfu": (sum(r["mfu"] for r in later) / len(later)) if later and "mfu" in later[-1] else None,
+           "peak_memory_gb": (windows[-1].get("peak_memory_gb", windows[-1].get("peak_rss_gb")) if windows else None),
+           "memory_kind": ("gpu_max_allocated" if windows and "peak_memory_gb" in windows[-1] else "cpu_peak_rss"),
+           "eval_ce_first": evals[0]["eval_ce"] if evals else None, "eval_ce_last": evals[-1]["eval_ce"] if evals else None,
+           "teacher_eval_ce": next((r["teacher_eval_ce"] for r in evals if "teacher_eval_ce" in r), None),
+           "student_written": os.path.isfile(os.path.join(save_directory, "student_config.json"))}
+    with open(log_path, errors="replace") as f:
+        chosen = [ln.split("packed attention: ", 1)[1].strip() for ln in f if "packed attention: " in ln]
+    out["packed_attention"] = chosen[-1] if chosen else None
+    return out
+
+
+def sweep_figures(save_directory: str) -> dict:
+    points = {}
+    folder = os.path.join(save_directory, "results")
+    for fn in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with open(os.path.join(folder, fn)) as f:
+            r = json.load(f)
+        metrics = {f"{t}/{m}": v.get("value") for t, ms in r.get("metrics", {}).items() for m, v in ms.items()}
+        points[r["name"]] = {"depth": r.get("depth"), "parameters": r.get("parameters", {}).get("total"),
+                             "seconds": r.get("wall_time_s"), "device": r.get("device"), "metrics": metrics}
+    failures = sorted(os.listdir(os.path.join(save_directory, "failures"))) if os.path.isdir(
+        os.path.join(save_directory, "failures")) else []
+    return {"points": points, "failed_points": [f[:-5] for f in failures]}
+
+
+def headline(parts: dict) -> dict:
+    """The figures to read first, one level deep."""
+    out = {name: rec["status"] for name, rec in parts.items()}
+    t = parts.get("train", {})
+    for k in ("tokens_per_s", "mfu", "peak_memory_gb", "loss_last", "eval_ce_last", "packed_attention"):
+        out[f"train_{k}"] = t.get(k)
+    for mode, r in parts.get("bench", {}).get("modes", {}).items():
+        for k in ("tokens_per_s", "mfu", "peak_memory_gb", "error"):
+            if k in r:
+                out[f"bench_{mode}_{k}"] = r[k]
+    points = parts.get("sweep", {}).get("points", {})
+    out["sweep_seconds_per_size"] = {n: (p.get("seconds") or {}).get("total") for n, p in points.items()}
+    return out
+
+
+def write_report(path: str, report: dict) -> None:
+    from boomerang.io import atomic_write_json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    report["finished_at" if report.get("done") else "updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_json(path, report)
+
+
+# ----------------------------------------------------------------------------- the check
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    py = sys.executable
+    dry = args.dry_run
+    work = tempfile.mkdtemp(prefix="gpu-check-work-")
+    log_dir = os.path.join(os.path.dirname(args.output), "gpu_check_logs")
+    t_start = time.time()
+    report = {"dry_run": dry, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "output": args.output, "work": work, "environment": environment(), "parts": {}}
+    import torch
+
+    if not dry and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this check needs one NVIDIA GPU (use --dry-run to check the script on CPU)")
+    data = data_files(args, work)
+    report["data"] = data
+    write_report(args.output, report)
+
+    tiny_teacher = None
+    if dry:
+        from bench.train_throughput import random_teacher
+
+        tiny_teacher = random_teacher("tiny", os.path.join(work, "tiny-teacher"))
+    teacher = args.teacher or (tiny_teacher if dry else TEACHER)
+    steps = args.train_steps or (2 if dry else 20)
+    student = os.path.join(work, "train")
+    common_train = ["--teacher_model_name_or_path", teacher, "--dataset", data["train"], "--eval_dataset",
+                    data["heldout"]]
+    if dry:  # the preset's settings at tiny shapes, on CPU
+        common_train += ["--max_length", "64", "--global_batch_size", "4", "--per_device_train_batch_size", "1",
+                         "--gradient_accumulation_steps", "4",
+                         "--per_device_eval_batch_size", "2", "--eval_sequences", "4", "--kl_chunk_size", "32",
+                         "--device", "cpu"]
+
+    for name in args.parts:
+        timeout = args.timeout[name]
+        print(f"[gpu_check] {name} (timeout {timeout:g} s)", file=sys.stderr, flush=True)
+        if name == "cuda_tests":
+            rec = run_part(name, [py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-m", "cuda",
+                                  "tests/test_cuda.py"], timeout, log_dir)
+            with open(rec["log"], errors="replace") as f:
+                tail = [ln.strip() for ln in f if " in " in ln and ("passed" in ln or "skipped" in ln or "failed" in ln)]
+            rec["summary"] = tail[-1] if tail else None
+        elif name == "train":
+            rec = run_part(name, [py, "-m", "train.train", "--config", GPU_PRESET, *common_train, "--max_steps",
+                                  str(steps), "--save_directory", student, "--overwrite", "--logging_steps",
+                                  "1" if dry else "5", "--eval_steps", str(steps), "--save_steps", "0"],
+                           timeout, log_dir)
+            rec.update(train_figures(student, rec["log"]))
+        elif name == "bench":
+            bench_json = os.path.join(work, "bench.json")
+            modes = BENCH_MODES if not dry else "packed+chunked,paper"
+            n_modes = len(modes.split(","))
+            shape = ["--teacher", "random:tiny", "--max_length", "64", "--batch", "2", "--steps", "1", "--warmup", "1"] \
+                if dry else ["--teacher", "random:qwen3-1.7b", "--max_length", "2048", "--batch", str(args.bench_batch),
+                             "--steps", "3", "--warmup", "1"]
+            rec = run_part(name, [py, "bench/train_throughput.py", *shape, "--dataset", data["train"],
+                                  "--modes", modes, "--mode_timeout", str(int(max(30, (timeout - 45) / n_modes))),
+                                  "--output", bench_json], timeout, log_dir)
+            if os.path.isfile(bench_json):
+                with open(bench_json) as f:
+                    rec["modes"] = {m: {k: v for k, v in r.items() if k != "stderr_tail"} | (
+                        {"stderr_tail": r["stderr_tail"][-800:]} if "stderr_tail" in r else {})
+                        for m, r in json.load(f)["results"].items()}
+            rec["shape"] = "tiny" if dry else "qwen3-1.7b"
+            rec["sequence_length"] = 64 if dry else 2048
+        else:  # sweep
+            rec, t_left = {}, timeout
+            if not os.path.isfile(os.path.join(student, "student_config.json")):
+                # training failed or was not run: an initialized student (0 steps) still tests the sweep
+                init = run_part("sweep_init", [py, "-m", "train.train", "--config", GPU_PRESET, *common_train,
+                                               "--max_steps", "0", "--save_directory", student, "--overwrite",
+                                               "--eval_dataset", ""], timeout / 2, log_dir)
+                rec["student"] = f"initialized (0 steps): {init['status']} in {init['seconds']} s"
+                t_left -= init["seconds"]
+            sizes = "0,1,2"
+            try:
+                from boomerang.layer_map import LayerMap
+
+                top = LayerMap.load(student).max_patch
+                sizes = f"0,{top // 2},{top}"
+            except Exception as e:  # the sweep itself will say what is wrong with the student
+                rec["sizes_error"] = f"{type(e).__name__}: {e}"
+            cmd = [py, "-m", "evaluate.evaluate", "--teacher_model_name_or_path", teacher,
+                   "--student_model_name_or_path", student, "--save_directory", os.path.join(work, "sweep"),
+                   "--sweep", sizes, "--no_endpoints", "--tasks", f"local_ppl:{data['heldout']}",
+                   "--task_data", f"arc_easy_local={data['mc']}", "--no_plots", "--overwrite",
+                   "--heldout_kl", data["heldout"]]
+            cmd += (["--limit", "3", "--max_doc_words", "50", "--heldout_docs", "3", "--heldout_max_tokens", "64",
+                     "--dtype", "float32", "--device", "cpu", "--eval_batch_size", "4"] if dry else
+                    ["--limit", "100", "--max_doc_words", "300", "--heldout_docs", "10", "--dtype", "bfloat16",
+                     "--eval_batch_size", "16"])
+            rec = {**run_part(name, cmd, max(10.0, t_left), log_dir), **rec, "sizes": sizes}
+            rec.update(sweep_figures(os.path.join(work, "sweep")))
+        report["parts"][name] = rec
+        print(f"[gpu_check] {name}: {rec['status']} in {rec['seconds']} s", file=sys.stderr, flush=True)
+        write_report(args.output, report)
+
+    report["wall_s"] = round(time.time() - t_start, 1)
+    report["ok"] = all(r["status"] == "ok" for r in report["parts"].values())
+    report["headline"] = headline(report["parts"])
+    report["done"] = True
+    write_report(args.output, report)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"[gpu_check] {'all parts ok' if report['ok'] else 'some parts failed'}: {args.output}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["ok"] else 1)

@@ -1,0 +1,69 @@
+"""scripts/gpu_check.sh: argument checks, per-part timeouts, the JSON report, and the whole --dry-run on CPU."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PART_KEYS = {"status", "exit_code", "seconds", "timeout_s", "command", "log"}
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
+    from bench.gpu_check import parse_args
+
+    for argv, message in ((["--parts", "train,nope"], "--parts: unknown ['nope']"),
+                          (["--timeouts", "bench=soon"], "--timeouts 'bench=soon'"),
+                          (["--timeouts", "lunch=30"], "--timeouts 'lunch=30'"),
+                          (["--data", str(tmp_path / "absent")], "no such folder"),
+                          (["--train_steps", "0"], "--train_steps must be >= 1")):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err
+    a = parse_args(["--output", str(tmp_path / "g.json"), "--timeouts", "bench=240", "--parts", "train,sweep"])
+    assert a.timeout["bench"] == 240 and a.timeout["train"] == 100 and a.parts == ["train", "sweep"]
+    assert sum(parse_args(["--output", str(tmp_path / "g.json")]).timeout.values()) <= 480  # the 8-minute budget
+
+
+def test_a_part_past_its_timeout_is_killed_with_its_children(tmp_path):
+    from bench.gpu_check import run_part
+
+    t0 = time.time()
+    rec = run_part("slow", ["bash", "-c", "sleep 60 & echo started; wait"], 1.5, str(tmp_path))
+    assert rec["status"] == "timeout" and rec["exit_code"] is None and time.time() - t0 < 20
+    assert "started" in rec["log_tail"]
+    ok = run_part("quick", ["bash", "-c", "echo fine"], 30, str(tmp_path))
+    assert ok["status"] == "ok" and ok["exit_code"] == 0 and "log_tail" not in ok
+    bad = run_part("bad", ["bash", "-c", "echo broken >&2; exit 3"], 30, str(tmp_path))
+    assert bad["status"] == "failed" and bad["exit_code"] == 3 and "broken" in bad["log_tail"]
+
+
+@pytest.mark.e2e  # every part at tiny shapes on CPU, each in its own processes: about 3 minutes on 2 cores
+def test_dry_run_writes_one_json_with_every_part(tmp_path):
+    out = tmp_path / "out" / "gpu_check.json"
+    res = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", "--output", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open(out) as f:
+        report = json.load(f)
+    assert report["dry_run"] is True and report["ok"] is True and report["done"] is True
+    assert {"environment", "data", "parts", "headline", "wall_s", "started_at", "finished_at"} <= set(report)
+    parts = report["parts"]
+    assert list(parts) == ["cuda_tests", "train", "bench", "sweep"]
+    for name, rec in parts.items():
+        assert PART_KEYS <= set(rec) and rec["status"] == "ok", (name, rec.get("log_tail"))
+        assert os.path.isfile(rec["log"])
+    assert "skipped" in parts["cuda_tests"]["summary"]  # no GPU here: collected, skipped
+    t = parts["train"]
+    assert t["steps"] == 2 and t["student_written"] and t["tokens_per_s"] > 0 and t["peak_memory_gb"] > 0
+    assert t["packed_attention"].startswith("dense_mask")  # the CPU fallback
+    assert set(parts["bench"]["modes"]) == {"packed+chunked", "paper"}
+    for row in parts["bench"]["modes"].values():
+        assert row["tokens_per_s"] > 0 and row["peak_memory_gb"] > 0
+    points = parts["sweep"]["points"]
+    assert len(points) == 3 and not parts["sweep"]["failed_points"]
+    for p in points.values():
+        assert p["metrics"]["heldout_kl/kl"] >= 0 and "arc_easy_local/acc" in p["metrics"]
+    assert report["headline"]["train"] == "ok" and "bench_paper_tokens_per_s" in report["headline"]
