@@ -33,6 +33,10 @@ class Source:
     def get(self, key: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def get_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (first dimension) of a tensor; a checkpoint reads only those from disk."""
+        return self.get(key)[start:stop]
+
     def tied(self) -> bool:
         return bool(getattr(self.config, "tie_word_embeddings", False)) and self.adapter.tied_head_weight is not None
 
@@ -73,6 +77,11 @@ class ModelSource(Source):
         return self._views[id(p)]
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
 class CheckpointSource(Source):
     """A Hugging Face folder with safetensors weights: tensors are read lazily, one at a time."""
 
@@ -98,6 +107,7 @@ class CheckpointSource(Source):
                 "re-save the model with save_pretrained(safe_serialization=True)"
             )
         self._handles = {fn: safe_open(os.path.join(path, fn), framework="pt") for fn in files}
+        self._layouts: dict[str, tuple[dict, int]] = {}  # file -> (header, where its data starts), for get_rows
         self._where: dict[str, tuple[str, str]] = {}
         for fn, h in self._handles.items():
             for raw in h.keys():
@@ -115,6 +125,31 @@ class CheckpointSource(Source):
     def get(self, key: str) -> torch.Tensor:
         fn, raw = self._where[key]
         return self._handles[fn].get_tensor(raw)
+
+    def get_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Read with plain file reads, not through the memory map: the process then holds only these rows (the
+        map would add every page it touched, and the kernel's read-ahead around them, to its resident memory)."""
+        fn, raw = self._where[key]
+        if fn not in self._layouts:
+            with open(os.path.join(self.path, fn), "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                self._layouts[fn] = (json.loads(f.read(size)), 8 + size)
+        header, data_start = self._layouts[fn]
+        entry = header[raw]
+        dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None or not entry["shape"]:  # a rare dtype or a scalar: through safetensors
+            return self._handles[fn].get_slice(raw)[start:stop]
+        shape = entry["shape"]
+        stop = min(stop, shape[0])
+        start = min(start, stop)
+        out = torch.empty((stop - start, *shape[1:]), dtype=dtype)
+        if out.numel():
+            row_bytes = out[0].numel() * out.element_size()
+            with open(os.path.join(self.path, fn), "rb") as f:
+                f.seek(data_start + entry["data_offsets"][0] + start * row_bytes)
+                if f.readinto(memoryview(out.view(torch.uint8).numpy()).cast("B")) != out.numel() * out.element_size():
+                    raise OSError(f"{os.path.join(self.path, fn)} ends inside tensor {raw}: the file is truncated")
+        return out
 
 
 def as_source(obj, name: str | None = None) -> Source:
@@ -235,7 +270,8 @@ def assemble(
     _drop_capture_hooks(model)
     adapter.renumber_layers(model)
     meta = [n for n, p in model.named_parameters() if p.is_meta]
-    if meta:
+    if meta and not all(t.is_meta for t in state.values() if t.is_floating_point()):
+        # (sources on the meta device give a model on the meta device: the structure, for sharded loading)
         raise RuntimeError(f"parameters left uninitialized after assembly: {meta[:8]}")
     model.eval()
     return model

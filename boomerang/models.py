@@ -203,6 +203,61 @@ def load_model(ref, dtype: torch.dtype | str | None = torch.float32, device: str
     return model
 
 
+def empty_model(config, dtype: torch.dtype | None = None):
+    """A model of ``config`` whose parameters are on the meta device (no memory; buffers are real), head tied to the
+    embeddings when the config says so: the structure to shard before any weight is read (``load_shards``)."""
+    from boomerang.assemble import _empty_model
+    from boomerang.families import adapter_for_config
+
+    model = _empty_model(config, adapter_for_config(config), dtype)
+    model.tie_weights()
+    return model.eval()
+
+
+def load_shards(model, source, device, name_of=None, via_dtype: torch.dtype | None = None) -> None:
+    """Give a model sharded on the meta device (FSDP2 ``fully_shard``, ``Shard(0)`` placements) real tensors on
+    ``device``, reading from ``source`` (a ``boomerang.assemble.Source``: a safetensors folder reads only the rows
+    this process holds) just this process's shard of every parameter.
+
+    ``name_of`` maps a parameter name of ``model`` to the source's name (default: the same); ``via_dtype`` is a
+    dtype every tensor passes through before taking the parameter's own (a teacher cast to bf16 before the student
+    is cut from it). Non-persistent buffers keep the values the model was built with; persistent ones are read.
+    """
+    from torch.distributed.tensor import DTensor, Shard
+
+    name_of = name_of or (lambda k: k)
+    built = {n: b.detach().clone() for n, b in model.named_buffers()}  # to_empty forgets them
+    persistent = set(model.state_dict(keep_vars=True))
+    available = set(source.keys())
+    model.to_empty(device=device)
+
+    def read(name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        key = name_of(name)
+        if key not in available:
+            raise KeyError(f"{source.name} has no tensor {key!r} (wanted for {name})")
+        t = source.get(key) if start is None else source.get_rows(key, start, stop)
+        return t.to(via_dtype) if via_dtype is not None and t.is_floating_point() else t
+
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(read(name) if name in persistent and name_of(name) in available else built[name])
+        for name, p in model.named_parameters():
+            if not isinstance(p, DTensor):
+                t, local = read(name), p
+            else:
+                if tuple(p.placements) != (Shard(0),):
+                    raise NotImplementedError(f"{name}: placement {p.placements}; load_shards reads Shard(0) only")
+                local = p.to_local()
+                # torch.chunk's split, as FSDP2 shards: ceil(rows / world) rows per process, the last ones fewer
+                per = -(-p.shape[0] // p.device_mesh.size())
+                start = min(p.device_mesh.get_local_rank() * per, p.shape[0])
+                t = read(name, start, start + local.shape[0])
+            if t.shape != local.shape:
+                raise ValueError(f"{name}: {source.name} holds shape {tuple(t.shape)} where this process's part of "
+                                 f"the model has {tuple(local.shape)}")
+            local.copy_(t)
+
+
 def load_tokenizer(ref):
     from transformers import AutoTokenizer, PreTrainedModel
 

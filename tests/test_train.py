@@ -1,10 +1,9 @@
-"""The training loop on a tiny random Llama teacher (CPU): save, accumulation, resume, errors, torchrun."""
+"""The training loop on a tiny random Llama teacher (CPU): save, accumulation, resume, errors (several processes:
+test_train_distributed.py)."""
 
 import json
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -141,36 +140,6 @@ def test_nan_loss_stops_and_names_checkpoint(setup, capsys):
     assert e.value.code == 3
     err = capsys.readouterr().err
     assert "non-finite loss" in err and "step-00000" in err
-
-
-@pytest.mark.distributed
-@pytest.mark.e2e  # two torchrun processes: a minute or more
-def test_torchrun_two_processes_match_single_process(setup):
-    """2 processes (FSDP2, gloo) give the losses and final weights of one process; a single process
-    resumes from the FSDP checkpoint of step 2 and reproduces step 3 (another world size)."""
-    import shutil
-
-    root, teacher = setup
-    common = ["--max_steps", 3, "--global_batch_size", 4, "--per_device_train_batch_size", 1]
-    main(args(root, teacher, "single", *common))
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.getcwd())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29731",
-           "--module", "train.train", *args(root, teacher, "fsdp2", *common, "--save_steps", 2)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "fsdp=True" in res.stderr
-    shutil.copytree(root / "fsdp2", root / "resumed")
-    main(args(root, teacher, "resumed", *common, "--resume"))
-    single = load_file(str(root / "single" / "model.safetensors"))
-    for other in ("fsdp2", "resumed"):
-        a, b = losses(root / "single"), losses(root / other)
-        assert len(a) == len(b) == 3
-        for x, y in zip(a, b):
-            assert x == pytest.approx(y, rel=1e-4)
-        w = load_file(str(root / other / "model.safetensors"))
-        assert set(w) == set(single)
-        for k in single:
-            torch.testing.assert_close(w[k], single[k], rtol=1e-4, atol=1e-5)
 
 
 def test_presets_parse():

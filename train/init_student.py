@@ -59,6 +59,15 @@ def init_student(teacher, layer_map: LayerMap, random_initialization: bool = Fal
     return student
 
 
+def teacher_key(student_key: str, layer_map: LayerMap, layer_prefix: str) -> str:
+    """The teacher tensor a student tensor starts as (what ``init_student`` copies): student layer ``i`` is teacher
+    layer ``copied_teacher_layers[i]``; embeddings, final norm and head keep their names."""
+    if not student_key.startswith(layer_prefix):
+        return student_key
+    index, rest = student_key[len(layer_prefix):].split(".", 1)
+    return f"{layer_prefix}{layer_map.copied_teacher_layers[int(index)]}.{rest}"
+
+
 def save_student(student, tokenizer, layer_map: LayerMap, save_directory: str, overwrite: bool = False,
                  **provenance) -> str:
     """Write the student folder atomically: weights, config, tokenizer and ``student_config.json``."""

@@ -34,14 +34,16 @@ import time
 import torch
 import torch.distributed as dist
 
+from boomerang.assemble import as_source
 from boomerang.cli import fail, parse_with_config, setup_logging
 from boomerang.families import adapter_for, count_parameters, dtype_from_name
 from boomerang.io import atomic_write_text
 from boomerang.layer_map import LayerMapError
-from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
+from boomerang.models import (ModelNotFoundError, empty_model, load_config, load_model, load_shards, load_tokenizer,
+                              resolve_model_path)
 from train import checkpoint as ckpt
 from train.data import PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, check_source, model_inputs
-from train.init_student import init_student, plan_student, save_student
+from train.init_student import init_student, plan_student, save_student, teacher_key
 from train.losses import LossConfig, distillation_loss, paper_loss, valid_positions
 
 log = logging.getLogger("boomerang.train")
@@ -293,13 +295,12 @@ def write_final_student(student, fsdp: bool, tokenizer, layer_map, save_director
     """Write the student into --save_directory (files moved in one by one, config files last)."""
     if fsdp:
         sd = ckpt.model_state(student, fsdp=True)
-        if is_main:
-            import transformers
-
-            cfg = copy.deepcopy(student.config)
-            model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-            missing, unexpected = model.load_state_dict(sd, strict=False)
+        if is_main:  # the gathered tensors become the parameters of a model built on the meta device
+            model = empty_model(copy.deepcopy(student.config), torch.float32)
+            missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+            model.tie_weights()
             missing = [k for k in missing if not (adapter_for(model).is_tied(model) and "lm_head" in k)]
+            missing += [n for n, p in model.named_parameters() if p.is_meta and n not in missing]
             if missing or unexpected:
                 raise RuntimeError(f"final state dict mismatch: missing={missing} unexpected={unexpected}")
             student = model
@@ -316,6 +317,55 @@ def write_final_student(student, fsdp: bool, tokenizer, layer_map, save_director
             shutil.rmtree(dst)
         os.replace(os.path.join(tmp, name), dst)
     os.rmdir(tmp)
+
+
+def build_models(args, teacher_path: str, layer_map, teacher_dtype, device, fsdp: bool, mp_policy=None,
+                 per_process_loading: bool = True):
+    """The frozen teacher and the student to train, on ``device``; under FSDP both sharded.
+
+    One process loads both whole (the paper's code cuts the student from the float32 teacher, then casts the
+    teacher; the improved recipe cuts it from the teacher in --teacher_dtype). Under FSDP both are built on the meta
+    device and sharded first; then each process reads from the teacher's safetensors files only the rows of its own
+    shards (``boomerang.models.load_shards``, the same values as the whole load), so no process ever holds a whole
+    model. A random-initialization student is built whole on every process (its values come from the family's
+    initializer, the same on each) and then sharded. ``per_process_loading=False``, or a teacher without
+    safetensors, loads both whole on every process before sharding (bench/load_memory.py compares the two).
+    """
+    source = None
+    if fsdp and per_process_loading:
+        try:
+            source = as_source(teacher_path)
+        except FileNotFoundError as e:
+            log.warning("%s: every process loads the whole teacher before sharding", e)
+    cut_from = torch.float32 if args.recipe == "paper" else teacher_dtype
+    if source is None:
+        teacher = load_model(teacher_path, dtype=cut_from)
+        student = copy.deepcopy(init_student(teacher, layer_map, args.random_initialization, torch.float32,
+                                             args.seed))
+    else:
+        teacher = empty_model(source.config, cut_from)
+        student = init_student(teacher, layer_map, args.random_initialization, torch.float32, args.seed)
+    if args.recipe == "paper":
+        teacher.to(teacher_dtype)  # its floating buffers too (RoPE's inv_freq), on either path
+    teacher.requires_grad_(False)
+    teacher.set_attn_implementation(args.attn_implementation)
+    student.set_attn_implementation(args.attn_implementation)
+    student.config.use_cache = False
+    student.train()
+    if args.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    on_meta = [any(p.is_meta for p in m.parameters()) for m in (teacher, student)]
+    for model, meta in zip((teacher, student), on_meta):
+        if not meta:
+            model.to(device)
+        if fsdp:
+            shard(model, mp_policy, device.type)
+    if on_meta[0]:
+        load_shards(teacher, source, device)
+    if on_meta[1]:
+        prefix = adapter_for(student).layer_prefix()
+        load_shards(student, source, device, name_of=lambda k: teacher_key(k, layer_map, prefix), via_dtype=cut_from)
+    return teacher, student
 
 
 def make_stream(args, tokenizer, source: str, split: str, flag: str, training: bool, repeat: bool = True):
@@ -432,33 +482,16 @@ def main(argv=None) -> dict:
     if world > 1:
         dist.barrier()
 
-    # ---- models (the paper's code cuts the student from the float32 teacher, then casts the teacher)
-    teacher = load_model(teacher_path, dtype=torch.float32 if args.recipe == "paper" else teacher_dtype)
-    teacher.set_attn_implementation(args.attn_implementation)
-    for p_ in teacher.parameters():
-        p_.requires_grad_(False)
-    student = copy.deepcopy(init_student(teacher, layer_map, args.random_initialization, torch.float32,
-                                         args.seed))
-    if args.recipe == "paper":
-        teacher.to(teacher_dtype)
-    student.set_attn_implementation(args.attn_implementation)
-    student.config.use_cache = False
-    student.train()
+    # ---- models (under FSDP each process reads only its own shards of both)
+    mp_policy = None
+    if fsdp and bf16:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    teacher, student = build_models(args, teacher_path, layer_map, teacher_dtype, device, fsdp, mp_policy)
     n_student = count_parameters(student)
     n_teacher = count_parameters(teacher)
     fpt = flops_per_token(student.config, teacher.config, student, teacher, args.max_length)
-    if args.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    student.to(device)
-    teacher.to(device)
-    mp_policy = None
-    if fsdp:
-        if bf16:
-            from torch.distributed.fsdp import MixedPrecisionPolicy
-
-            mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        shard(student, mp_policy, device.type)
-        shard(teacher, mp_policy, device.type)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext())
 
     optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.learning_rate,
@@ -477,7 +510,10 @@ def main(argv=None) -> dict:
     stream = make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True)
     step = tokens_seen = 0  # tokens_seen: real (non-padding) tokens trained on so far, logged with every record
     if resume_from:
-        state = ckpt.load_checkpoint(resume_from, student, optimizer, scheduler, fsdp)
+        try:
+            state = ckpt.load_checkpoint(resume_from, student, optimizer, scheduler, fsdp)
+        except ckpt.CheckpointError as e:
+            fail(str(e))
         step = state["step"]
         tokens_seen = state.get("tokens_seen", 0)
         stream.skip(state["data_position"])
