@@ -10,28 +10,49 @@ import sys
 import yaml
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse ``argv``; a ``--config FILE.yaml`` supplies defaults that explicit flags override.
+BASE_KEY = "base"  # a config's parent: a path relative to the config file; the child's values win
 
-    Unknown keys in the YAML file are an error that names them (a typo must not be silently ignored).
+
+def read_config(path: str, _seen: tuple[str, ...] = ()) -> dict:
+    """The flag values of a YAML config file, its ``base:`` chain resolved (each file lists only what differs from
+    its base). A missing file, a file that is not a mapping, or a cycle is a ``ValueError`` naming the file."""
+    path = os.path.abspath(path)
+    if path in _seen:
+        raise ValueError(f"{path}: its base chain comes back to itself ({' -> '.join(_seen + (path,))})")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file" + (f" (the base of {_seen[-1]})" if _seen else ""))
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values")
+    parent = values.pop(BASE_KEY, None)
+    if parent is None:
+        return values
+    return {**read_config(os.path.join(os.path.dirname(path), parent), _seen + (path,)), **values}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse ``argv``; a ``--config FILE.yaml`` (and its ``base:`` chain) supplies defaults that explicit flags
+    override.
+
+    Unknown keys in the YAML files are an error that names them (a typo must not be silently ignored).
     """
     parser.add_argument("--config", default=None, help="YAML file of flag values (flags given on the command line win)")
     pre, _ = parser.parse_known_args(argv)
+    values = {}
     if pre.config:
-        if not os.path.isfile(pre.config):
-            parser.error(f"--config {pre.config}: no such file")
-        with open(pre.config) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            parser.error(f"--config {pre.config}: expected a mapping of flag names to values")
+        try:
+            values = read_config(pre.config)
+        except ValueError as e:
+            parser.error(f"--config {pre.config}: {e}")
         known = {a.dest for a in parser._actions}
         unknown = sorted(k for k in values if k not in known)
         if unknown:
             parser.error(f"--config {pre.config}: unknown keys {unknown}; see --help for the flag names")
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
-    # which settings the user gave (in the config file or as flags), as opposed to parser defaults
-    given = set(values) if pre.config else set()
+    # which settings the user gave (in the config files or as flags), as opposed to parser defaults
+    given = set(values)
     words = list(sys.argv[1:] if argv is None else argv)
     for action in parser._actions:
         if any(w == o or w.startswith(o + "=") for o in action.option_strings for w in words):

@@ -38,7 +38,7 @@ from boomerang.families import UnsupportedModelError, adapter_for_config
 from boomerang.layer_map import LayerMap, LayerMapError
 from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer
 from patching.patch import PatchError, assemble_plan, check_pair, load_layer_map, order_name
-from train.data import DataError, read_local_documents
+from boomerang.text import DataError, read_local_documents
 
 VARIANTS = ("teacher_embeddings", "student_head")
 

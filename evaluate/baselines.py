@@ -31,6 +31,7 @@ import time
 import torch
 
 from baselines import BaselineError, METADATA_NAME, load_baseline_metadata, save_baseline
+from boomerang import text
 
 log = logging.getLogger("boomerang.baselines")
 
@@ -40,31 +41,11 @@ CURVES = {"naive": "naive pruning", "shortgpt": "ShortGPT", "laco": "LaCo"}
 
 # ----------------------------------------------------------------------------------- calibration data
 def load_texts(source: str, split: str = "train", text_field: str = "text", dataset_config: str | None = None) -> list[str]:
-    """Texts of a local file or folder (``.jsonl``/``.json`` with a ``text_field``, ``.txt`` paragraphs,
-    ``.parquet``; read by the trainer's ``train.data``) or of a ``datasets`` name (``split``/``dataset_config``)."""
-    from train.data import DataError, is_local, read_local_documents
-
-    if is_local(source):
-        try:
-            return read_local_documents(source, text_field, flag="--calibration_data")
-        except DataError as e:
-            raise BaselineError(str(e)) from None
+    """Calibration texts (``boomerang.text.load_texts``), its errors as BaselineError naming --calibration_data."""
     try:
-        import datasets
-
-        ds = datasets.load_dataset(source, dataset_config, split=split)
-    except Exception as e:
-        raise BaselineError(
-            f"--calibration_data {source!r} is not a local file and the dataset could not be loaded ({type(e).__name__}: "
-            f"{str(e)[:200]}); offline, pass a local .jsonl/.txt file such as ../shared/data/corpus/brown_train.jsonl"
-        ) from None
-    if text_field not in ds.column_names:
-        raise BaselineError(f"dataset {source} has no column {text_field!r} (columns: {ds.column_names}); "
-                            "set --calibration_text_field")
-    texts = [t for t in ds[text_field] if isinstance(t, str) and t.strip()]
-    if not texts:
-        raise BaselineError(f"dataset {source} ({split}) holds no text")
-    return texts
+        return text.load_texts(source, split, text_field, dataset_config, flag="--calibration_data")
+    except text.DataError as e:
+        raise BaselineError(str(e)) from None
 
 
 def calibration_batches(texts, tokenizer, num_samples: int = 32, seq_len: int = 256, batch_size: int = 8) -> list[dict]:

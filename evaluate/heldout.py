@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from boomerang.scoring import Scores, TeacherReference, encode_documents
-from train.data import DataError, read_local_documents
+from boomerang.text import DataError, read_local_documents
 
 TASK_NAME = "heldout_kl"
 

@@ -765,7 +765,7 @@ def main_plan(args) -> list[str]:
 def calibration_kl(model, teacher: Source, plan: dict) -> float | None:
     """The built model's KL from the teacher on the plan's own calibration data (None when the data is gone)."""
     from boomerang.scoring import TeacherReference, fixed_length_sequences
-    from train.data import read_local_documents
+    from boomerang.text import read_local_documents
 
     cal = plan.get("calibration") or {}
     if not cal.get("data") or not os.path.exists(cal["data"]) or not isinstance(teacher, ModelSource) and \

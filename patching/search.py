@@ -404,7 +404,7 @@ def main(argv=None) -> dict:
     from boomerang.layer_map import LayerMapError
     from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
     from patching.patch import PatchError, load_layer_map
-    from train.data import DataError, read_local_documents
+    from boomerang.text import DataError, read_local_documents
 
     args = build_parser().parse_args(argv)
     setup_logging()

@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from boomerang.cli import fail, setup_logging
+from boomerang.cli import fail, read_config, setup_logging
 from boomerang.io import atomic_write_json, atomic_write_text
 from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, chance_levels, check_data, default_data_dir,
                               distill, heldout_subset, is_finished, stage, training_log)
@@ -118,15 +118,13 @@ def _students(spec: str, known: dict) -> list[str]:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging()
-    import yaml
 
     from reproduce.main_job import check_student_settings, student_settings, train_settings
 
     config = args.config if os.path.isabs(args.config) else os.path.join(REPO, args.config)
     if not os.path.isfile(config):
         fail(f"--config {args.config}: no such file")
-    with open(config) as f:
-        base = yaml.safe_load(f)
+    base = read_config(config)
     from boomerang.models import ModelNotFoundError, load_config, resolve_model_path
     from boomerang.families import adapter_for_config
 

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from boomerang.cli import fail, setup_logging
+from boomerang.cli import fail, read_config, setup_logging
 from boomerang.families import patch_order
 from boomerang.io import atomic_write_json, atomic_write_text
 from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, check_data, default_data_dir, distill,
@@ -101,10 +101,7 @@ def _parse_layer_map(text: str) -> tuple[int, int, int]:
 
 def student_settings(preset: dict, args) -> dict:
     """What the distilled student depends on: the teacher, the training config, the layer map and the steps."""
-    import yaml
-
-    with open(os.path.join(REPO, preset["train_config"])) as f:
-        cfg = yaml.safe_load(f)
+    cfg = read_config(os.path.join(REPO, preset["train_config"]))  # the base chain resolved: only values count
     layer_map = (_parse_layer_map(args.layer_map) if args.layer_map else
                  (cfg["first_layers_to_keep"], cfg["alternate_every_n_layers"], cfg["last_layers_to_keep"]))
     return {"teacher": args.teacher_model_name_or_path, "train_config": preset["train_config"],
@@ -199,7 +196,7 @@ def main(argv=None) -> dict:
             # the search's calibration text is checked here, before the distillation, not after it
             from boomerang.models import load_tokenizer
             from boomerang.scoring import fixed_length_sequences
-            from train.data import read_local_documents
+            from boomerang.text import read_local_documents
 
             cal = preset["search"]
             try:
@@ -318,7 +315,7 @@ def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, re
     from evaluate.evaluate import plan_points, run_sweep
     from patching.patch import load_plan
     from patching.search import SEARCH_FILE, run_search
-    from train.data import read_local_documents
+    from boomerang.text import read_local_documents
 
     path = os.path.join(search_dir, SEARCH_FILE)
     cal = preset["search"]

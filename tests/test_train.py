@@ -142,17 +142,50 @@ def test_nan_loss_stops_and_names_checkpoint(setup, capsys):
     assert "non-finite loss" in err and "step-00000" in err
 
 
-def test_presets_parse():
+def test_presets_parse_and_hold_only_what_differs_from_their_base():
     import glob
 
-    from boomerang.cli import parse_with_config
+    import yaml
+
+    from boomerang.cli import BASE_KEY, parse_with_config, read_config
     from train.train import build_parser
 
     files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
     assert len(files) >= 8
+    bases, teacherless = set(), set()
     for f in files:
         a = parse_with_config(build_parser(), ["--config", f])
-        assert a.teacher_model_name_or_path and a.max_steps >= 1, f
+        assert a.max_steps >= 1, f
+        if a.teacher_model_name_or_path is None:
+            teacherless.add(os.path.abspath(f))
+        with open(f) as fh:
+            own = yaml.safe_load(fh) or {}
+        if BASE_KEY in own:
+            base = os.path.join(os.path.dirname(f), own.pop(BASE_KEY))
+            bases.add(os.path.abspath(base))
+            inherited = read_config(base)
+            assert not {k for k, v in own.items() if k in inherited and inherited[k] == v}, f"{f} repeats its base"
+    assert teacherless <= bases, "a config without a teacher must be some preset's base"
+
+
+def test_config_base_chain(tmp_path, capsys):
+    from boomerang.cli import parse_with_config, read_config
+    from train.train import build_parser
+
+    (tmp_path / "a.yaml").write_text("max_steps: 7\nlearning_rate: 0.1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nmax_steps: 9\n")
+    assert read_config(str(tmp_path / "sub" / "b.yaml")) == {"max_steps": 9, "learning_rate": 0.1}
+    a = parse_with_config(build_parser(), ["--config", str(tmp_path / "sub" / "b.yaml"), "--max_steps", "3"])
+    assert (a.max_steps, a.learning_rate) == (3, 0.1) and "learning_rate" in a.explicit_settings
+    (tmp_path / "a.yaml").write_text("base: sub/b.yaml\n")  # a cycle
+    with pytest.raises(SystemExit):
+        parse_with_config(build_parser(), ["--config", str(tmp_path / "sub" / "b.yaml")])
+    assert "comes back to itself" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(SystemExit):
+        parse_with_config(build_parser(), ["--config", str(tmp_path / "c.yaml")])
+    assert "missing.yaml: no such file (the base of" in capsys.readouterr().err
 
 
 def test_activation_checkpointing_and_chunking_keep_the_update(setup):

@@ -25,86 +25,14 @@ processes see the same data; resuming skips the sequences already consumed.
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import random
 from typing import Iterable, Iterator
 
 import torch
 
-LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-
-
-class DataError(ValueError):
-    pass
-
-
-def is_local(source: str) -> bool:
-    return os.path.exists(source) or source.startswith((".", "/", "~")) or source.endswith(LOCAL_SUFFIXES)
-
-
-def local_files(source: str, flag: str = "--dataset") -> list[str]:
-    """The data files a local ``source`` names, or a DataError that names the flag and the fix."""
-    path = os.path.expanduser(source)
-    if os.path.isfile(path):
-        if not path.endswith(LOCAL_SUFFIXES):
-            raise DataError(f"{flag} {source}: unsupported file type; use .txt, .jsonl, .json or .parquet")
-        return [path]
-    if os.path.isdir(path):
-        files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                       if os.path.isfile(f) and f.endswith(LOCAL_SUFFIXES))
-        if not files:
-            raise DataError(f"{flag} {source}: folder holds no .txt/.jsonl/.json/.parquet file")
-        return files
-    raise DataError(f"{flag} {source}: no such file or folder (give a local .txt/.jsonl/.parquet file or folder, "
-                    "or a Hugging Face dataset name)")
-
-
-def check_source(source: str, flag: str = "--dataset") -> None:
-    """Fail early (before any model loads) on a missing local data file."""
-    if source is None:
-        return
-    if is_local(source):
-        local_files(source, flag)
-
-
-def _read_file(path: str, text_field: str) -> Iterator[str]:
-    if path.endswith(".txt"):
-        with open(path, encoding="utf-8") as f:
-            block: list[str] = []
-            for line in f:
-                if line.strip():
-                    block.append(line)
-                elif block:
-                    yield "".join(block).strip("\n")
-                    block = []
-            if block:
-                yield "".join(block).strip("\n")
-    elif path.endswith((".jsonl", ".json")):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                obj = json.loads(line)
-                if text_field not in obj:
-                    raise DataError(f"{path} line {n}: no field {text_field!r} (fields: {sorted(obj)}); "
-                                    "set --text_field")
-                yield obj[text_field]
-    else:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path, columns=[text_field])
-        yield from table.column(text_field).to_pylist()
-
-
-def read_local_documents(source: str, text_field: str = "text", flag: str = "--dataset") -> list[str]:
-    docs = []
-    for path in local_files(source, flag):
-        docs.extend(d for d in _read_file(path, text_field) if d and d.strip())
-    if not docs:
-        raise DataError(f"{flag} {source}: no non-empty documents")
-    return docs
+# text reading lives in boomerang.text; DataError and check_source are named here too for the trainer's callers
+from boomerang.text import DataError, check_source, is_local, read_local_documents  # noqa: F401
 
 
 def document_stream(source: str, split: str = "train", text_field: str = "text", seed: int = 0,

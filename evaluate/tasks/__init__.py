@@ -23,6 +23,8 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 
+from boomerang.text import DataError, read_jsonl, read_local_documents
+
 TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))
 LOCAL_KINDS = ("local_ppl", "local_mc")
 
@@ -74,30 +76,21 @@ def _default_name(kind: str, path: str) -> str:
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise TaskError(f"{path}, line {i}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(obj)
+    try:
+        rows = [obj for _, obj in read_jsonl(path)]
+    except DataError as e:
+        raise TaskError(str(e)) from None
     if not rows:
         raise TaskError(f"{path} holds no records")
     return rows
 
 
 def _read_text_docs(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    docs = [d.strip() for d in re.split(r"\n\s*\n", text) if d.strip()]
-    if not docs:
-        raise TaskError(f"{path} holds no text")
-    return docs
+    """A ``.txt`` corpus's documents (paragraphs), read as every command reads text (``boomerang.text``)."""
+    try:
+        return read_local_documents(path, flag="task data")
+    except DataError as e:
+        raise TaskError(str(e)) from None
 
 
 def infer_kind(path: str) -> str:
