@@ -405,6 +405,7 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
     from boomerang.io import atomic_write_json
 
     from evaluate import results as results_mod
+    from evaluate.plot import plot_records
 
     points = list(points)
     for p in points:
@@ -507,7 +508,10 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
                 with open(result_path(save_directory, point.name)) as f:
                     done.append(json.load(f))
     if rank == 0:
-        results_mod.write_summary(save_directory, plots=plots)
+        results_mod.write_summary(save_directory)
+        records = results_mod.load_results(save_directory)
+        if plots and records:
+            plot_records(records, os.path.join(save_directory, "plots"))
     return done
 
 

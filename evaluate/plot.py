@@ -14,6 +14,9 @@ import os
 import re
 from collections import OrderedDict
 
+from boomerang.cli import fail
+from evaluate.results import load_results, metric_columns, sort_records, write_summary
+
 MARKERS = {"student": ("s", "student"), "teacher": ("*", "teacher")}
 
 
@@ -23,12 +26,10 @@ def _safe(s: str) -> str:
 
 def plot_records(records: list[dict], out_dir: str, x: str = "total") -> list[str]:
     """One PNG per (task, metric) in ``out_dir``; returns the paths written."""
-    import matplotlib
+    import matplotlib  # only where plots are drawn: start-up stays free of it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from evaluate.results import metric_columns, sort_records
 
     records = sort_records(records)
     os.makedirs(out_dir, exist_ok=True)
@@ -87,9 +88,6 @@ def plot_records(records: list[dict], out_dir: str, x: str = "total") -> list[st
 
 
 def main(argv=None) -> list[str]:
-    from boomerang.cli import fail
-    from evaluate.results import load_results, write_summary
-
     p = argparse.ArgumentParser(prog="python -m evaluate.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", help="sweep folders (holding results/*.json); the first is the main one")
@@ -103,7 +101,7 @@ def main(argv=None) -> list[str]:
         if not recs:
             fail(f"{d} holds no results (expected {os.path.join(d, 'results', '*.json')})")
         records += recs
-    write_summary(args.dirs[0], plots=False)
+    write_summary(args.dirs[0])
     paths = plot_records(records, args.out or os.path.join(args.dirs[0], "plots"), x=args.x)
     for path in paths:
         print(path)

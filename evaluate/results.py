@@ -1,4 +1,4 @@
-"""Reading sweep results and writing their summaries: ``summary.csv``, ``summary.md`` and plots.
+"""Reading sweep results and writing their summaries: ``summary.csv`` and ``summary.md`` (plots: ``evaluate.plot``).
 
 A sweep folder holds ``results/<point>.json`` (one per evaluated model) and, for points that
 failed, ``failures/<point>.json``. Everything here is derived from those files only, so it can be
@@ -139,17 +139,12 @@ def summary_markdown(records: list[dict], failures: list[dict] | None = None, ti
     return "\n".join(lines) + "\n"
 
 
-def write_summary(directory: str, plots: bool = True, extra_dirs: Iterable[str] = ()) -> dict:
-    """(Re)write ``summary.csv``, ``summary.md`` and (with ``plots``) ``plots/*.png`` of a sweep folder;
-    ``extra_dirs`` are other sweep folders whose curves are overlaid on the plots. Returns the paths."""
+def write_summary(directory: str) -> dict:
+    """(Re)write ``summary.csv`` and ``summary.md`` of a sweep folder (its plots: ``evaluate.plot``). Returns the
+    paths."""
     records = load_results(directory)
     failures = load_failures(directory)
-    out = {"csv": os.path.join(directory, "summary.csv"), "md": os.path.join(directory, "summary.md"), "plots": []}
+    out = {"csv": os.path.join(directory, "summary.csv"), "md": os.path.join(directory, "summary.md")}
     atomic_write_text(out["csv"], summary_csv(records))
     atomic_write_text(out["md"], summary_markdown(records, failures))
-    if plots and records:
-        from evaluate.plot import plot_records
-
-        others = [r for d in extra_dirs for r in load_results(d)]
-        out["plots"] = plot_records(records + others, os.path.join(directory, "plots"))
     return out
