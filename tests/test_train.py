@@ -2,6 +2,7 @@
 test_train_distributed.py)."""
 
 import json
+import math
 import os
 import random
 
@@ -227,3 +228,34 @@ def test_embedded_teacher_cpu_run_lowers_heldout_loss(shared_data, tmp_path):
         evals = [r["eval_ce"] for r in map(json.loads, f) if "eval_ce" in r]
     assert len(evals) == 2 and evals[1] < evals[0]
     assert (out / "student_config.json").exists()
+
+
+def _former_lr_lambda(kind: str, warmup: int, total: int):
+    """train/train.py's own schedule before it used transformers.get_scheduler (the improved recipe)."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+def test_improved_lr_schedule_is_bit_identical_to_the_former_one(kind):
+    from train.train import build_parser, lr_scheduler
+
+    for max_steps in (0, 1, 2, 3, 7, 10, 33, 100, 500, 1001):
+        for warmup_ratio in (0.0, 0.01, 0.1, 0.3, 1.0):
+            args = build_parser().parse_args(["--lr_scheduler_type", kind, "--max_steps", str(max_steps),
+                                              "--warmup_ratio", str(warmup_ratio), "--learning_rate", "3e-4"])
+            optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=args.learning_rate)
+            scheduler = lr_scheduler(args, optimizer)
+            former = _former_lr_lambda(kind, math.ceil(warmup_ratio * max_steps), max_steps)
+            for step in range(max_steps + 1):
+                assert scheduler.get_last_lr()[0] == optimizer.param_groups[0]["lr"] == 3e-4 * former(step), \
+                    (kind, max_steps, warmup_ratio, step)
+                optimizer.step()
+                scheduler.step()

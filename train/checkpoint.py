@@ -96,6 +96,7 @@ def model_state(model, fsdp: bool) -> dict:
     """The whole (unsharded) model state on CPU; under FSDP a collective whose result only rank 0 keeps."""
     if not fsdp:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # torch.distributed.checkpoint takes seconds to import: only runs that save or resume pay for it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -104,7 +105,7 @@ def model_state(model, fsdp: bool) -> dict:
 def _train_state(model, optimizer) -> dict:
     """Model and optimizer state keyed by parameter names: this process's shards under FSDP (DTensors), whole
     tensors otherwise. Also the template ``dcp.load`` fills in place."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_state_dict  # slow import, as in model_state
 
     model_sd, optimizer_sd = get_state_dict(model, optimizer)
     return {"model": model_sd, "optimizer": optimizer_sd}
@@ -122,7 +123,7 @@ def save_checkpoint(save_directory: str, step: int, model, optimizer, scheduler,
                     fsdp: bool, save_total_limit: int = 1, extra: dict | None = None) -> str:
     """Write ``checkpoints/step-XXXXXX`` atomically; every process writes its own shards (a collective under
     torchrun: every rank must call). ``fsdp`` is unused (the state dicts tell) and kept for callers."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # slow import, as in model_state
 
     path = os.path.join(save_directory, CKPT_DIR, f"step-{step:06d}")
     rank = _rank()
@@ -154,7 +155,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, fsdp: bool) -> dict:
     if os.path.isfile(os.path.join(path, "model.pt")):
         _load_full_state_dicts(path, model, optimizer, fsdp)
     elif os.path.isfile(os.path.join(path, ".metadata")):
-        import torch.distributed.checkpoint as dcp
+        import torch.distributed.checkpoint as dcp  # slow imports, as in model_state
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         sd = _train_state(model, optimizer)
@@ -195,7 +196,7 @@ def _load_full_state_dicts(path: str, model, optimizer, fsdp: bool) -> None:
     msd = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
     osd = torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=False)
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,  # slow
                                                              set_optimizer_state_dict)
 
         opts = StateDictOptions(full_state_dict=True)

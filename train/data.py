@@ -25,6 +25,8 @@ processes see the same data; resuming skips the sequences already consumed.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import random
 from typing import Iterable, Iterator
@@ -32,6 +34,7 @@ from typing import Iterable, Iterator
 import torch
 
 # text reading lives in boomerang.text; DataError and check_source are named here too for the trainer's callers
+from boomerang.families import UnsupportedModelError, adapter_for_config
 from boomerang.text import DataError, check_source, is_local, read_local_documents  # noqa: F401
 
 
@@ -50,15 +53,12 @@ def document_stream(source: str, split: str = "train", text_field: str = "text",
             epoch += 1
             if not repeat:
                 return
-    import datasets
+    import datasets  # slow to import; only hub datasets need it
 
     while True:
         ds = datasets.load_dataset(source, split=split, streaming=True)
         for row in ds:
-            text = row.get(text_field)
-            if text is None:
-                raise DataError(f"{flag} {source}: rows have no field {text_field!r} (fields: {sorted(row)}); "
-                                "set --text_field")
+            text = _text_of(row, text_field, source, flag)
             if text.strip():
                 yield text
         if not repeat:
@@ -70,20 +70,10 @@ def token_documents(docs: Iterable[str], tokenizer, batch: int = 64) -> Iterator
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos_token_id; documents cannot be separated")
-    buf: list[str] = []
-
-    def flush():
-        enc = tokenizer(buf, add_special_tokens=False)["input_ids"]
-        for ids in enc:
+    docs = iter(docs)
+    while chunk := list(itertools.islice(docs, batch)):  # tokenized ``batch`` documents at a time
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
             yield list(ids) + [eos]
-
-    for d in docs:
-        buf.append(d)
-        if len(buf) == batch:
-            yield from flush()
-            buf = []
-    if buf:
-        yield from flush()
 
 
 def sequences(token_docs: Iterable[list[int]], max_length: int, packing: bool = True,
@@ -93,13 +83,9 @@ def sequences(token_docs: Iterable[list[int]], max_length: int, packing: bool = 
         raise DataError(f"--max_length must be >= 2, got {max_length}")
     if not packing:
         for ids in token_docs:
-            ids = ids[:max_length]
-            n = len(ids)
-            input_ids = torch.full((max_length,), pad_token_id, dtype=torch.long)
-            input_ids[:n] = torch.tensor(ids)
-            doc_ids = torch.full((max_length,), -1, dtype=torch.long)
-            doc_ids[:n] = 0
-            yield {"input_ids": input_ids, "doc_ids": doc_ids}
+            n = min(len(ids), max_length)
+            yield {"input_ids": torch.tensor(ids[:n] + [pad_token_id] * (max_length - n), dtype=torch.long),
+                   "doc_ids": torch.tensor([0] * n + [-1] * (max_length - n), dtype=torch.long)}
         return
     ids_buf: list[int] = []
     doc_buf: list[int] = []
@@ -199,7 +185,7 @@ _logged_choices: set = set()
 def _library_packing(attn: str) -> str | None:
     """Why the installed transformers cannot separate packed documents from ``position_ids`` under the
     attention implementation ``attn``, or None when it can."""
-    try:
+    try:  # older transformers have no masking_utils: checked here, not at import
         from transformers import masking_utils
     except ImportError:
         return "this transformers has no masking_utils"
@@ -209,7 +195,7 @@ def _library_packing(attn: str) -> str | None:
     if attn not in known:
         return f"attention implementation {attn!r} has no transformers mask builder (known: {sorted(known)})"
     if attn.startswith("flash_attention"):
-        from transformers import modeling_flash_attention_utils as fa
+        from transformers import modeling_flash_attention_utils as fa  # as masking_utils: may be missing
 
         if not hasattr(fa, "prepare_fa_kwargs_from_position_ids"):
             return "this transformers cannot derive flash-attention sequence lengths from position_ids"
@@ -243,8 +229,6 @@ def packed_attention(device, config, attn_implementation: str | None = None, req
     requested = requested_packed_attention(requested)
     attn = attn_implementation or getattr(config, "_attn_implementation", None) or "eager"
     device_type = torch.device(device).type
-    from boomerang.families import UnsupportedModelError, adapter_for_config
-
     try:
         family = adapter_for_config(config).name if config is not None else None
     except UnsupportedModelError:
@@ -269,8 +253,6 @@ def packed_attention(device, config, attn_implementation: str | None = None, req
     key = (device_type, family, attn, choice)
     if key not in _logged_choices:
         _logged_choices.add(key)
-        import logging
-
         logging.getLogger("boomerang.data").info("packed attention: %s (%s; %s, %s)", choice, reason,
                                                  family, attn)
     return choice
@@ -295,6 +277,7 @@ def model_inputs(batch: dict, device, mask_dtype: torch.dtype, config=None, atte
     if attention == "position_ids":
         inputs["use_cache"] = False  # transformers looks for packed documents only when no cache is passed
         if (getattr(config, "_attn_implementation", None) or "").startswith("flash_attention"):
+            # flash attention only; _library_packing has checked that this transformers has it
             from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
             (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(position_ids)
@@ -324,7 +307,7 @@ def paper_documents(source: str, split: str = "train", text_field: str = "text",
     """The paper's document order: the dataset streamed, ``skip(skip)``, then ``shuffle(buffer_size, seed)``
     (``datasets.IterableDataset``: a buffer of ``buffer_size`` documents sampled with the seed). A local
     source is streamed the same way, its documents in file order. One pass, no repetition."""
-    import datasets
+    import datasets  # slow to import; only the paper recipe needs it
 
     if is_local(source):
         docs = read_local_documents(source, text_field, flag)
@@ -332,11 +315,14 @@ def paper_documents(source: str, split: str = "train", text_field: str = "text",
     else:
         ds = datasets.load_dataset(source, split=split, streaming=True)
     for row in ds.skip(skip).shuffle(buffer_size=buffer_size, seed=seed):
-        text = row.get(text_field)
-        if text is None:
-            raise DataError(f"{flag} {source}: rows have no field {text_field!r} (fields: {sorted(row)}); "
-                            "set --text_field")
-        yield text
+        yield _text_of(row, text_field, source, flag)
+
+
+def _text_of(row: dict, text_field: str, source: str, flag: str) -> str:
+    if row.get(text_field) is None:
+        raise DataError(f"{flag} {source}: rows have no field {text_field!r} (fields: {sorted(row)}); "
+                        "set --text_field")
+    return row[text_field]
 
 
 def _rows(docs, field):

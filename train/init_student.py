@@ -22,7 +22,7 @@ from boomerang.cli import fail, parse_with_config, setup_logging
 from boomerang.families import adapter_for_config, dtype_from_name
 from boomerang.io import atomic_directory
 from boomerang.layer_map import LayerMap, LayerMapError
-from boomerang.models import ModelNotFoundError, load_config, load_tokenizer, resolve_model_path
+from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
 
 log = logging.getLogger("boomerang.init_student")
 
@@ -79,6 +79,14 @@ def save_student(student, tokenizer, layer_map: LayerMap, save_directory: str, o
     return save_directory
 
 
+def provenance_of(args) -> dict:
+    """What student_config.json records of how the student was made (the flags both entry points share)."""
+    return dict(teacher_model_name_or_path=args.teacher_model_name_or_path,
+                recipe={k: getattr(args, k) for k in ("first_layers_to_keep", "alternate_every_n_layers",
+                                                      "last_layers_to_keep")},
+                random_initialization=args.random_initialization)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.init_student", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,18 +122,10 @@ def main(argv=None) -> str:
     try:
         teacher = as_source(teacher_path, name=args.teacher_model_name_or_path)
     except FileNotFoundError:  # no safetensors (e.g. .bin only): load the model itself
-        from boomerang.models import load_model
-
         teacher = load_model(teacher_path, dtype=None)
     student = init_student(teacher, layer_map, args.random_initialization, dtype, args.seed)
-    save_student(
-        student, load_tokenizer(teacher_path), layer_map, args.save_directory, overwrite=args.overwrite,
-        teacher_model_name_or_path=args.teacher_model_name_or_path,
-        recipe={"first_layers_to_keep": args.first_layers_to_keep,
-                "alternate_every_n_layers": args.alternate_every_n_layers,
-                "last_layers_to_keep": args.last_layers_to_keep},
-        random_initialization=args.random_initialization,
-    )
+    save_student(student, load_tokenizer(teacher_path), layer_map, args.save_directory, overwrite=args.overwrite,
+                 **provenance_of(args))
     log.info("student written to %s", args.save_directory)
     return args.save_directory
 

@@ -145,13 +145,27 @@ def cosine_loss_sum(student_hidden: list[torch.Tensor], teacher_hidden: list[tor
 
 @dataclass
 class LossTerms:
-    """Per-term *sums* over valid positions (divide by ``num_valid`` for means) and the weighted total."""
+    """Per-term *sums* over valid positions (divide by ``num_valid`` for means) and the weighted total.
 
-    total: torch.Tensor
-    ce: torch.Tensor
-    kl: torch.Tensor
-    cosine: torch.Tensor
+    Tensors as the loss functions return them; ``+`` and ``/`` give Python floats (what the trainer sums over
+    micro-batches and processes and logs)."""
+
+    total: torch.Tensor | float
+    ce: torch.Tensor | float
+    kl: torch.Tensor | float
+    cosine: torch.Tensor | float
     num_valid: int
+
+    def values(self) -> list:
+        """total, ce, kl, cosine, detached (for sums and logs, not for backward)."""
+        return [v.detach() if isinstance(v, torch.Tensor) else v for v in (self.total, self.ce, self.kl, self.cosine)]
+
+    def __add__(self, other: "LossTerms") -> "LossTerms":
+        return LossTerms(*(float(a) + float(b) for a, b in zip(self.values(), other.values())),
+                         num_valid=self.num_valid + other.num_valid)
+
+    def __truediv__(self, denominator: float) -> "LossTerms":
+        return LossTerms(*(float(v) / denominator for v in self.values()), num_valid=self.num_valid)
 
     @classmethod
     def weighted(cls, cfg: LossConfig, ce, kl, cos, num_valid: int) -> "LossTerms":

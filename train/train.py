@@ -23,16 +23,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import json
 import logging
 import math
 import os
+import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
+from transformers import get_scheduler
 
 from boomerang.assemble import as_source
 from boomerang.cli import fail, parse_with_config, setup_logging
@@ -43,8 +48,8 @@ from boomerang.models import (ModelNotFoundError, empty_model, load_config, load
                               resolve_model_path)
 from train import checkpoint as ckpt
 from train.data import PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, check_source, model_inputs
-from train.init_student import init_student, plan_student, save_student, teacher_key
-from train.losses import LossConfig, distillation_loss, paper_loss, valid_positions
+from train.init_student import init_student, plan_student, provenance_of, save_student, teacher_key
+from train.losses import LossConfig, LossTerms, distillation_loss, paper_loss, valid_positions
 
 log = logging.getLogger("boomerang.train")
 
@@ -173,6 +178,7 @@ def all_sum(values: list[float], device) -> list[float]:
 
 def shard(model, mp_policy, device_type: str):
     """FSDP2: each decoder layer is one unit, the rest (embeddings, norm, head) the root unit."""
+    # FSDP only: one-process runs never load these
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -187,19 +193,21 @@ def shard(model, mp_policy, device_type: str):
 
 
 # ----------------------------------------------------------------------------- small pieces
-def lr_lambda(kind: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        progress = min(1.0, progress)
-        if kind == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
+def lr_scheduler(args, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """``transformers.get_scheduler``'s schedules. The paper recipe: as Hugging Face's Trainer builds them (warmup
+    step s at lr * s / warmup; ``constant`` without warmup). The improved recipe warms up one step ahead, at
+    lr * (s + 1) / warmup (``constant`` too), then follows Hugging Face's multiplier, except ``linear``, whose
+    (total - s) / (total - warmup) is not bit-identical to this recipe's 1 - (s - warmup) / (total - warmup)."""
+    warmup, total, kind = math.ceil(args.warmup_ratio * args.max_steps), args.max_steps, args.lr_scheduler_type
+    if args.recipe == "paper":
+        return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    if kind == "linear":
+        def after_warmup(s):
+            return 1.0 - min(1.0, (s - warmup) / max(1, total - warmup))
+    else:  # a scheduler made only to lend its multiplier; the one returned sets the optimizer's lr again
+        after_warmup = get_scheduler("constant_with_warmup" if kind == "constant" else kind, optimizer,
+                                     num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else after_warmup(s))
 
 
 def param_groups(model, weight_decay: float):
@@ -210,7 +218,7 @@ def param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def flops_per_token(student_cfg, teacher_cfg, student, teacher, seq: int) -> float:
+def flops_per_token(student, teacher, seq: int) -> float:
     """~6 N_student + 2 N_teacher (N: non-embedding parameters plus the LM-head matmul) plus attention."""
     def n_matmul(model):
         c = count_parameters(model)
@@ -219,7 +227,7 @@ def flops_per_token(student_cfg, teacher_cfg, student, teacher, seq: int) -> flo
     def attn(cfg, passes):  # QK^T and AV: 2 matmuls x 2 FLOPs x layers x hidden x (causal) seq/2
         return passes * 2 * 2 * adapter_for(cfg).num_layers(cfg) * cfg.hidden_size * seq / 2
 
-    return 6 * n_matmul(student) + attn(student_cfg, 3) + 2 * n_matmul(teacher) + attn(teacher_cfg, 1)
+    return 6 * n_matmul(student) + attn(student.config, 3) + 2 * n_matmul(teacher) + attn(teacher.config, 1)
 
 
 def check_output_directory(args) -> str | None:
@@ -259,7 +267,7 @@ class Reporter:
             atomic_write_text(self.path, "".join(keep))
         elif os.path.isfile(self.path):
             os.unlink(self.path)
-        if args.report_to == "tensorboard":
+        if args.report_to == "tensorboard":  # optional packages, imported only when asked for
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(os.path.join(args.save_directory, "tensorboard"))
@@ -387,9 +395,44 @@ def batch_counts(batch: dict, recipe: str) -> tuple[float, int]:
 
 
 # ----------------------------------------------------------------------------- the run
-def main(argv=None) -> dict:
-    args = parse_with_config(build_parser(), argv)
-    setup_logging()
+WINDOW = {"time_s": 0.0, "tokens": 0, "sequence_tokens": 0}  # a logging window's step time and tokens
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; ``setup`` builds it, the functions below read and advance it."""
+
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    fsdp: bool
+    accum: int  # micro-batches per process per optimizer step
+    global_batch: int  # sequences per optimizer step, all processes
+    compute_dtype: torch.dtype
+    autocast: contextlib.AbstractContextManager
+    loss_cfg: LossConfig
+    layer_map: object
+    tokenizer: object
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    stream: object
+    reporter: Reporter | None = None
+    eval_batches: list[dict] | None = None
+    step: int = 0
+    tokens_seen: int = 0  # real (non-padding) tokens trained on so far, logged with every record
+    last_good: str | None = None  # the newest checkpoint
+    history: list[dict] = field(default_factory=list)
+    flops_per_token: float = 0.0
+    peak_flops: float | None = None
+    window: dict = field(default_factory=lambda: dict(WINDOW))  # per logging window; eval/checkpoint time excluded
+
+
+def check_args(args):
+    """Everything that can be wrong is checked before a model loads -> (loss config, teacher path, layer map,
+    checkpoint to resume or None)."""
     if not args.teacher_model_name_or_path:
         fail("--teacher_model_name_or_path is required (a hub name, a local folder or embedded:smollm2-135m)")
     if not args.save_directory:
@@ -401,71 +444,44 @@ def main(argv=None) -> dict:
              "with FSDP2 on its own (one unit per decoder layer, found through the family adapter) whenever torchrun "
              "starts more than one process; use --fsdp on|off|auto and --gradient_checkpointing instead, and drop "
              "--fsdp_config")
-
-    # ---- everything that can be wrong is checked before a model loads
     try:
         check_source(args.dataset, "--dataset")
         check_source(args.eval_dataset, "--eval_dataset")
         loss_cfg = LossConfig(args.use_cross_entropy, args.use_kl_loss, args.kl_loss_weight, args.T,
                               args.use_cosine_loss, args.cosine_loss_weight, args.kl_chunk_size)
         teacher_path = resolve_model_path(args.teacher_model_name_or_path)
-        teacher_config = load_config(teacher_path)
-        layer_map = plan_student(teacher_config, args.first_layers_to_keep, args.alternate_every_n_layers,
+        layer_map = plan_student(load_config(teacher_path), args.first_layers_to_keep, args.alternate_every_n_layers,
                                  args.last_layers_to_keep)
     except (DataError, ModelNotFoundError, LayerMapError, ValueError) as e:
         fail(str(e))
     if args.max_steps < 0:
         fail(f"--max_steps must be >= 0, got {args.max_steps}")
-    if args.report_to != "none":
-        import importlib.util
+    if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
+        fail(f"--report_to {args.report_to} needs the package {args.report_to}: pip install {args.report_to} "
+             "(or --report_to none)")
+    return loss_cfg, teacher_path, layer_map, check_output_directory(args)
 
-        pkg = {"tensorboard": "tensorboard", "wandb": "wandb"}[args.report_to]
-        if importlib.util.find_spec(pkg) is None:
-            fail(f"--report_to {args.report_to} needs the package {pkg}: pip install {pkg} (or --report_to none)")
-    resume_from = check_output_directory(args)
 
-    rank, world, device = dist_setup(args.device)
-    is_main = rank == 0
-    fsdp = args.fsdp == "on" or (args.fsdp == "auto" and world > 1)
-    if world > 1 and not fsdp:
-        fail("several processes need --fsdp on (or auto)")
-    if fsdp and world == 1 and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29512")
-        os.environ.setdefault("RANK", "0")
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+def accumulation_steps(args, world: int) -> int:
+    if not args.global_batch_size:
+        return args.gradient_accumulation_steps
+    per = args.per_device_train_batch_size * world
+    if args.global_batch_size % per:
+        fail(f"--global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size "
+             f"x processes = {per}")
+    accum = args.global_batch_size // per
+    if "gradient_accumulation_steps" in getattr(args, "explicit_settings", ()) and \
+            args.gradient_accumulation_steps != accum:
+        fail(f"--global_batch_size {args.global_batch_size} with --per_device_train_batch_size "
+             f"{args.per_device_train_batch_size} on {world} process(es) means {accum} accumulation step(s), but "
+             f"--gradient_accumulation_steps {args.gradient_accumulation_steps} is also set: give only one of "
+             "--global_batch_size and --gradient_accumulation_steps")
+    return accum
 
-    # batch geometry
-    if args.global_batch_size:
-        per = args.per_device_train_batch_size * world
-        if args.global_batch_size % per:
-            fail(f"--global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size "
-                 f"x processes = {per}")
-        accum = args.global_batch_size // per
-        if "gradient_accumulation_steps" in getattr(args, "explicit_settings", ()) and \
-                args.gradient_accumulation_steps != accum:
-            fail(f"--global_batch_size {args.global_batch_size} with --per_device_train_batch_size "
-                 f"{args.per_device_train_batch_size} on {world} process(es) means {accum} accumulation step(s), but "
-                 f"--gradient_accumulation_steps {args.gradient_accumulation_steps} is also set: give only one of "
-                 "--global_batch_size and --gradient_accumulation_steps")
-    else:
-        accum = args.gradient_accumulation_steps
-    global_batch = args.per_device_train_batch_size * accum * world
-    bf16 = args.bf16 and device.type == "cuda"
-    compute_dtype = torch.bfloat16 if bf16 else torch.float32
-    teacher_dtype = dtype_from_name(args.teacher_dtype) if args.teacher_dtype != "auto" else compute_dtype
 
-    torch.manual_seed(args.seed)
-    if is_main:
-        log.info("teacher %s: %d layers -> student %d layers, copied %s", args.teacher_model_name_or_path,
-                 layer_map.num_teacher_layers, layer_map.num_student_layers, list(layer_map.copied_teacher_layers))
-        log.info("%d process(es) on %s, fsdp=%s, bf16=%s; global batch %d sequences x %d tokens "
-                 "(%d per device x %d accumulation x %d)", world, device, fsdp, bf16, global_batch,
-                 args.max_length, args.per_device_train_batch_size, accum, world)
-
-    # ---- the data must yield a sequence before any model loads (a hub dataset that cannot be reached,
-    # a field that does not exist, a file too short for one sequence fail here, in seconds)
-    tokenizer = load_tokenizer(teacher_path)
+def check_data(args, tokenizer) -> None:
+    """The data must yield a sequence before any model loads (a hub dataset that cannot be reached, a field that does
+    not exist, a file too short for one sequence fail here, in seconds)."""
     for src, split, flag in ((args.dataset, args.dataset_split, "--dataset"),
                              (args.eval_dataset, args.eval_split, "--eval_dataset")):
         if not src:
@@ -477,233 +493,272 @@ def main(argv=None) -> dict:
         except Exception as e:  # e.g. datasets cannot reach the hub
             fail(f"{flag} {src}: cannot read it ({type(e).__name__}: {e})")
 
-    if args.overwrite and is_main and os.path.exists(args.save_directory) and resume_from is None:
+
+def load_eval_batches(args, tokenizer, rank: int, world: int) -> list[dict] | None:
+    """This process's share of the held-out sequences, in batches; None without --eval_dataset."""
+    if not args.eval_dataset:
+        return None
+    es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
+                     repeat=False)
+    try:
+        seqs = es.take(args.eval_sequences)
+    except DataError:
+        fail(f"--eval_dataset {args.eval_dataset} holds fewer than --eval_sequences {args.eval_sequences} "
+             f"sequences of {args.max_length} tokens; lower --eval_sequences")
+    mine = {k: v[rank::world] for k, v in seqs.items()}
+    eb = args.per_device_eval_batch_size
+    return [{k: v[i:i + eb] for k, v in mine.items()} for i in range(0, len(mine["input_ids"]), eb)]
+
+
+def setup(args) -> Run:
+    """Checks, processes, data, models, optimizer and schedule, a checkpoint to resume, the reporter."""
+    loss_cfg, teacher_path, layer_map, resume_from = check_args(args)
+    rank, world, device = dist_setup(args.device)
+    fsdp = args.fsdp == "on" or (args.fsdp == "auto" and world > 1)
+    if world > 1 and not fsdp:
+        fail("several processes need --fsdp on (or auto)")
+    if fsdp and world == 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29512")
+        os.environ.setdefault("RANK", "0")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    accum = accumulation_steps(args, world)
+    global_batch = args.per_device_train_batch_size * accum * world
+    bf16 = args.bf16 and device.type == "cuda"
+    compute_dtype = torch.bfloat16 if bf16 else torch.float32
+    teacher_dtype = dtype_from_name(args.teacher_dtype) if args.teacher_dtype != "auto" else compute_dtype
+
+    torch.manual_seed(args.seed)
+    if rank == 0:
+        log.info("teacher %s: %d layers -> student %d layers, copied %s", args.teacher_model_name_or_path,
+                 layer_map.num_teacher_layers, layer_map.num_student_layers, list(layer_map.copied_teacher_layers))
+        log.info("%d process(es) on %s, fsdp=%s, bf16=%s; global batch %d sequences x %d tokens "
+                 "(%d per device x %d accumulation x %d)", world, device, fsdp, bf16, global_batch,
+                 args.max_length, args.per_device_train_batch_size, accum, world)
+    tokenizer = load_tokenizer(teacher_path)
+    check_data(args, tokenizer)
+    if args.overwrite and rank == 0 and os.path.exists(args.save_directory) and resume_from is None:
         shutil.rmtree(args.save_directory)
     if world > 1:
         dist.barrier()
 
-    # ---- models (under FSDP each process reads only its own shards of both)
+    # models (under FSDP each process reads only its own shards of both)
     mp_policy = None
     if fsdp and bf16:
-        from torch.distributed.fsdp import MixedPrecisionPolicy
+        from torch.distributed.fsdp import MixedPrecisionPolicy  # FSDP only: not loaded by one-process runs
 
         mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     teacher, student = build_models(args, teacher_path, layer_map, teacher_dtype, device, fsdp, mp_policy)
-    n_student = count_parameters(student)
-    n_teacher = count_parameters(teacher)
-    fpt = flops_per_token(student.config, teacher.config, student, teacher, args.max_length)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext())
-
     optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                                   **({"fused": True} if device.type == "cuda" else {}))
-    warmup = math.ceil(args.warmup_ratio * args.max_steps)
-    if args.recipe == "paper":  # Hugging Face's schedules, as its Trainer builds them: warmup starts at lr 0
-        from transformers import get_scheduler
-
-        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                                  num_training_steps=args.max_steps)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler_type, warmup,
-                                                                           args.max_steps))
-
-    stream = make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True)
-    step = tokens_seen = 0  # tokens_seen: real (non-padding) tokens trained on so far, logged with every record
+    run = Run(args=args, rank=rank, world=world, device=device, fsdp=fsdp, accum=accum, global_batch=global_batch,
+              compute_dtype=compute_dtype, loss_cfg=loss_cfg, layer_map=layer_map, tokenizer=tokenizer,
+              autocast=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext(),
+              teacher=teacher, student=student, optimizer=optimizer, scheduler=lr_scheduler(args, optimizer),
+              stream=make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True),
+              flops_per_token=flops_per_token(student, teacher, args.max_length),
+              last_good=resume_from)
     if resume_from:
         try:
-            state = ckpt.load_checkpoint(resume_from, student, optimizer, scheduler, fsdp)
+            state = ckpt.load_checkpoint(resume_from, student, optimizer, run.scheduler, fsdp)
         except ckpt.CheckpointError as e:
             fail(str(e))
-        step = state["step"]
-        tokens_seen = state.get("tokens_seen", 0)
-        stream.skip(state["data_position"])
-        if is_main:
-            log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, step, stream.position)
-    reporter = Reporter(args, is_main, step if resume_from else None)
-
-    pairs = layer_map.cosine_pairs()
-    s_idx = [s for s, _ in pairs]
-    t_idx = [t for _, t in pairs]
-
-    def inputs_of(batch, model):
-        if args.recipe == "paper":  # Hugging Face's own masks and positions from the 2D attention mask
-            return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-        return model_inputs(batch, device, compute_dtype, model.config)
-
-    def forward(batch):
-        """Student and teacher forward on one micro-batch -> LossTerms (improved: sums over valid positions;
-        paper: the micro-batch means the paper's code back-propagates)."""
-        inputs = inputs_of(batch, student)
-        need_teacher = loss_cfg.use_kl_loss or loss_cfg.use_cosine_loss
-        t_out = None
-        with autocast:
-            if need_teacher:
-                with torch.no_grad():
-                    t_out = teacher(**inputs, output_hidden_states=t_idx if loss_cfg.use_cosine_loss else None,
-                                    **({} if loss_cfg.use_kl_loss else {"logits_to_keep": 1}))
-            s_out = student(**inputs, output_hidden_states=s_idx if loss_cfg.use_cosine_loss else None)
-        s_h = [s_out.hidden_states[i] for i in s_idx] if loss_cfg.use_cosine_loss else []
-        t_h = [t_out.hidden_states[i] for i in t_idx] if loss_cfg.use_cosine_loss else []
-        if args.recipe == "paper":
-            return paper_loss(loss_cfg, s_out.logits, t_out.logits if loss_cfg.use_kl_loss else None, s_h, t_h,
-                              inputs["attention_mask"], batch["labels"].to(device))
-        return distillation_loss(loss_cfg, s_out.logits, t_out.logits if loss_cfg.use_kl_loss else None,
-                                 s_h, t_h, inputs["input_ids"], batch["doc_ids"].to(device))
-
-    # ---- held-out evaluation: mean next-token CE of the student (and, once, of the teacher)
-    eval_batches = None
-    if args.eval_dataset:
-        es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
-                         repeat=False)
-        try:
-            seqs = es.take(args.eval_sequences)
-        except DataError:
-            fail(f"--eval_dataset {args.eval_dataset} holds fewer than --eval_sequences {args.eval_sequences} "
-                 f"sequences of {args.max_length} tokens; lower --eval_sequences")
-        mine = {k: v[rank::world] for k, v in seqs.items()}
-        eb = args.per_device_eval_batch_size
-        eval_batches = [{k: v[i:i + eb] for k, v in mine.items()} for i in range(0, len(mine["input_ids"]), eb)]
-
-    def evaluate(model) -> float:
-        was_training = model.training
-        model.eval()
-        ce_sum = n = 0.0
-        with torch.no_grad(), autocast:
-            for b in eval_batches:
-                inputs = inputs_of(b, model)
-                logits = model(**inputs).logits
-                if args.recipe == "paper":  # the paper's CE: every label that is not -100
-                    valid = (b["labels"] != -100).to(device)
-                    valid = torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], dim=1)
-                else:
-                    valid = valid_positions(b["doc_ids"].to(device))
-                lp = torch.log_softmax(logits[:, :-1].float(), -1)
-                nll = -lp.gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
-                ce_sum += float((nll * valid[:, :-1]).sum())
-                n += float(valid.sum())
-        ce_sum, n = all_sum([ce_sum, n], device)
-        model.train(was_training)
-        return ce_sum / max(n, 1.0)
-
-    provenance = dict(teacher_model_name_or_path=args.teacher_model_name_or_path,
-                      recipe={"first_layers_to_keep": args.first_layers_to_keep,
-                              "alternate_every_n_layers": args.alternate_every_n_layers,
-                              "last_layers_to_keep": args.last_layers_to_keep},
-                      random_initialization=args.random_initialization, training_recipe=args.recipe)
-    history: list[dict] = []
-    if eval_batches and step == 0:
-        rec = {"step": 0, "eval_ce": evaluate(student), "teacher_eval_ce": evaluate(teacher)}
-        rec["eval_ppl"] = math.exp(min(rec["eval_ce"], 50))
-        reporter.write(rec)
-        history.append(rec)
-        if is_main:
-            log.info("step 0: held-out CE student %.4f, teacher %.4f", rec["eval_ce"], rec["teacher_eval_ce"])
-
-    # ---- training loop
-    last_good = resume_from
-    stop = args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
-    from tqdm import tqdm
-
-    bar = tqdm(total=args.max_steps, initial=step, disable=not is_main, desc="distill", dynamic_ncols=True,
-               mininterval=2.0)
-    peak_flops = None
+        run.step, run.tokens_seen = state["step"], state.get("tokens_seen", 0)
+        run.stream.skip(state["data_position"])
+        if rank == 0:
+            log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, run.step, run.stream.position)
+    run.reporter = Reporter(args, rank == 0, run.step if resume_from else None)
+    run.eval_batches = load_eval_batches(args, tokenizer, rank, world)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
         name = torch.cuda.get_device_name(device)
-        peak_flops = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)) * 1e12
-    time_since, tokens_since, seq_tokens_since = 0.0, 0, 0  # per logging window; eval/checkpoint time excluded
-    while step < stop:
-        t0 = time.perf_counter()
-        batch = stream.take(global_batch)
-        n_valid, n_tokens = batch_counts(batch, args.recipe)
-        lo = rank * args.per_device_train_batch_size * accum
-        mine = {k: v[lo:lo + args.per_device_train_batch_size * accum] for k, v in batch.items()}
-        sums = [0.0, 0.0, 0.0, 0.0]
-        for m in range(accum):
-            mb = {k: v[m * args.per_device_train_batch_size:(m + 1) * args.per_device_train_batch_size]
-                  for k, v in mine.items()}
-            if fsdp:
-                student.set_requires_gradient_sync(m == accum - 1)
-            terms = forward(mb)
-            if args.recipe == "paper":
-                # The paper's code back-propagates each micro-batch's mean undivided (transformers 4.51.3 does not
-                # divide it by the accumulation steps for this model: docs/training.md); processes are averaged.
-                terms.total.backward()
-            else:
-                # Sum over valid positions / valid positions of the whole global batch; FSDP averages gradients
-                # over processes, so multiply by their number to get the global mean.
-                (terms.total * (world / max(n_valid, 1.0))).backward()
-            sums = [a + float(b) for a, b in zip(sums, (terms.total.detach(), terms.ce, terms.kl, terms.cosine))]
-        sums = all_sum(sums, device)
-        # logged: the mean loss per loss position (improved), or the mean of the micro-batch means (paper)
-        denom = accum * world if args.recipe == "paper" else max(n_valid, 1.0)
-        loss = sums[0] / denom
-        if not math.isfinite(loss):
-            bar.close()
-            fail(f"non-finite loss ({loss}) at step {step + 1}. Last good checkpoint: "
-                 f"{last_good or 'none (no checkpoint written yet)'}. Lower --learning_rate or check the data; "
-                 "continue from the checkpoint with --resume", code=3)
-        grad_norm = torch.nn.utils.clip_grad_norm_(  # max_grad_norm <= 0: no clipping, norm still logged
-            student.parameters(), args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += n_tokens
-        tokens_since += n_tokens
-        seq_tokens_since += global_batch * args.max_length
-        bar.update(1)
-        rec = {"step": step, "loss": loss, "ce": sums[1] / denom, "kl": sums[2] / denom, "cosine": sums[3] / denom,
-               "lr": lr, "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0,
-               "tokens": n_tokens, "tokens_seen": tokens_seen, "sequence_tokens": global_batch * args.max_length,
-               "data_position": stream.position}
-        time_since += rec["step_time_s"]
-        history.append(rec)
-        bar.set_postfix(loss=f"{loss:.3f}", ce=f"{rec['ce']:.3f}")
-        if step % max(1, args.logging_steps) == 0 or step == stop:
-            dt = max(time_since, 1e-9)
-            rec["tokens_per_s"] = tokens_since / dt
-            if device.type == "cuda":
-                rec["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                if peak_flops:
-                    # padding is computed too: MFU counts every position of every sequence
-                    rec["mfu"] = seq_tokens_since / dt * fpt / world / peak_flops
-            else:
-                import resource
+        run.peak_flops = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)) * 1e12
+    return run
 
-                rec["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            reporter.write(rec)
-            time_since, tokens_since, seq_tokens_since = 0.0, 0, 0
-        if eval_batches and args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps):
-            ev = {"step": step, "eval_ce": evaluate(student)}
-            ev["eval_ppl"] = math.exp(min(ev["eval_ce"], 50))
-            reporter.write(ev)
-            history.append(ev)
-            if is_main:
-                bar.write(f"step {step}: held-out CE {ev['eval_ce']:.4f} (ppl {ev['eval_ppl']:.1f})")
-        if (args.save_steps and step % args.save_steps == 0) or step == stop < args.max_steps:
-            last_good = ckpt.save_checkpoint(args.save_directory, step, student, optimizer, scheduler,
-                                             stream.position, fsdp, args.save_total_limit,
-                                             extra={"world_size": world, "global_batch": global_batch,
-                                                    "tokens_seen": tokens_seen})
-    bar.close()
 
-    if step >= args.max_steps:
-        write_final_student(student, fsdp, tokenizer, layer_map, args.save_directory,
-                            dict(provenance, trained_steps=step, trained_tokens=tokens_seen), is_main)
-        if is_main:
+def inputs_for(run: Run, batch: dict, model) -> dict:
+    if run.args.recipe == "paper":  # Hugging Face's own masks and positions from the 2D attention mask
+        return {"input_ids": batch["input_ids"].to(run.device),
+                "attention_mask": batch["attention_mask"].to(run.device)}
+    return model_inputs(batch, run.device, run.compute_dtype, model.config)
+
+
+def forward(run: Run, batch: dict) -> LossTerms:
+    """Student and teacher forward on one micro-batch -> LossTerms (improved: sums over valid positions;
+    paper: the micro-batch means the paper's code back-propagates)."""
+    cfg, pairs = run.loss_cfg, run.layer_map.cosine_pairs()
+    s_idx, t_idx = [s for s, _ in pairs], [t for _, t in pairs]
+    inputs = inputs_for(run, batch, run.student)
+    t_out = None
+    with run.autocast:
+        if cfg.use_kl_loss or cfg.use_cosine_loss:
+            with torch.no_grad():
+                t_out = run.teacher(**inputs, output_hidden_states=t_idx if cfg.use_cosine_loss else None,
+                                    **({} if cfg.use_kl_loss else {"logits_to_keep": 1}))
+        s_out = run.student(**inputs, output_hidden_states=s_idx if cfg.use_cosine_loss else None)
+    s_h = [s_out.hidden_states[i] for i in s_idx] if cfg.use_cosine_loss else []
+    t_h = [t_out.hidden_states[i] for i in t_idx] if cfg.use_cosine_loss else []
+    t_logits = t_out.logits if cfg.use_kl_loss else None
+    if run.args.recipe == "paper":
+        return paper_loss(cfg, s_out.logits, t_logits, s_h, t_h, inputs["attention_mask"],
+                          batch["labels"].to(run.device))
+    return distillation_loss(cfg, s_out.logits, t_logits, s_h, t_h, inputs["input_ids"],
+                             batch["doc_ids"].to(run.device))
+
+
+def train_step(run: Run) -> dict:
+    """One optimizer step on the next global batch -> its log record. Raises FloatingPointError before stepping."""
+    args, per = run.args, run.args.per_device_train_batch_size
+    t0 = time.perf_counter()
+    batch = run.stream.take(run.global_batch)
+    n_valid, n_tokens = batch_counts(batch, args.recipe)
+    lo = run.rank * per * run.accum
+    mine = {k: v[lo:lo + per * run.accum] for k, v in batch.items()}
+    sums = LossTerms(0.0, 0.0, 0.0, 0.0, num_valid=0)
+    for m in range(run.accum):
+        if run.fsdp:
+            run.student.set_requires_gradient_sync(m == run.accum - 1)
+        terms = forward(run, {k: v[m * per:(m + 1) * per] for k, v in mine.items()})
+        if args.recipe == "paper":
+            # The paper's code back-propagates each micro-batch's mean undivided (transformers 4.51.3 does not
+            # divide it by the accumulation steps for this model: docs/training.md); processes are averaged.
+            terms.total.backward()
+        else:
+            # Sum over valid positions / valid positions of the whole global batch; FSDP averages gradients
+            # over processes, so multiply by their number to get the global mean.
+            (terms.total * (run.world / max(n_valid, 1.0))).backward()
+        sums = sums + terms
+    *values, num_valid = all_sum([*sums.values(), sums.num_valid], run.device)  # summed over processes
+    # logged: the mean loss per loss position (improved), or the mean of the micro-batch means (paper)
+    denominator = run.accum * run.world if args.recipe == "paper" else max(n_valid, 1.0)
+    mean = LossTerms(*values, num_valid=int(num_valid)) / denominator
+    if not math.isfinite(mean.total):
+        raise FloatingPointError(f"non-finite loss ({mean.total}) at step {run.step + 1}")
+    grad_norm = torch.nn.utils.clip_grad_norm_(  # max_grad_norm <= 0: no clipping, norm still logged
+        run.student.parameters(), args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    run.tokens_seen += n_tokens
+    rec = {"step": run.step, "loss": mean.total, "ce": mean.ce, "kl": mean.kl, "cosine": mean.cosine, "lr": lr,
+           "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0, "tokens": n_tokens,
+           "tokens_seen": run.tokens_seen, "sequence_tokens": run.global_batch * args.max_length,
+           "data_position": run.stream.position}
+    run.window = {k: run.window[k] + rec[r] for k, r in zip(WINDOW, ("step_time_s", "tokens", "sequence_tokens"))}
+    run.history.append(rec)
+    return rec
+
+
+def log_throughput(run: Run, rec: dict) -> None:
+    """Add the logging window's throughput (and memory, MFU) to ``rec``, write it, and start a new window."""
+    w, dt = run.window, max(run.window["time_s"], 1e-9)
+    rec["tokens_per_s"] = w["tokens"] / dt
+    if run.device.type == "cuda":
+        rec["peak_memory_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+        if run.peak_flops:  # padding is computed too: MFU counts every position of every sequence
+            rec["mfu"] = w["sequence_tokens"] / dt * run.flops_per_token / run.world / run.peak_flops
+    else:
+        rec["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    run.reporter.write(rec)
+    run.window = dict(WINDOW)
+
+
+def evaluate(run: Run, model) -> float:
+    """Held-out mean next-token CE of ``model`` over every process's share of the evaluation batches."""
+    was_training = model.training
+    model.eval()
+    ce_sum = n = 0.0
+    with torch.no_grad(), run.autocast:
+        for b in run.eval_batches:
+            inputs = inputs_for(run, b, model)
+            logits = model(**inputs).logits
+            if run.args.recipe == "paper":  # the paper's CE: every label that is not -100
+                valid = (b["labels"] != -100).to(run.device)
+                valid = torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], dim=1)
+            else:
+                valid = valid_positions(b["doc_ids"].to(run.device))
+            lp = torch.log_softmax(logits[:, :-1].float(), -1)
+            nll = -lp.gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
+            ce_sum += float((nll * valid[:, :-1]).sum())
+            n += float(valid.sum())
+    ce_sum, n = all_sum([ce_sum, n], run.device)
+    model.train(was_training)
+    return ce_sum / max(n, 1.0)
+
+
+def evaluate_and_log(run: Run, teacher_too: bool = False) -> dict:
+    rec = {"step": run.step, "eval_ce": evaluate(run, run.student)}
+    if teacher_too:
+        rec["teacher_eval_ce"] = evaluate(run, run.teacher)
+    rec["eval_ppl"] = math.exp(min(rec["eval_ce"], 50))
+    run.reporter.write(rec)
+    run.history.append(rec)
+    return rec
+
+
+def save_checkpoint(run: Run) -> None:
+    run.last_good = ckpt.save_checkpoint(run.args.save_directory, run.step, run.student, run.optimizer, run.scheduler,
+                                         run.stream.position, run.fsdp, run.args.save_total_limit,
+                                         extra={"world_size": run.world, "global_batch": run.global_batch,
+                                                "tokens_seen": run.tokens_seen})
+
+
+def cleanup(run: Run) -> dict:
+    """Write the student once training reached --max_steps, close the reporter and the process group; the
+    summary main returns."""
+    args = run.args
+    if run.step >= args.max_steps:
+        provenance = dict(provenance_of(args), training_recipe=args.recipe, trained_steps=run.step,
+                          trained_tokens=run.tokens_seen)
+        write_final_student(run.student, run.fsdp, run.tokenizer, run.layer_map, args.save_directory, provenance,
+                            run.rank == 0)
+        if run.rank == 0:
             log.info("student written to %s", args.save_directory)
-    reporter.close()
-    summary = {"step": step, "history": history, "save_directory": args.save_directory,
-               "student_parameters": n_student, "teacher_parameters": n_teacher, "flops_per_token": fpt}
+    run.reporter.close()
+    summary = {"step": run.step, "history": run.history, "save_directory": args.save_directory,
+               "student_parameters": count_parameters(run.student),
+               "teacher_parameters": count_parameters(run.teacher), "flops_per_token": run.flops_per_token}
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def main(argv=None) -> dict:
+    args = parse_with_config(build_parser(), argv)
+    setup_logging()
+    run = setup(args)
+    if run.eval_batches and run.step == 0:
+        rec = evaluate_and_log(run, teacher_too=True)
+        if run.rank == 0:
+            log.info("step 0: held-out CE student %.4f, teacher %.4f", rec["eval_ce"], rec["teacher_eval_ce"])
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    stop = args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
+    bar = tqdm(total=args.max_steps, initial=run.step, disable=run.rank != 0, desc="distill", dynamic_ncols=True,
+               mininterval=2.0)
+    while run.step < stop:
+        try:
+            rec = train_step(run)
+        except FloatingPointError as e:  # a non-finite loss
+            bar.close()
+            fail(f"{e}. Last good checkpoint: {run.last_good or 'none (no checkpoint written yet)'}. Lower "
+                 "--learning_rate or check the data; continue from the checkpoint with --resume", code=3)
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", ce=f"{rec['ce']:.3f}")
+        if run.step % max(1, args.logging_steps) == 0 or run.step == stop:
+            log_throughput(run, rec)
+        if run.eval_batches and args.eval_steps and (run.step % args.eval_steps == 0 or run.step == args.max_steps):
+            ev = evaluate_and_log(run)
+            if run.rank == 0:
+                bar.write(f"step {run.step}: held-out CE {ev['eval_ce']:.4f} (ppl {ev['eval_ppl']:.1f})")
+        if (args.save_steps and run.step % args.save_steps == 0) or run.step == stop < args.max_steps:
+            save_checkpoint(run)
+    bar.close()
+    return cleanup(run)
 
 
 if __name__ == "__main__":
