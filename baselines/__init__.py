@@ -17,18 +17,21 @@ boomerang sweep is ``python -m evaluate.baselines``.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterable, Sequence
 
 import torch
 
 from boomerang.assemble import LayerRef, as_source, assemble
+from boomerang.errors import BoomerangError
 from boomerang.families import adapter_for
+from boomerang.io import save_model_folder
 
 METADATA_NAME = "baseline.json"
 
 
-class BaselineError(ValueError):
+class BaselineError(BoomerangError):
     """A request a baseline cannot satisfy (an impossible depth, no calibration data, ...)."""
 
 
@@ -98,19 +101,10 @@ def num_layers(model) -> int:
 
 def save_baseline(model, tokenizer, save_directory: str | os.PathLike, metadata: dict, overwrite: bool = False) -> str:
     """Write a baseline model folder atomically: weights, config, tokenizer and ``baseline.json``."""
-    from boomerang.io import atomic_directory, atomic_write_json
-
-    with atomic_directory(save_directory, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        atomic_write_json(os.path.join(tmp, METADATA_NAME), metadata)
-    return os.fspath(save_directory)
+    return save_model_folder(model, tokenizer, save_directory, METADATA_NAME, metadata, overwrite)
 
 
 def load_baseline_metadata(folder: str | os.PathLike) -> dict:
-    import json
-
     path = os.path.join(os.fspath(folder), METADATA_NAME)
     if not os.path.isfile(path):
         raise BaselineError(f"{path} not found: not a baseline model folder written by `python -m evaluate.baselines`")

@@ -26,17 +26,25 @@ small synthetic corpus and task are written and the JSON says so ("data": {"synt
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# the repository's light modules, once the path is set; torch and what imports it load inside the parts, so that
+# this parent process (it times the parts and writes the report) stays small
+from boomerang.io import atomic_write_json  # noqa: E402
+from boomerang.layer_map import LayerMap  # noqa: E402
+from reproduce.common import default_data_dir  # noqa: E402
 
 PARTS = ("cuda_tests", "train", "bench", "sweep")
 # seconds per part on the GPU: 470 in all, leaving ~10 s of the 8 minutes for start-up and the report
@@ -96,10 +104,7 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- pieces
 def environment() -> dict:
-    import importlib.util
-    from importlib.metadata import version
-
-    import torch
+    import torch  # lazy: see the imports at the top
 
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": version("transformers"),
            "lm_eval": version("lm_eval"), "cuda": torch.version.cuda, "gpu": None,
@@ -113,8 +118,6 @@ def environment() -> dict:
 
 def data_files(args, work: str) -> dict:
     """The corpus and task files the parts read: the real ones, or a synthetic stand-in (said in the JSON)."""
-    from reproduce.common import default_data_dir
-
     folder = os.path.abspath(args.data or default_data_dir())
     files = {"train": os.path.join(folder, "corpus", "brown_train.jsonl"),
              "heldout": os.path.join(folder, "corpus", "brown_heldout.jsonl"),
@@ -227,8 +230,6 @@ def headline(parts: dict) -> dict:
 
 
 def write_report(path: str, report: dict) -> None:
-    from boomerang.io import atomic_write_json
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     report["finished_at" if report.get("done") else "updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_json(path, report)
@@ -254,7 +255,7 @@ def main(argv=None) -> dict:
 
     tiny_teacher = None
     if dry:
-        from bench.train_throughput import random_teacher
+        from bench.train_throughput import random_teacher  # lazy: only the dry run builds its own teacher
 
         tiny_teacher = random_teacher("tiny", os.path.join(work, "tiny-teacher"))
     teacher = args.teacher or (tiny_teacher if dry else TEACHER)
@@ -311,8 +312,6 @@ def main(argv=None) -> dict:
                 t_left -= init["seconds"]
             sizes = "0,1,2"
             try:
-                from boomerang.layer_map import LayerMap
-
                 top = LayerMap.load(student).max_patch
                 sizes = f"0,{top // 2},{top}"
             except Exception as e:  # the sweep itself will say what is wrong with the student
@@ -338,8 +337,6 @@ def main(argv=None) -> dict:
     report["done"] = True
     write_report(args.output, report)
     if not args.keep:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     print(f"[gpu_check] {'all parts ok' if report['ok'] else 'some parts failed'}: {args.output}", file=sys.stderr)
     return report

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -42,7 +43,7 @@ def _status_mib(*fields: str) -> dict:
 
 def worker(args) -> None:
     """One process of the torchrun group: build both models, write this rank's figures as JSON."""
-    import torch
+    import torch  # lazy: the parent (it measures this worker) stays free of torch
     import torch.distributed as dist
 
     from boomerang.models import load_config
@@ -78,8 +79,6 @@ def make_teacher(path: str) -> None:
 
 
 def count_saved(path: str) -> int:
-    import math
-
     from safetensors import safe_open
 
     with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as f:

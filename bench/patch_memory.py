@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -25,14 +26,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _peak_rss_bytes() -> int:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
 
 
 def _imports(teacher: str):
     """Everything a build imports, the model family's modeling module included."""
-    import torch  # noqa: F401
+    import torch  # noqa: F401  (lazy: the children import what they measure)
     import transformers
 
     import patching.patch  # noqa: F401
@@ -117,12 +116,13 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-m", "train.init_student", "--teacher_model_name_or_path", args.teacher,
                         "--save_directory", args.student], check=True, cwd=ROOT)
     sys.path.insert(0, ROOT)
+    from boomerang.families import order_name  # after the path is set; the parent measures imports in its children
     from boomerang.layer_map import LayerMap
 
     lm = LayerMap.load(args.student)
     ks = [int(k) for k in args.ks.split(",")] if args.ks else list(range(lm.max_patch + 1))
     base = run_child(args, "baseline")
-    order = "first-k" if args.patch_first_k_layers else "last-k"
+    order = order_name(args.patch_first_k_layers)
     print(f"teacher {args.teacher}, student {args.student}, {order}, dtype {args.dtype}, one fresh process per row")
     print(f"baseline (interpreter + imports): peak RSS {mib(base['peak_rss'])} MiB, imports {base['import_s']:.1f} s")
     head = ("| k | depth | params | result MiB | peak RSS MiB | peak - baseline MiB | (peak - baseline) / result "

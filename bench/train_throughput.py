@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,7 +66,7 @@ SHAPES = {  # Qwen3 shapes (random weights); tiny for smoke tests
 
 
 def random_teacher(shape: str, folder: str) -> str:
-    import torch
+    import torch  # lazy: the parent (it times each mode in a child) stays free of torch
     import transformers
 
     from tests.tiny_models import save_tiny_tokenizer
@@ -86,8 +88,6 @@ def random_teacher(shape: str, folder: str) -> str:
 
 
 def synthetic_corpus(path: str, docs: int = 2000) -> str:
-    import random
-
     words = ("the a of and to in is was he it that for on with as his by at be this had not are but from or have "
              "an they which one you were her all she there would their we him been has when who will more").split()
     r = random.Random(0)
@@ -198,8 +198,6 @@ def main(argv=None):
 
         atomic_write_json(args.output, {"args": vars(args), "results": results})
     if not args.keep:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     return results
 

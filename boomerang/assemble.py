@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterable
 
+from safetensors import safe_open
 import torch
 from torch import nn
 
@@ -77,17 +78,18 @@ class ModelSource(Source):
         return self._views[id(p)]
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
+# safetensors dtype names -> torch dtypes, for the plain-file reads below (None: this torch lacks it)
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+                      "F8_E5M2": getattr(torch, "float8_e5m2", None)}
 
 
 class CheckpointSource(Source):
     """A Hugging Face folder with safetensors weights: tensors are read lazily, one at a time."""
 
     def __init__(self, path: str, name: str | None = None):
-        from safetensors import safe_open
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # lazy: transformers takes seconds to import; commands start without it
 
         self.path = path
         self.name = name or path
@@ -113,6 +115,15 @@ class CheckpointSource(Source):
             for raw in h.keys():
                 self._where[self._rename(raw)] = (fn, raw)
 
+    def layout(self, fn: str) -> tuple[dict, int]:
+        """One file's safetensors header (tensor name -> dtype, shape, data_offsets) and the byte where its data
+        starts: the byte offsets plain file reads need, which ``safe_open`` does not expose (read once, cached)."""
+        if fn not in self._layouts:
+            with open(os.path.join(self.path, fn), "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                self._layouts[fn] = (json.loads(f.read(size)), 8 + size)
+        return self._layouts[fn]
+
     def _rename(self, raw: str) -> str:
         for old, new in self.adapter.checkpoint_aliases:
             if raw.startswith(old):
@@ -130,13 +141,9 @@ class CheckpointSource(Source):
         """Read with plain file reads, not through the memory map: the process then holds only these rows (the
         map would add every page it touched, and the kernel's read-ahead around them, to its resident memory)."""
         fn, raw = self._where[key]
-        if fn not in self._layouts:
-            with open(os.path.join(self.path, fn), "rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                self._layouts[fn] = (json.loads(f.read(size)), 8 + size)
-        header, data_start = self._layouts[fn]
+        header, data_start = self.layout(fn)
         entry = header[raw]
-        dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
         if dtype is None or not entry["shape"]:  # a rare dtype or a scalar: through safetensors
             return self._handles[fn].get_slice(raw)[start:stop]
         shape = entry["shape"]
@@ -170,7 +177,7 @@ class LayerRef:
 
 def _empty_model(config, adapter: FamilyAdapter, dtype: torch.dtype | None):
     """A model of ``config`` whose parameters are on the meta device (buffers are real)."""
-    import transformers
+    import transformers  # lazy: transformers takes seconds to import; commands start without it
     from accelerate import init_empty_weights
 
     auto = getattr(transformers, adapter.auto_class)

@@ -12,14 +12,17 @@ Adding a family is one ``FamilyAdapter(...)`` entry in ``_ADAPTERS`` below plus 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 from torch import nn
 
+from boomerang.errors import BoomerangError
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(BoomerangError):
     pass
 
 
@@ -107,7 +110,6 @@ class FamilyAdapter:
         """A copy of ``base_config`` for a model whose layer ``i`` is layer ``layer_refs[i][1]`` of a
         model with config ``layer_refs[i][0]``: depth, per-layer fields and layer-count thresholds
         are rewritten so that every layer keeps the settings it had where it came from."""
-        import copy
 
         new = copy.deepcopy(base_config)
         setattr(new, self.depth_field, len(layer_refs))
@@ -149,17 +151,23 @@ class FamilyAdapter:
         return emb is head or emb.data_ptr() == head.data_ptr()
 
 
+FIRST_K, LAST_K = "first-k", "last-k"
+
+
+def order_name(first_k: bool) -> str:
+    """The name of a patch order: ``"first-k"`` or ``"last-k"`` (the one place these names are made)."""
+    return FIRST_K if first_k else LAST_K
+
+
 def patch_order(config, patch_first_k_layers: bool = False, override_llama_patching: bool = False) -> str:
     """The one rule every command follows (as the paper's code does): ``"first-k"`` when asked
     (``--patch_first_k_layers``), else ``"last-k"`` when asked (``--override_llama_patching``), else the
     family's order: first-k for Llama teachers (SmolLM2, Llama 3.x), last-k for the others."""
     if patch_first_k_layers and override_llama_patching:
         raise ValueError("--patch_first_k_layers and --override_llama_patching ask for opposite orders: give one")
-    if patch_first_k_layers:
-        return "first-k"
-    if override_llama_patching:
-        return "last-k"
-    return "first-k" if adapter_for_config(config).first_k_by_default else "last-k"
+    if patch_first_k_layers or override_llama_patching:
+        return order_name(patch_first_k_layers)
+    return order_name(adapter_for_config(config).first_k_by_default)
 
 
 def set_tie(config, tied: bool) -> None:
@@ -296,7 +304,7 @@ _ADAPTERS: tuple[FamilyAdapter, ...] = (
 
 
 def _config_class(name: str):
-    import transformers
+    import transformers  # lazy: transformers takes seconds to import; commands start without it
 
     return getattr(transformers, name, None)
 

@@ -59,3 +59,15 @@ def atomic_directory(final_dir: str | os.PathLike, overwrite: bool = False) -> I
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_model_folder(model, tokenizer, save_directory: str | os.PathLike, metadata_name: str, metadata: dict,
+                      overwrite: bool = False) -> str:
+    """Write a loadable model folder atomically: ``save_pretrained`` weights and config, the tokenizer (when
+    given) and ``metadata`` as the JSON file ``metadata_name``; a crash leaves no half-written folder."""
+    with atomic_directory(save_directory, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(os.path.join(tmp, metadata_name), metadata)
+    return os.fspath(save_directory)

@@ -18,10 +18,13 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from boomerang.errors import BoomerangError
+from boomerang.io import atomic_write_text
+
 STUDENT_CONFIG_NAME = "student_config.json"
 
 
-class LayerMapError(ValueError):
+class LayerMapError(BoomerangError):
     """A layer map that cannot exist (bad recipe, or a student that does not fit its teacher)."""
 
 
@@ -176,8 +179,6 @@ class LayerMap:
         return cfg
 
     def save(self, student_dir: str | os.PathLike, **extra) -> str:
-        from boomerang.io import atomic_write_text
-
         path = os.path.join(os.fspath(student_dir), STUDENT_CONFIG_NAME)
         atomic_write_text(path, json.dumps(self.to_student_config(**extra), indent=2) + "\n")
         return path

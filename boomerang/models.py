@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from boomerang.assemble import _empty_model
+from boomerang.errors import BoomerangError
+from boomerang.families import adapter_for_config, dtype_from_name
 from boomerang.io import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ EMBEDDED_MODELS = {
 }
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(FileNotFoundError, BoomerangError):
     pass
 
 
@@ -106,7 +109,7 @@ def _convert_gguf(pkg_dir: str, gguf_file: str, out: str) -> None:
     """GGUF -> Hugging Face folder. A model loaded from GGUF cannot be saved as it is (it carries a
     quantization config), so the config is cleaned, a fresh model is built from it and the
     de-quantized state dict is loaded into it."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # lazy: heavy, loaded on first use
 
     loaded = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=gguf_file, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=gguf_file)
@@ -159,13 +162,13 @@ def resolve_model_path(ref: str) -> str:
         raise ModelNotFoundError(f"model folder {ref} does not exist")
     # A hub name: the local cache first, then the hub if it answers.
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # lazy: only for hub names
 
         return snapshot_download(ref, local_files_only=True)
     except Exception:
         pass
     if _hub_reachable():
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # lazy: only for hub names
 
         return snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
     raise ModelNotFoundError(
@@ -175,22 +178,21 @@ def resolve_model_path(ref: str) -> str:
 
 
 def load_config(ref: str):
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: transformers takes seconds to import; commands start without it
 
     return AutoConfig.from_pretrained(resolve_model_path(ref))
 
 
 def load_model(ref, dtype: torch.dtype | str | None = torch.float32, device: str | torch.device | None = None):
     """Load a model (or return an already-loaded one, cast to ``dtype``) with its family's Auto class."""
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel  # lazy: transformers takes seconds to import; commands start without it
 
-    from boomerang.families import adapter_for_config, dtype_from_name
 
     dtype = dtype_from_name(dtype)
     if isinstance(ref, PreTrainedModel):
         model = ref if dtype is None else ref.to(dtype)
     else:
-        import transformers
+        import transformers  # lazy: transformers takes seconds to import; commands start without it
 
         path = resolve_model_path(ref)
         config = transformers.AutoConfig.from_pretrained(path)
@@ -206,8 +208,6 @@ def load_model(ref, dtype: torch.dtype | str | None = torch.float32, device: str
 def empty_model(config, dtype: torch.dtype | None = None):
     """A model of ``config`` whose parameters are on the meta device (no memory; buffers are real), head tied to the
     embeddings when the config says so: the structure to shard before any weight is read (``load_shards``)."""
-    from boomerang.assemble import _empty_model
-    from boomerang.families import adapter_for_config
 
     model = _empty_model(config, adapter_for_config(config), dtype)
     model.tie_weights()
@@ -223,7 +223,7 @@ def load_shards(model, source, device, name_of=None, via_dtype: torch.dtype | No
     dtype every tensor passes through before taking the parameter's own (a teacher cast to bf16 before the student
     is cut from it). Non-persistent buffers keep the values the model was built with; persistent ones are read.
     """
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor, Shard  # lazy: heavy, loaded on first use
 
     name_of = name_of or (lambda k: k)
     built = {n: b.detach().clone() for n, b in model.named_buffers()}  # to_empty forgets them
@@ -259,7 +259,7 @@ def load_shards(model, source, device, name_of=None, via_dtype: torch.dtype | No
 
 
 def load_tokenizer(ref):
-    from transformers import AutoTokenizer, PreTrainedModel
+    from transformers import AutoTokenizer, PreTrainedModel  # lazy: heavy, loaded on first use
 
     if isinstance(ref, PreTrainedModel):
         ref = ref.name_or_path

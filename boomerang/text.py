@@ -13,10 +13,12 @@ import json
 import os
 from typing import Iterator
 
+from boomerang.errors import BoomerangError
+
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(BoomerangError):
     pass
 
 

@@ -32,12 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from boomerang.cli import fail, setup_logging
+from boomerang.errors import BoomerangError
 from boomerang.io import atomic_write_text
 from boomerang.assemble import ModelSource
-from boomerang.families import UnsupportedModelError, adapter_for_config
-from boomerang.layer_map import LayerMap, LayerMapError
-from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer
-from patching.patch import PatchError, assemble_plan, check_pair, load_layer_map, order_name
+from boomerang.families import adapter_for_config, order_name
+from boomerang.layer_map import LayerMap
+from boomerang.models import load_config, load_model, load_tokenizer
+from patching.patch import assemble_plan, check_pair, load_layer_map
 from boomerang.text import DataError, read_local_documents
 
 VARIANTS = ("teacher_embeddings", "student_head")
@@ -271,7 +272,7 @@ def main(argv=None) -> dict:
         student = load_model(args.student_model_name_or_path, dtype=torch.float32).eval()
         teacher_src, student_src = ModelSource(teacher, "teacher"), ModelSource(student, "student")
         check_pair(teacher_src, student_src, layer_map)
-    except (PatchError, LayerMapError, DataError, ModelNotFoundError, UnsupportedModelError) as e:
+    except BoomerangError as e:  # every library and stage error
         fail(str(e))
     report = alignment_report(teacher, student, layer_map, batches, teacher_name=args.teacher_model_name_or_path,
                               student_name=args.student_model_name_or_path, data=args.data,

@@ -30,8 +30,20 @@ import time
 
 import torch
 
-from baselines import BaselineError, METADATA_NAME, load_baseline_metadata, save_baseline
+from baselines import BaselineError, METADATA_NAME, load_baseline_metadata, save_baseline, shortgpt
+from baselines.laco import DEFAULT_THRESHOLDS, LacoSearch, build_laco_model, replay
+from baselines.naive import build_naive_pruning_model, naive_pruning_layers
 from boomerang import text
+from boomerang.cli import fail, parse_with_config, setup_logging
+from boomerang.errors import BoomerangError
+from boomerang.families import FIRST_K, adapter_for, adapter_for_config, count_parameters, dtype_from_name, patch_order
+from boomerang.io import atomic_write_json, atomic_write_text
+from boomerang.models import load_config, load_model, load_tokenizer, resolve_model_path
+from evaluate.evaluate import (EvaluationError, SweepPoint, _parse_batch_size, boomerang_points, parse_limit,
+                               parse_sweep, prepare_sweep_directory, run_sweep)
+from evaluate.heldout import HeldoutReference
+from evaluate.results import fmt_number, load_results
+from patching.patch import load_layer_map
 
 log = logging.getLogger("boomerang.baselines")
 
@@ -41,11 +53,8 @@ CURVES = {"naive": "naive pruning", "shortgpt": "ShortGPT", "laco": "LaCo"}
 
 # ----------------------------------------------------------------------------------- calibration data
 def load_texts(source: str, split: str = "train", text_field: str = "text", dataset_config: str | None = None) -> list[str]:
-    """Calibration texts (``boomerang.text.load_texts``), its errors as BaselineError naming --calibration_data."""
-    try:
-        return text.load_texts(source, split, text_field, dataset_config, flag="--calibration_data")
-    except text.DataError as e:
-        raise BaselineError(str(e)) from None
+    """Calibration texts (``boomerang.text.load_texts``); its errors (DataError) name --calibration_data."""
+    return text.load_texts(source, split, text_field, dataset_config, flag="--calibration_data")
 
 
 def calibration_batches(texts, tokenizer, num_samples: int = 32, seq_len: int = 256, batch_size: int = 8) -> list[dict]:
@@ -80,8 +89,6 @@ def calibration_batches(texts, tokenizer, num_samples: int = 32, seq_len: int = 
 
 def parse_sizes(spec: str | None, max_patch: int) -> list[int]:
     """``None``/``all`` -> 0..max_patch; ``0-14``, ``0,3,5``, ``2-6,10`` -> those ``k`` (checked)."""
-    from evaluate.evaluate import EvaluationError, parse_sweep
-
     try:
         return parse_sweep(spec, max_patch)
     except EvaluationError as e:
@@ -103,10 +110,7 @@ def build_family(method: str, teacher, layer_map, ks, patch_first_k_layers: bool
     Calibration-dependent work (ShortGPT's Block Influence, LaCo's search) runs here, once, and is
     written under ``save_directory/<method>/`` (and reused by a rerun with the same settings).
     """
-    from baselines.naive import build_naive_pruning_model, naive_pruning_layers
-    from baselines.shortgpt import block_influence, build_shortgpt_model
 
-    from boomerang.io import atomic_write_json
 
     depths = {k: layer_map.plan(k, patch_first_k_layers).depth for k in ks}
     out = []
@@ -126,7 +130,7 @@ def build_family(method: str, teacher, layer_map, ks, patch_first_k_layers: bool
             log.info("ShortGPT: block influence reused from %s", path)
         else:
             t0 = time.time()
-            bi = block_influence(teacher, batches)
+            bi = shortgpt.block_influence(teacher, batches)
             log.info("ShortGPT: block influence of %d layers in %.1f s", len(bi), time.time() - t0)
             if path:
                 atomic_write_json(path, {"settings": settings, "block_influence": bi,
@@ -134,14 +138,11 @@ def build_family(method: str, teacher, layer_map, ks, patch_first_k_layers: bool
                                          "lowest_first": sorted(range(len(bi)), key=lambda i: (bi[i], -i))})
         for k in ks:
             d = depths[k]
-            from baselines.shortgpt import shortgpt_layers
 
-            info = {"method": "shortgpt", "num_layers_to_patch": k, "depth": d, "teacher_layers": shortgpt_layers(bi, d)}
-            out.append((k, d, lambda d=d: build_shortgpt_model(teacher, d, block_influences=bi)[0], info))
+            info = {"method": "shortgpt", "num_layers_to_patch": k, "depth": d, "teacher_layers": shortgpt.shortgpt_layers(bi, d)}
+            out.append((k, d, lambda d=d: shortgpt.build_shortgpt_model(teacher, d, block_influences=bi)[0], info))
         return out
     if method == "laco":
-        from baselines.laco import LacoSearch, build_laco_model, replay
-
         opts = dict(laco_options or {})
         settings = {"calibration": calibration, **{k: v for k, v in opts.items()}}
         path = os.path.join(method_dir, "search.json") if method_dir else None
@@ -176,8 +177,6 @@ def build_family(method: str, teacher, layer_map, ks, patch_first_k_layers: bool
                     "threshold": chosen["threshold"], "calibration_similarity": chosen["similarity"]}
 
             def build(chosen=chosen):
-                from boomerang.families import adapter_for
-
                 layers = list(adapter_for(teacher).get_layers(teacher))[:L]
                 slots = replay(L, [tuple(m) for m in chosen["merges"]], layers)
                 return build_laco_model(teacher, slots)[0]
@@ -194,10 +193,6 @@ def family_points(method: str, entries, teacher_name: str, student_name: str, or
     A point's builder reloads the saved folder (so what is evaluated is what was written), or builds
     in memory when nothing is saved.
     """
-    from boomerang.families import count_parameters
-    from boomerang.io import atomic_write_json
-    from boomerang.models import load_model
-    from evaluate.evaluate import SweepPoint
 
     points, listing = [], []
     for k, depth, builder, info in entries:
@@ -264,8 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--laco_calibration_seq_len", type=int, default=128)
     p.add_argument("--laco_merge_widths", default="2,3", help="merge widths C to search, e.g. 2,3,4")
     p.add_argument("--laco_thresholds", default=None,
-                   help="threshold grid (comma-separated); default " + ",".join(str(t) for t in __import__(
-                       "baselines.laco", fromlist=["x"]).DEFAULT_THRESHOLDS))
+                   help="threshold grid (comma-separated); default " + ",".join(str(t) for t in DEFAULT_THRESHOLDS))
     p.add_argument("--laco_refine_steps", type=int, default=2, help="bisection steps per depth after the grid")
     p.add_argument("--laco_interval", type=int, default=2, help="LaCo's minimum interval I between merges")
     p.add_argument("--laco_lowest_layer", type=int, default=1, help="LaCo never merges below this layer")
@@ -289,12 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    from boomerang.cli import fail, parse_with_config, setup_logging
-    from boomerang.families import UnsupportedModelError, adapter_for_config, dtype_from_name
-    from boomerang.layer_map import LayerMapError
-    from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
-    from patching.patch import PatchError, load_layer_map
-
     args = parse_with_config(build_parser(), argv)
     setup_logging(args.verbose)
     if args.threads:
@@ -310,10 +298,9 @@ def main(argv=None) -> dict:
         if adapter.is_encoder:
             raise BaselineError(f"baselines are built for decoder LMs; {adapter.name} is an encoder")
         layer_map = load_layer_map(student_path, adapter.num_layers(t_cfg))
-        from boomerang.families import patch_order
 
         order = patch_order(t_cfg, args.patch_first_k_layers, args.override_llama_patching)
-        first_k = order == "first-k"
+        first_k = order == FIRST_K
         ks = parse_sizes(args.sizes, layer_map.max_patch)
         needs_data = [m for m in methods if m in ("shortgpt", "laco")]
         texts = None
@@ -323,7 +310,6 @@ def main(argv=None) -> dict:
             texts = load_texts(args.calibration_data, args.calibration_split, args.calibration_text_field,
                                args.calibration_dataset_config)
         widths = [int(c) for c in str(args.laco_merge_widths).split(",") if c.strip()]
-        from baselines.laco import DEFAULT_THRESHOLDS
 
         thresholds = (DEFAULT_THRESHOLDS if args.laco_thresholds is None else
                       tuple(float(t) for t in str(args.laco_thresholds).split(",") if t.strip()))
@@ -340,13 +326,12 @@ def main(argv=None) -> dict:
                 raise BaselineError(f"--heldout_kl {args.heldout_kl}: no such file")
             ref_desc = {"task": "heldout_kl", "data_file": os.path.abspath(args.heldout_kl),
                         "documents": args.heldout_docs, "max_tokens": args.heldout_max_tokens}
+        limit = parse_limit(args.limit)
         if args.tasks or ref_desc:
-            from evaluate.evaluate import prepare_sweep_directory
-
             taskset = prepare_sweep_directory(os.path.join(args.save_directory, "eval"), args.tasks or None,
-                                              limit=_limit(args.limit), max_doc_words=args.max_doc_words,
+                                              limit=limit, max_doc_words=args.max_doc_words,
                                               reference=ref_desc)
-    except (BaselineError, ModelNotFoundError, LayerMapError, PatchError, UnsupportedModelError, ValueError) as e:
+    except (BoomerangError, ValueError) as e:  # BoomerangError: every library and stage error
         fail(str(e))
     log.info("methods %s; sizes k=%s -> depths %s (%s ladder of %s)", methods, ks,
              [layer_map.plan(k, first_k).depth for k in ks], order, args.student_model_name_or_path)
@@ -390,12 +375,8 @@ def main(argv=None) -> dict:
         all_points.extend(p for p in pts if p.metadata["depth"] != layer_map.num_teacher_layers)
         log.info("%s: %d models in %.1f s", method, len(pts), time.time() - t0)
     if taskset is not None:
-        from evaluate.evaluate import SweepPoint, _parse_batch_size, boomerang_points, run_sweep
-
         reference = None
         if args.heldout_kl is not None:
-            from evaluate.heldout import HeldoutReference
-
             reference = HeldoutReference(teacher, tokenizer_fn(), args.heldout_kl, args.heldout_docs,
                                          args.heldout_max_tokens)
         teacher_eval = teacher if dtype in (None, torch.float32) else load_model(teacher_path, dtype=dtype)
@@ -414,11 +395,10 @@ def main(argv=None) -> dict:
                 points.append(p)
         points.extend(all_points)
         summary["evaluation"] = run_sweep(points, os.path.join(args.save_directory, "eval"), taskset,
-                                          limit=_limit(args.limit), max_doc_words=args.max_doc_words,
+                                          limit=limit, max_doc_words=args.max_doc_words,
                                           batch_size=_parse_batch_size(args.eval_batch_size),
                                           max_length=args.max_length, device="cpu" if not torch.cuda.is_available() else None,
                                           common_metadata={"dtype": args.dtype}, reference=reference)
-        from boomerang.io import atomic_write_text
 
         try:
             table = comparison_table(os.path.join(args.save_directory, "eval"))
@@ -432,7 +412,6 @@ def main(argv=None) -> dict:
 def comparison_table(eval_directory: str, metric: str = "token_perplexity", task: str | None = None) -> str:
     """A markdown table of one metric, one row per depth and one column per curve (naive pruning,
     ShortGPT, LaCo, boomerang, ...), from the result files of an evaluation folder."""
-    from evaluate.results import load_results
 
     records = load_results(eval_directory)
     if not records:
@@ -458,27 +437,15 @@ def comparison_table(eval_directory: str, metric: str = "token_perplexity", task
     lines = [f"{task} {metric} (lower is better)", "",
              "| depth | params (total) | " + " | ".join(order) + " |", "|---|---|" + "---|" * len(order)]
     for d in sorted({d for d, _ in cells}):
-        row = [str(d), f"{params.get(d) or 0:,}"] + [_fmt_value(cells.get((d, c))) for c in order]
+        row = [str(d), f"{params.get(d) or 0:,}"] + [fmt_number(cells.get((d, c)), style="g") for c in order]
         lines.append("| " + " | ".join(row) + " |")
     for t in teacher:
         v = t.get("metrics", {}).get(task, {}).get(metric, {}).get("value")
         lines.append(f"| {t['depth']} (teacher) | {t.get('parameters', {}).get('total', 0):,} | "
-                     + " | ".join(_fmt_value(v) for _ in order) + " |")
+                     + " | ".join(fmt_number(v, style="g") for _ in order) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _fmt_value(v) -> str:
-    if v is None:
-        return ""
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
-
-
-def _limit(limit):
-    if limit is None:
-        return None
-    if limit <= 0:
-        raise BaselineError(f"--limit must be positive, got {limit}")
-    return int(limit) if limit >= 1 else limit
 
 
 if __name__ == "__main__":

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 
+from boomerang.cli import fail
+from boomerang.io import atomic_write_text
 from boomerang.scoring import Scores
 from evaluate.alignment import paired_comparison
 from evaluate.heldout import TASK_NAME
+from evaluate.results import fmt_number, load_results
 
 
 def ladder_by_depth(records: list[dict], curve: str | None = None) -> dict[int, dict]:
@@ -50,7 +53,8 @@ def verdict(lo: float, hi: float, one: float) -> str:
 
 
 def fmt_ppl(v: float) -> str:
-    return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}"
+    """A perplexity cell: one decimal (``evaluate.results.fmt_number``)."""
+    return fmt_number(v, 1, "f")
 
 
 def render(rows: list[dict], ref_label: str, label: str) -> str:
@@ -70,9 +74,6 @@ def render(rows: list[dict], ref_label: str, label: str) -> str:
 
 
 def main(argv=None) -> str:
-    from boomerang.cli import fail
-    from evaluate.results import load_results
-
     p = argparse.ArgumentParser(prog="python -m evaluate.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", help="sweep folders; the first is the reference")
@@ -98,8 +99,6 @@ def main(argv=None) -> str:
     for label, lad in ladders[1:]:
         text += f"## {label} against {ref_label}\n\n" + render(compare_rows(ref, lad, args.resamples), ref_label, label) + "\n"
     if args.out:
-        from boomerang.io import atomic_write_text
-
         atomic_write_text(args.out, text)
     print(text)
     return text

@@ -36,15 +36,29 @@ import logging
 import os
 import platform
 import shutil
-import sys
+import subprocess
 import time
 import traceback
+from datetime import timedelta
+from importlib.metadata import version
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 
+from boomerang.assemble import ModelSource
+from boomerang.cli import fail, parse_with_config, setup_logging
+from boomerang.errors import BoomerangError
+from boomerang.families import (FIRST_K, adapter_for, adapter_for_config, count_parameters, dtype_from_name, order_name,
+                                patch_order)
+from boomerang.io import atomic_write_json
+from boomerang.models import load_config, load_model, load_tokenizer, resolve_model_path
+from evaluate import results as results_mod
+from evaluate.heldout import HeldoutReference
+from evaluate.plot import plot_records
 from evaluate.tasks import PAPER_EXTRA_TASKS, PAPER_TASKS, TaskError, TaskSet, resolve_tasks
+from patching.patch import assemble_plan, build_intermediate_model, load_layer_map, load_plan, plan_of
 
 log = logging.getLogger("boomerang.evaluate")
 
@@ -54,14 +68,14 @@ TASKS_DIR = "tasks"
 SWEEP_FILE = "sweep.json"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(BoomerangError):
     pass
 
 
 # --------------------------------------------------------------------------- one model
 def _token_counting_lm_class():
     """HFLM whose rolling log-likelihoods also carry the number of tokens scored (token perplexity)."""
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # lazy: lm_eval (heavy) loads only when a model is evaluated
 
     class _LogLikelihood(float):
         num_tokens: int = 0
@@ -130,7 +144,7 @@ def evaluate_model(model, tokenizer, tasks, *, limit: int | float | None = None,
     "higher_is_better": {...}, "lm_eval_version": ..., "eval_time_s": ...}``; stderr is None where
     lm-eval gives none (perplexities).
     """
-    from lm_eval import evaluator
+    from lm_eval import evaluator  # lazy: lm_eval (heavy) loads only when a model is evaluated
 
     taskset = tasks if isinstance(tasks, TaskSet) else resolve_tasks(tasks, task_data, include_path,
                                                                       max_doc_words=max_doc_words)
@@ -209,16 +223,12 @@ class SweepPoint:
 
 def _version(pkg: str) -> str | None:
     try:
-        from importlib.metadata import version
-
         return version(pkg)
     except Exception:
         return None
 
 
 def versions() -> dict:
-    import subprocess
-
     v = {"python": platform.python_version(), "torch": torch.__version__, "transformers": _version("transformers"),
          "lm_eval": _version("lm_eval"), "datasets": _version("datasets")}
     try:
@@ -275,7 +285,6 @@ def prepare_sweep_directory(save_directory: str, tasks, *, limit=None, num_fewsh
     if overwrite:
         for sub in (RESULTS_DIR, FAILURES_DIR):
             shutil.rmtree(os.path.join(save_directory, sub), ignore_errors=True)
-    from boomerang.io import atomic_write_json
 
     atomic_write_json(path, {"settings": settings})
     return taskset
@@ -298,7 +307,6 @@ def sweep_processes(device: str | None = None) -> tuple[int, int, str | None]:
     """(rank, world size, device) of this process. Under torchrun (WORLD_SIZE > 1) the process group is set up
     here (gloo: only barriers and one broadcast travel through it) and each process takes ``cuda:LOCAL_RANK``
     (``--device`` unset or ``cuda``) or the CPU (``--device cpu``, or no GPU); one process: ``device`` as given."""
-    import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -318,16 +326,12 @@ def sweep_processes(device: str | None = None) -> tuple[int, int, str | None]:
     else:
         device = "cpu"
     if not dist.is_initialized():
-        from datetime import timedelta
-
         # The summary barrier waits for the slowest process's sizes: hours on a large sweep.
         dist.init_process_group(backend="gloo", timeout=timedelta(days=7))
     return rank, world, device
 
 
 def _group() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -337,7 +341,6 @@ def _rank0_first(fn: Callable[[bool], Any], rank: int, world_size: int):
     """``fn(True)`` on rank 0, then ``fn(False)`` on the other ranks (e.g. only rank 0 may delete old results)."""
     if world_size <= 1:
         return fn(True)
-    import torch.distributed as dist
 
     if rank == 0:
         out = fn(True)
@@ -365,7 +368,6 @@ def _my_points(points: list[SweepPoint], save_directory: str, rank: int, world_s
     redone), every process receives that list and takes its share (``split_points``). None: one process."""
     if world_size <= 1:
         return None
-    import torch.distributed as dist
 
     pending = [[p.name for p in points if not os.path.isfile(result_path(save_directory, p.name))]]
     dist.broadcast_object_list(pending, src=0)
@@ -401,11 +403,7 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
     it finishes; after a barrier every process returns all results and rank 0 writes the summary. A process that
     dies loses only its unfinished points: the rerun evaluates what has no result file.
     """
-    from boomerang.families import count_parameters
-    from boomerang.io import atomic_write_json
 
-    from evaluate import results as results_mod
-    from evaluate.plot import plot_records
 
     points = list(points)
     for p in points:
@@ -444,8 +442,6 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
             counts = count_parameters(model)
             depth = meta.get("depth")
             if depth is None:
-                from boomerang.families import adapter_for
-
                 depth = adapter_for(model).num_layers(model.config)
             ev = {"metrics": {}, "n_samples": {}, "higher_is_better": {}, "eval_time_s": 0.0}
             if taskset.names:
@@ -499,8 +495,6 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
         log.info("[%d/%d] %s: done in %.1f s (%s)", i, len(points), point.name, record["wall_time_s"]["total"],
                  results_mod.headline(record))
     if world_size > 1:
-        import torch.distributed as dist
-
         dist.barrier()  # every process's points are finished (or failed)
         done = []
         for point in points:
@@ -522,13 +516,24 @@ def _now() -> str:
 # --------------------------------------------------------------------------- boomerang points
 def use_first_k(teacher, patch_first_k_layers: bool = False, override_llama_patching: bool = False) -> bool:
     """The patch order rule (``boomerang.families.patch_order``) for a loaded model, a config, or a name/folder."""
-    from boomerang.families import patch_order
-    from boomerang.models import load_config
 
     cfg = teacher if hasattr(teacher, "model_type") else getattr(teacher, "config", None)
     if cfg is None:
         cfg = load_config(teacher)
-    return patch_order(cfg, patch_first_k_layers, override_llama_patching) == "first-k"
+    return patch_order(cfg, patch_first_k_layers, override_llama_patching) == FIRST_K
+
+
+def parse_limit(limit: float | None, flag: str = "--limit") -> int | float | None:
+    """Items per task: None (every item), a count (a whole number >= 1, as an int) or a fraction below 1."""
+    if limit is None:
+        return None
+    if limit <= 0:
+        raise EvaluationError(f"{flag} must be positive, got {limit}")
+    if limit >= 1:
+        if limit != int(limit):
+            raise EvaluationError(f"{flag} {limit}: give an integer number of items or a fraction below 1")
+        return int(limit)
+    return limit
 
 
 def parse_sweep(spec: str | Sequence[int] | None, max_patch: int) -> list[int]:
@@ -573,14 +578,11 @@ def boomerang_points(teacher, student, ks: Iterable[int] | None = None, patch_fi
     (with ``include_endpoints``, student and teacher are added whatever ``ks`` says).
     Names: ``student``, ``last_k03`` / ``first_k03``, ``teacher``.
     """
-    from boomerang.models import load_tokenizer
-    from patching.patch import build_intermediate_model, load_layer_map
 
-    from boomerang.families import adapter_for
 
     adapter = adapter_for(teacher)
     layer_map = load_layer_map(student, adapter.num_layers(teacher.config))
-    order = "first-k" if patch_first_k_layers else "last-k"
+    order = order_name(patch_first_k_layers)
     ks = list(range(layer_map.max_patch + 1)) if ks is None else sorted(set(int(k) for k in ks))
     bad = [k for k in ks if not 0 <= k <= layer_map.max_patch]
     if bad:
@@ -634,9 +636,6 @@ def plan_points(plan: dict, teacher, student, dtype=None, curve: str = "searched
                 student_name: str | None = None) -> list[SweepPoint]:
     """Sweep points of a searched ladder (``patching.search``): one model per depth, named ``searched_dNN``,
     each assembled from the loaded teacher and student (tensors shared)."""
-    from boomerang.assemble import ModelSource
-    from boomerang.models import load_tokenizer
-    from patching.patch import assemble_plan, plan_of
 
     t_src, s_src = ModelSource(teacher), ModelSource(student)
     tok_cache: dict[str, Any] = {}
@@ -728,12 +727,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> list[dict]:
-    from boomerang.cli import fail, parse_with_config, setup_logging
-    from boomerang.families import UnsupportedModelError, adapter_for_config, dtype_from_name
-    from boomerang.layer_map import LayerMapError
-    from boomerang.models import ModelNotFoundError, load_config, load_model, resolve_model_path
-    from patching.patch import PatchError, load_layer_map
-
     args = parse_with_config(build_parser(), argv)
     setup_logging(args.verbose)
     if (args.num_layers_to_patch is None) == (args.sweep is None):
@@ -747,14 +740,10 @@ def main(argv=None) -> list[dict]:
         rank, world, device = sweep_processes(args.device)
     except EvaluationError as e:
         fail(str(e))
-    limit = args.limit
-    if limit is not None:
-        if limit <= 0:
-            fail(f"--limit must be positive, got {limit}")
-        if limit >= 1:
-            if limit != int(limit):
-                fail(f"--limit {limit}: give an integer number of items or a fraction below 1")
-            limit = int(limit)
+    try:
+        limit = parse_limit(args.limit)
+    except EvaluationError as e:
+        fail(str(e))
     # Everything that can be wrong is checked before any weights load.
     try:
         dtype = dtype_from_name(args.dtype)
@@ -768,15 +757,13 @@ def main(argv=None) -> list[dict]:
         adapter = adapter_for_config(t_cfg)
         layer_map = load_layer_map(student_path, adapter.num_layers(t_cfg))
         first_k = use_first_k(t_cfg, args.patch_first_k_layers, args.override_llama_patching)
-        order = "first-k" if first_k else "last-k"
+        order = order_name(first_k)
         ks = parse_sweep(args.sweep, layer_map.max_patch) if args.sweep is not None else [args.num_layers_to_patch]
         if args.sweep is None and not 0 <= args.num_layers_to_patch <= layer_map.max_patch:
             raise EvaluationError(f"--num_layers_to_patch must be in 0..{layer_map.max_patch} for this student "
                                   f"({layer_map.max_patch} multi-layer blocks), got {args.num_layers_to_patch}")
         plan = None
         if args.plan is not None:
-            from patching.patch import load_plan
-
             plan = load_plan(args.plan)
             if list(layer_map.copied_teacher_layers) != plan.get("copied_teacher_layers"):
                 raise EvaluationError(f"--plan {args.plan} was searched for another student (copied layers "
@@ -792,8 +779,7 @@ def main(argv=None) -> list[dict]:
             args.save_directory, task_names, limit=limit, num_fewshot=args.num_fewshot,
             include_path=args.include_path, task_data=task_data, max_doc_words=args.max_doc_words,
             overwrite=args.overwrite and first, reference=ref_desc), rank, world)
-    except (TaskError, EvaluationError, ModelNotFoundError, LayerMapError, PatchError, UnsupportedModelError,
-            ValueError) as e:
+    except (BoomerangError, ValueError) as e:  # BoomerangError: every library and stage error
         fail(str(e))
     log.info("order %s (%s teacher), sizes k=%s, tasks %s", order, adapter.name, ks, taskset.names)
     common = {"teacher": args.teacher_model_name_or_path, "student": args.student_model_name_or_path,
@@ -817,8 +803,6 @@ def main(argv=None) -> list[dict]:
         k = args.num_layers_to_patch
 
         def build():
-            from patching.patch import build_intermediate_model
-
             return build_intermediate_model(teacher_path, student_path, k, first_k, dtype=dtype)
 
         plan = layer_map.plan(k, first_k)
@@ -829,9 +813,6 @@ def main(argv=None) -> list[dict]:
             "layers": [list(x) for x in plan.layers], "embeddings_from": plan.embeddings_from,
             "final_norm_from": plan.final_norm_from, "lm_head_from": plan.lm_head_from})]
     if args.heldout_kl is not None:
-        from boomerang.models import load_tokenizer
-        from evaluate.heldout import HeldoutReference
-
         t_ref = teacher if args.sweep is not None else load_model(teacher_path, dtype=dtype)
         reference = HeldoutReference(t_ref, load_tokenizer(teacher_path), args.heldout_kl, args.heldout_docs,
                                      args.heldout_max_tokens)
@@ -841,8 +822,6 @@ def main(argv=None) -> list[dict]:
                         plots=not args.no_plots, common_metadata=common, max_length=args.max_length,
                         reference=reference, rank=rank, world_size=world)
     if world > 1:
-        import torch.distributed as dist
-
         dist.destroy_process_group()
     return records
 

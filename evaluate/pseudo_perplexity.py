@@ -23,9 +23,12 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
+
+from boomerang.errors import BoomerangError
 
 
-class PseudoPerplexityError(ValueError):
+class PseudoPerplexityError(BoomerangError):
     pass
 
 
@@ -73,7 +76,7 @@ def load_texts(
         looks_local = source.startswith((".", "/", "~")) or source.endswith((".txt", ".text"))
         if looks_local:
             raise PseudoPerplexityError(f"text file {source} does not exist")
-        import datasets
+        import datasets  # lazy: only for hub data sets
 
         ds = datasets.load_dataset(source, dataset_config, split=split)
         if column not in ds.column_names:
@@ -184,8 +187,6 @@ def pseudo_perplexity(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(items), desc=desc or "pseudo-perplexity", unit="tok", leave=False)
     was_training = model.training
     model.eval()

@@ -62,14 +62,20 @@ def metric_columns(records: Iterable[dict]) -> list[tuple[str, str]]:
     return cols
 
 
-def _fmt(v, digits: int = 4) -> str:
+def fmt_number(v, digits: int = 4, style: str = "auto") -> str:
+    """A number for a table cell (the one number format of every table and report): "" for a missing value
+    (None, NaN); from 1,000 up whole numbers with separators; below, ``digits`` significant digits
+    (``style="g"``), ``digits`` decimals (``"f"``), or ``"auto"``: significant digits from 1 up, decimals below 1.
+    Anything not a number is written as it is."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
-    if isinstance(v, float):
-        if abs(v) >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}"
-    return str(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if style == "auto":
+        style = "g" if abs(v) >= 1 else "f"
+    return f"{v:.{digits}{style}}"
 
 
 def headline(record: dict) -> str:
@@ -77,7 +83,7 @@ def headline(record: dict) -> str:
     for t, ms in record.get("metrics", {}).items():
         for m in ("acc", "token_perplexity", "word_perplexity", "acc_norm"):
             if m in ms and ms[m].get("value") is not None:
-                parts.append(f"{t} {m}={_fmt(ms[m]['value'])}")
+                parts.append(f"{t} {m}={fmt_number(ms[m]['value'])}")
                 break
     return ", ".join(parts[:4])
 
@@ -125,7 +131,7 @@ def summary_markdown(records: list[dict], failures: list[dict] | None = None, ti
         for t, m in cols:
             e = r.get("metrics", {}).get(t, {}).get(m, {})
             v, s = e.get("value"), e.get("stderr")
-            cells.append(_fmt(v) + (f" ± {_fmt(s, 2)}" if s is not None else ""))
+            cells.append(fmt_number(v) + (f" ± {fmt_number(s, 2)}" if s is not None else ""))
         lines.append("| " + " | ".join(cells) + " |")
     if records:
         r0 = records[0]

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from boomerang.assemble import LayerRef, as_source, assemble
+from boomerang.errors import BoomerangError
 from boomerang.families import adapter_for
 from boomerang.layer_map import LayerMap, PatchPlan
 from patching.patch import build_intermediate_model
@@ -70,7 +71,7 @@ _OTHER_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _DISTILBERT_LAYER_NORM_EPS = 1e-12  # hard-coded in DistilBERT's modules
 
 
-class EncoderPatchError(ValueError):
+class EncoderPatchError(BoomerangError):
     pass
 
 
@@ -100,7 +101,7 @@ def bert_config_from_distilbert(distil_config, teacher_config=None):
     with the student's depth, after checking that every shape and setting the layers depend on
     agrees; without it, one is built from the DistilBERT fields.
     """
-    from transformers import BertConfig
+    from transformers import BertConfig  # lazy: transformers takes seconds to import; commands start without it
 
     _require(distil_config, "distilbert", "student")
     fields = dict(
@@ -153,7 +154,7 @@ def distilbert_layer_state_to_bert(state: dict[str, torch.Tensor]) -> dict[str, 
 
 def distilbert_layer_to_bert(layer: nn.Module, bert_config) -> nn.Module:
     """A ``BertLayer`` with a DistilBERT ``TransformerBlock``'s weights: the same function of its input."""
-    from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.bert.modeling_bert import BertLayer  # lazy: heavy, loaded on first use
 
     new = BertLayer(bert_config)
     ref = next(layer.parameters())
@@ -169,7 +170,7 @@ def distilbert_to_bert(student: nn.Module, teacher_config=None, share: bool = Tr
     Token-type embeddings are zero (DistilBERT has none), so any ``token_type_ids`` give DistilBERT's
     embeddings. With ``share`` the result's tensors are the student's own (no memory copy).
     """
-    import transformers
+    import transformers  # lazy: transformers takes seconds to import; commands start without it
     from accelerate import init_empty_weights
 
     _require(student, "distilbert", "student")

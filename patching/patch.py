@@ -31,22 +31,32 @@ import json
 import logging
 import os
 import re
+import signal
+import sys
 import time
 from typing import Iterable
 
 import torch
 
-from boomerang.assemble import CheckpointSource, LayerRef, ModelSource, Source, as_source, assemble
-from boomerang.families import count_parameters, dtype_from_name, patch_order, set_tie
+from tqdm.auto import tqdm
+
+from boomerang.assemble import (SAFETENSORS_DTYPES, CheckpointSource, LayerRef, ModelSource, Source, _empty_model,
+                                as_source, assemble)
+from boomerang.cli import fail, parse_with_config, setup_logging
+from boomerang.errors import BoomerangError
+from boomerang.families import FIRST_K, count_parameters, dtype_from_name, patch_order, set_tie
+from boomerang.io import atomic_write_text, save_model_folder
 from boomerang.layer_map import LayerMap, LayerMapError, PatchPlan, format_layers
-from boomerang.models import find_tokenizer, load_tokenizer, resolve_model_path
+from boomerang.models import find_tokenizer, load_model, load_tokenizer, resolve_model_path
+from boomerang.scoring import TeacherReference, fixed_length_sequences
+from boomerang.text import read_local_documents
 
 log = logging.getLogger("boomerang.patch")
 
 PROVENANCE_NAME = "boomerang_provenance.json"
 
 
-class PatchError(ValueError):
+class PatchError(BoomerangError):
     pass
 
 
@@ -56,13 +66,6 @@ def _source_path(src: Source) -> str | None:
     if path is None and isinstance(src, ModelSource):
         path = getattr(src.model, "name_or_path", None)
     return path if path and os.path.isdir(path) else None
-
-
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
-}
 
 
 class FileReadSource(CheckpointSource):
@@ -84,13 +87,11 @@ class FileReadSource(CheckpointSource):
         self._chunk: torch.Tensor | None = None
         self._entries: dict[tuple[str, str], tuple] = {}
         for fn in self._handles:
-            with open(os.path.join(path, fn), "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(n))
+            header, data_start = self.layout(fn)
             for raw, e in header.items():
                 if raw != "__metadata__":
                     start, end = e["data_offsets"]
-                    self._entries[(fn, raw)] = (e["dtype"], tuple(e["shape"]), 8 + n + start, end - start)
+                    self._entries[(fn, raw)] = (e["dtype"], tuple(e["shape"]), data_start + start, end - start)
 
     @staticmethod
     def _read_into(f, view: memoryview, what: str) -> None:
@@ -104,7 +105,7 @@ class FileReadSource(CheckpointSource):
     def get(self, key: str) -> torch.Tensor:
         fn, raw = self._where[key]
         st_dtype, shape, offset, nbytes = self._entries[(fn, raw)]
-        dtype = _ST_DTYPES.get(st_dtype)
+        dtype = SAFETENSORS_DTYPES.get(st_dtype)
         if dtype is None:
             return super().get(key)
         target = self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
@@ -140,7 +141,6 @@ def open_source(ref, role: str, dtype: torch.dtype | None = None) -> Source:
     try:
         return FileReadSource(path, name=str(ref), dtype=dtype)
     except FileNotFoundError:  # .bin-only folder: no lazy reading possible
-        from boomerang.models import load_model
 
         log.warning("%s has no safetensors weights: loading the whole %s model", ref, role)
         return as_source(load_model(path, dtype=None), name=str(ref))
@@ -262,7 +262,6 @@ def plan_config(teacher: Source, student: Source, plan: PatchPlan):
 
 def count_plan_parameters(teacher: Source, student: Source, plan: PatchPlan) -> dict[str, int]:
     """``count_parameters`` of the patched model, computed on a weightless (meta-device) model."""
-    from boomerang.assemble import _empty_model
 
     config = plan_config(teacher, student, plan)
     model = _empty_model(config, teacher.adapter, None)
@@ -361,10 +360,6 @@ def build_intermediate_model(
 
 
 # ---------------------------------------------------------------------------------------------- saving
-def order_name(patch_first_k_layers: bool) -> str:
-    return "first-k" if patch_first_k_layers else "last-k"
-
-
 def provenance(plan: PatchPlan, layer_map: LayerMap, teacher_name: str, student_name: str, counts: dict,
                num_layers_to_patch: int | None = None, order: str | None = None, dtype=None) -> dict:
     """What a patched model is made of, in plain JSON."""
@@ -395,14 +390,7 @@ def provenance(plan: PatchPlan, layer_map: LayerMap, teacher_name: str, student_
 
 def save_patched_model(model, tokenizer, save_directory: str, info: dict, overwrite: bool = False) -> str:
     """Write a loadable model folder atomically: weights, config, tokenizer, ``boomerang_provenance.json``."""
-    from boomerang.io import atomic_directory, atomic_write_json
-
-    with atomic_directory(save_directory, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        atomic_write_json(os.path.join(tmp, PROVENANCE_NAME), info)
-    return save_directory
+    return save_model_folder(model, tokenizer, save_directory, PROVENANCE_NAME, info, overwrite)
 
 
 def model_folder_name(plan: PatchPlan, k: int | None, order: str | None) -> str:
@@ -613,18 +601,12 @@ def _existing_matches(folder: str, info: dict) -> bool:
 
 def _exit_cleanly_on_sigterm() -> None:
     """``kill`` (SIGTERM) unwinds like Ctrl-C, so a half-written model folder is removed, not left behind."""
-    import signal
-    import sys
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def main(argv=None) -> list[str]:
-    from tqdm.auto import tqdm
 
-    from boomerang.cli import fail, parse_with_config, setup_logging
-    from boomerang.io import atomic_write_text
-    from boomerang.models import ModelNotFoundError
 
     args = parse_with_config(build_parser(), argv)
     setup_logging()
@@ -648,7 +630,7 @@ def main(argv=None) -> list[str]:
         layer_map = load_layer_map(student, teacher.adapter.num_layers(teacher.config))
         check_pair(teacher, student, layer_map)
         order = patch_order(teacher.config, args.patch_first_k_layers, args.override_llama_patching)
-        first_k = order == "first-k"
+        first_k = order == FIRST_K
         if args.all:
             jobs = [(k, plan) for k, plan in enumerate(layer_map.ladder(first_k))]
         elif args.num_layers_to_patch is not None:
@@ -662,7 +644,7 @@ def main(argv=None) -> list[str]:
         else:
             k, plan, _ = plan_for_target(teacher, student, layer_map, args.target_params, first_k, args.target_kind)
             jobs = [(k, plan)]
-    except (PatchError, LayerMapError, ModelNotFoundError, ValueError, FileNotFoundError) as e:
+    except (BoomerangError, ValueError, FileNotFoundError) as e:  # BoomerangError: every library and stage error
         fail(str(e))
     tokenizer = find_tokenizer(_source_path(teacher), _source_path(student))
     t_name, s_name = args.teacher_model_name_or_path, args.student_model_name_or_path
@@ -702,8 +684,6 @@ def main(argv=None) -> list[str]:
 
 def main_plan(args) -> list[str]:
     """``--plan search.json`` with one budget: build and save the best searched model that fits it."""
-    from boomerang.cli import fail
-    from boomerang.models import ModelNotFoundError
 
     # ---- the budget is checked against the plan before any model is opened
     try:
@@ -722,7 +702,7 @@ def main_plan(args) -> list[str]:
         if list(layer_map.copied_teacher_layers) != plan.get("copied_teacher_layers"):
             raise PatchError(f"--plan {args.plan} was searched for a student with copied layers "
                              f"{plan.get('copied_teacher_layers')}, this one has {list(layer_map.copied_teacher_layers)}")
-    except (PatchError, LayerMapError, ModelNotFoundError, ValueError, FileNotFoundError) as e:
+    except (BoomerangError, ValueError, FileNotFoundError) as e:  # BoomerangError: every library and stage error
         fail(str(e))
     measured_latency: dict[int, float] = {}
 
@@ -764,14 +744,11 @@ def main_plan(args) -> list[str]:
 
 def calibration_kl(model, teacher: Source, plan: dict) -> float | None:
     """The built model's KL from the teacher on the plan's own calibration data (None when the data is gone)."""
-    from boomerang.scoring import TeacherReference, fixed_length_sequences
-    from boomerang.text import read_local_documents
 
     cal = plan.get("calibration") or {}
     if not cal.get("data") or not os.path.exists(cal["data"]) or not isinstance(teacher, ModelSource) and \
             _source_path(teacher) is None:
         return None
-    from boomerang.models import load_model
 
     tok = load_tokenizer(_source_path(teacher))
     ids = fixed_length_sequences(tok, read_local_documents(cal["data"], flag="--calibration_data"), cal["samples"],

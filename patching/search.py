@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import time
@@ -47,8 +46,15 @@ from dataclasses import dataclass
 import torch
 
 from boomerang.assemble import LayerRef, ModelSource, assemble
+from boomerang.cli import fail, setup_logging
+from boomerang.errors import BoomerangError
+from boomerang.families import adapter_for_config, dtype_from_name
+from boomerang.io import atomic_write_json
 from boomerang.layer_map import LayerMap, PatchPlan, format_layers
+from boomerang.models import load_config, load_model, load_tokenizer, resolve_model_path
 from boomerang.scoring import TeacherReference, fixed_length_sequences
+from boomerang.text import read_local_documents
+from patching.patch import load_layer_map
 
 log = logging.getLogger("boomerang.search")
 
@@ -56,7 +62,7 @@ SEARCH_FILE = "search.json"
 Layers = tuple[tuple[str, int], ...]
 
 
-class SearchError(ValueError):
+class SearchError(BoomerangError):
     pass
 
 
@@ -398,14 +404,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    from boomerang.cli import fail, setup_logging
-    from boomerang.families import UnsupportedModelError, adapter_for_config, dtype_from_name
-    from boomerang.io import atomic_write_json
-    from boomerang.layer_map import LayerMapError
-    from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
-    from patching.patch import PatchError, load_layer_map
-    from boomerang.text import DataError, read_local_documents
-
     args = build_parser().parse_args(argv)
     setup_logging()
     out = os.path.join(args.save_directory, SEARCH_FILE)
@@ -427,8 +425,7 @@ def main(argv=None) -> dict:
         tok = load_tokenizer(teacher_path)
         ids = fixed_length_sequences(tok, texts, args.calibration_samples, args.calibration_seq_len,
                                      "--calibration_data", "--calibration_samples", "--calibration_seq_len")
-    except (SearchError, DataError, ModelNotFoundError, LayerMapError, PatchError, UnsupportedModelError,
-            ValueError) as e:
+    except (BoomerangError, ValueError) as e:  # BoomerangError: every library and stage error
         fail(str(e))
     teacher = load_model(teacher_path, dtype=dtype)
     student = load_model(student_path, dtype=dtype)

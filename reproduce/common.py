@@ -105,7 +105,7 @@ def distill(student_dir: str, config: str, settings: dict) -> None:
     if is_finished(student_dir):
         print(f"student already distilled in {student_dir}: reused", flush=True)
         return
-    from train import train as train_mod
+    from train import train as train_mod  # loads only when a student must be distilled (train imports transformers)
 
     argv = ["--config", config, "--save_directory", student_dir]
     for key, value in settings.items():

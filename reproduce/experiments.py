@@ -32,16 +32,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
 import torch
 
 from boomerang.cli import fail, read_config, setup_logging
+from boomerang.families import adapter_for, adapter_for_config
 from boomerang.io import atomic_write_json, atomic_write_text
+from boomerang.layer_map import LayerMap, LayerMapError
+from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
+from boomerang.scoring import Scores
+from evaluate.alignment import paired_comparison, step_changes
+from evaluate.baselines import build_family, family_points
+from evaluate.compare import fmt_ppl
+from evaluate.evaluate import SweepPoint, boomerang_points, run_sweep
+from evaluate.heldout import HeldoutReference
+from evaluate.results import load_results
+from patching.patch import load_layer_map
 from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, chance_levels, check_data, default_data_dir,
                               distill, heldout_subset, is_finished, stage, training_log)
+from reproduce.main_job import check_student_settings, student_settings, train_settings
 
 CONFIG = "configs/smollm2-135m-cpu.yaml"
 # Each student: the settings that differ from CONFIG, and what it is for. Same-size students are added
@@ -84,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
 def same_size_students(teacher_depth: int, base: dict, depths) -> dict[str, tuple[dict, str]]:
     """For each depth d: the layer map (f, n, l) whose student holds exactly the teacher layers of the
     untrained last-k interpolated model of depth d (same f and n as the base student, l found by search)."""
-    from boomerang.layer_map import LayerMap, LayerMapError
 
     f, n, l0 = base["first_layers_to_keep"], base["alternate_every_n_layers"], base["last_layers_to_keep"]
     full = LayerMap.from_recipe(teacher_depth, f, n, l0)
@@ -119,14 +129,11 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging()
 
-    from reproduce.main_job import check_student_settings, student_settings, train_settings
 
     config = args.config if os.path.isabs(args.config) else os.path.join(REPO, args.config)
     if not os.path.isfile(config):
         fail(f"--config {args.config}: no such file")
     base = read_config(config)
-    from boomerang.models import ModelNotFoundError, load_config, resolve_model_path
-    from boomerang.families import adapter_for_config
 
     try:
         teacher_path = resolve_model_path(args.teacher_model_name_or_path)
@@ -210,8 +217,6 @@ class Evaluator:
     def _setup(self):
         if self._reference is not None:
             return
-        from boomerang.models import load_model, load_tokenizer
-        from evaluate.heldout import HeldoutReference
 
         self._teacher = load_model(self.teacher_path, dtype=torch.float32)
         self._tok = load_tokenizer(self.teacher_path)
@@ -222,23 +227,16 @@ class Evaluator:
                   f"{sum(self._reference.reference.tokens)} predicted tokens", flush=True)
 
     def _load(self, student_dir):
-        from boomerang.families import adapter_for
-        from boomerang.models import load_model
-        from patching.patch import load_layer_map
-
         s = load_model(student_dir, dtype=torch.float32)
         s.boomerang_layer_map = load_layer_map(student_dir, adapter_for(self._teacher).num_layers(self._teacher.config))
         return s
 
     def _sweep(self, name, points, tasks=None, **kw):
-        from evaluate.evaluate import run_sweep
-
         return run_sweep(points, os.path.join(self.eval_dir, name), tasks, reference=self._reference, device="cpu",
                          **kw)
 
     def student(self, n, student_dir):
         """A ladder student: every size in last-k order; a same-size student: itself, at its depth."""
-        from evaluate.evaluate import SweepPoint, boomerang_points
 
         self._setup()
         with stage(f"evaluate {n}", self.timings, self.ledger):
@@ -257,7 +255,6 @@ class Evaluator:
 
     def naive(self, full_dir):
         """Naive pruning (the teacher's layers, not distilled) at every depth of the ladder."""
-        from evaluate.baselines import build_family, family_points
 
         with stage("evaluate naive pruning", self.timings, self.ledger):
             lm = self._load(full_dir).boomerang_layer_map
@@ -268,7 +265,6 @@ class Evaluator:
 
     def multiple_choice(self, n, full_dir):
         """Claim 3 on the multiple-choice tasks: the same-size student and the interpolated model of its depth."""
-        from evaluate.evaluate import SweepPoint, boomerang_points
 
         with stage(f"multiple choice {n}", self.timings, self.ledger):
             full = self._load(full_dir)
@@ -287,8 +283,6 @@ class Evaluator:
 
 # ----------------------------------------------------------------------------------------------- report
 def _load(seed_dir: str, sweep: str) -> list[dict]:
-    from evaluate.results import load_results
-
     return load_results(os.path.join(seed_dir, "eval", sweep))
 
 
@@ -301,14 +295,11 @@ def _by_depth(records: list[dict]) -> dict:
 
 
 def _scores(r):
-    from boomerang.scoring import Scores
-
     return Scores.from_dict(r["heldout_scores"])
 
 
 def _ppl(r) -> str:
-    v = r["metrics"]["heldout_kl"]["token_perplexity"]["value"]
-    return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}"
+    return fmt_ppl(r["metrics"]["heldout_kl"]["token_perplexity"]["value"])
 
 
 def _kl(r) -> str:
@@ -317,7 +308,6 @@ def _kl(r) -> str:
 
 def _cmp(a, b, resamples: int) -> str:
     """b against a: perplexity ratio b/a and KL difference b - a, each with a 95% paired bootstrap interval."""
-    from evaluate.alignment import paired_comparison
 
     c = paired_comparison(_scores(a), _scores(b), resamples=resamples)
     return (f"{c['ppl_ratio']:.2f} [{c['ppl_ci95'][0]:.2f}, {c['ppl_ci95'][1]:.2f}] | "
@@ -326,7 +316,6 @@ def _cmp(a, b, resamples: int) -> str:
 
 def _rises(ladder: dict) -> list[str]:
     """Steps along a ladder (student, then every depth) where perplexity rises beyond noise."""
-    from evaluate.alignment import step_changes
 
     keys = ["student"] + sorted(k for k in ladder if k != "student")
     keys = [k for k in keys if k in ladder]
@@ -338,7 +327,7 @@ def _rises(ladder: dict) -> list[str]:
 
 def _plot(curves: dict[str, list[dict]], path: str, title: str) -> None:
     """x = total parameters, y = held-out perplexity (log); one line per curve, teacher and students marked."""
-    import matplotlib
+    import matplotlib  # only where plots are drawn: start-up stays free of it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

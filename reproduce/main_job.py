@@ -32,11 +32,27 @@ import time
 
 import torch
 
+from baselines.laco import DEFAULT_THRESHOLDS
 from boomerang.cli import fail, read_config, setup_logging
-from boomerang.families import patch_order
+from boomerang.families import FIRST_K, adapter_for, dtype_from_name, patch_order
 from boomerang.io import atomic_write_json, atomic_write_text
+from boomerang.layer_map import LayerMapError
+from boomerang.models import load_config, load_model, load_tokenizer, resolve_model_path
+from boomerang.scoring import fixed_length_sequences
+from boomerang.text import read_local_documents
+from evaluate.alignment import alignment_report, encode_documents
+from evaluate.alignment import render as render_alignment
+from evaluate.baselines import build_family, calibration_batches, family_points, load_texts
+from evaluate.compare import compare_rows, ladder_by_depth
+from evaluate.compare import render as render_comparison
+from evaluate.evaluate import boomerang_points, plan_points, run_sweep
+from evaluate.heldout import HeldoutReference
+from evaluate.results import fmt_number
+from patching.patch import load_layer_map, load_plan
+from patching.search import SEARCH_FILE, run_search
 from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, check_data, default_data_dir, distill,
                               heldout_subset, is_finished, stage)
+from train.init_student import plan_student
 
 log = logging.getLogger("boomerang.main_job")
 
@@ -179,25 +195,19 @@ def main(argv=None) -> dict:
 
     # 1. the teacher
     with stage("teacher", timings):
-        from boomerang.models import load_config, resolve_model_path
-
         teacher_path = resolve_model_path(args.teacher_model_name_or_path)
         cfg = load_config(teacher_path)
         print(f"teacher {args.teacher_model_name_or_path}: {cfg.num_hidden_layers} layers ({teacher_path})")
         # the patch order: the rule every command follows (first-k for Llama teachers, last-k for the others,
         # unless asked); the family's own order is swept into OUTPUT_DIR, the other into OUTPUT_DIR/<order>
         order = patch_order(cfg, args.patch_first_k_layers, args.override_llama_patching)
-        first_k = order == "first-k"
+        first_k = order == FIRST_K
         results_dir = out if order == patch_order(cfg) else os.path.join(out, order)
         eval_dir = os.path.join(results_dir, "eval")
         print(f"patch order: {order}; results in {results_dir}")
         calibration_ids = None
         if not args.no_search and not os.path.isfile(os.path.join(out, "search", "search.json")):
             # the search's calibration text is checked here, before the distillation, not after it
-            from boomerang.models import load_tokenizer
-            from boomerang.scoring import fixed_length_sequences
-            from boomerang.text import read_local_documents
-
             cal = preset["search"]
             try:
                 calibration_ids = fixed_length_sequences(load_tokenizer(teacher_path),
@@ -207,9 +217,6 @@ def main(argv=None) -> dict:
                 fail(f"the searched ladder of preset {preset_name!r} calibrates on {cal['samples']} documents of "
                      f"{cal['seq_len']} tokens: {e}. Add training documents, or pass --no_search")
         if not args.skip_training:
-            from boomerang.layer_map import LayerMapError
-            from train.init_student import plan_student
-
             try:  # a map the teacher cannot take fails here, before the distillation starts
                 planned = plan_student(cfg, *wanted["layer_map"])
             except LayerMapError as e:
@@ -230,12 +237,6 @@ def main(argv=None) -> dict:
 
     # 3. the sweep: boomerang (in the chosen order) and the baselines at the same sizes, one folder
     with stage("evaluation sweep", timings):
-        from boomerang.families import adapter_for, dtype_from_name
-        from boomerang.models import load_model, load_tokenizer
-        from evaluate.baselines import build_family, calibration_batches, family_points, load_texts
-        from evaluate.evaluate import boomerang_points, run_sweep
-        from patching.patch import load_layer_map
-
         dtype = dtype_from_name(preset["dtype"])
         os.makedirs(eval_dir, exist_ok=True)
         heldout = heldout_subset(files["heldout"], ppl_docs, out)
@@ -249,7 +250,6 @@ def main(argv=None) -> dict:
         # the baselines calibrate on the float32 teacher, as their standalone command does; sizes are evaluated
         # in the preset's dtype (a second copy only when that dtype differs)
         teacher_eval = teacher if dtype == torch.float32 else load_model(teacher_path, dtype=dtype)
-        from evaluate.heldout import HeldoutReference
 
         reference = HeldoutReference(teacher, tok, heldout, None, ALIGN_TOKENS)  # held-out KL of every point
         points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=first_k, dtype=dtype,
@@ -264,8 +264,6 @@ def main(argv=None) -> dict:
         laco_options = {"merge_widths": [2, 3], "thresholds": None, "refine_steps": 2, "interval": 2,
                         "lowest_layer": 1, "samples": 8, "seq_len": 128}
         if "laco" in baselines:
-            from baselines.laco import DEFAULT_THRESHOLDS
-
             laco_options["thresholds"] = list(DEFAULT_THRESHOLDS)
         # Baselines at every interpolated size (the teacher and the student's own depth-16 point included).
         for method in baselines:
@@ -290,15 +288,13 @@ def main(argv=None) -> dict:
     # 4. seam alignment: how closely the student's hidden states match the teacher's at the aligned
     #    pairs, i.e. at every seam a patched size has (evaluate.alignment has the full diagnosis)
     with stage("alignment", timings):
-        from evaluate.alignment import alignment_report, encode_documents, render
-
         align_batches = encode_documents(tok, heldout, None, ALIGN_TOKENS)
         # pairs only: the sweep has measured every size's perplexity already (on its own cut of the documents)
         alignment = alignment_report(teacher_eval, student, layer_map, align_batches,
                                      teacher_name=args.teacher_model_name_or_path, student_name=student_dir,
                                      data=heldout, max_tokens=ALIGN_TOKENS, perplexities=False)
         atomic_write_json(os.path.join(results_dir, "alignment.json"), alignment)
-        atomic_write_text(os.path.join(results_dir, "alignment.md"), render(alignment))
+        atomic_write_text(os.path.join(results_dir, "alignment.md"), render_alignment(alignment))
 
     # 5. the report
     with stage("report", timings):
@@ -311,11 +307,6 @@ def main(argv=None) -> dict:
 def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, reference, preset, args, student_dir,
                     dtype, ids=None) -> list[dict]:
     """Run the search once (its search.json is reused by a rerun) and score its ladder against the teacher."""
-    from boomerang.scoring import fixed_length_sequences
-    from evaluate.evaluate import plan_points, run_sweep
-    from patching.patch import load_plan
-    from patching.search import SEARCH_FILE, run_search
-    from boomerang.text import read_local_documents
 
     path = os.path.join(search_dir, SEARCH_FILE)
     cal = preset["search"]
@@ -356,15 +347,12 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
         vals = [v for v in vals if v is not None]
         return sum(vals) / len(vals) if vals else None
 
-    def fmt(v, digits=1):
-        return "" if v is None else (f"{v:,.0f}" if v >= 1000 else f"{v:.{digits}f}")
-
     head = ["depth", "params", "boomerang ppl"] + [f"{m} ppl" for m in methods] + ["boomerang acc"] + [f"{m} acc" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if student is not None:
         lines.append("| " + " | ".join([f"{student['depth']} (student)", f"{student['parameters']['total'] / 1e6:.1f}M",
-                                        fmt(_value(student, "brown_heldout", "token_perplexity"))]
-                                       + [""] * len(methods) + [fmt(acc(student), 3)] + [""] * len(methods)) + " |")
+                                        fmt_number(_value(student, "brown_heldout", "token_perplexity"), 1, "f")]
+                                       + [""] * len(methods) + [fmt_number(acc(student), 3, "f")] + [""] * len(methods)) + " |")
     facts = {"monotone": True, "rises": [], "boomerang_beats": {m: [] for m in methods}}
     chain = []  # the ladder in the order blocks are added: the student, then k = 0 .. teacher
     if student is not None:
@@ -374,15 +362,15 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
         ppl = _value(r, "brown_heldout", "token_perplexity")
         label = str(d) + (" (teacher)" if r.get("role") == "teacher" else "")
         chain.append((label, ppl))
-        row = [label, f"{r['parameters']['total'] / 1e6:.1f}M", fmt(ppl)]
+        row = [label, f"{r['parameters']['total'] / 1e6:.1f}M", fmt_number(ppl, 1, "f")]
         for m in methods:
             b = by[m].get(d)
             bp = _value(b, "brown_heldout", "token_perplexity") if b else None
-            row.append(fmt(bp))
+            row.append(fmt_number(bp, 1, "f"))
             if b is not None and ppl is not None and bp is not None:
                 facts["boomerang_beats"][m].append((d, ppl < bp, round(bp / ppl, 2)))
-        row.append(fmt(acc(r), 3))
-        row += [fmt(acc(by[m][d]), 3) if d in by[m] else "" for m in methods]
+        row.append(fmt_number(acc(r), 3, "f"))
+        row += [fmt_number(acc(by[m][d]), 3, "f") if d in by[m] else "" for m in methods]
         lines.append("| " + " | ".join(row) + " |")
     chain = [(label, v) for label, v in chain if v is not None]
     for (a, pa), (b, pb) in zip(chain, chain[1:]):
@@ -399,14 +387,12 @@ def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, pr
              "Held-out Brown token perplexity (lower is better) and mean accuracy over "
              f"{', '.join(MC_TASKS)} (higher is better), {order} order:", "", table]
     if searched:
-        from evaluate.compare import compare_rows, ladder_by_depth, render
-
         rows = compare_rows(ladder_by_depth(records, "boomerang"), ladder_by_depth(searched))
         facts["searched"] = [{k: r[k] for k in ("depth", "ppl_ratio", "ppl_ci95", "kl_diff", "kl_ci95")} for r in rows]
         lines += [f"The searched ladder (python -m patching.search: the lowest calibration KL at every depth) against the "
                   f"{order} order, on the held-out documents cut to 512 tokens (perplexity, and mean KL(teacher || model) "
                   "per token; intervals from a paired bootstrap over documents):", "",
-                  render(rows, order, "searched")]
+                  render_comparison(rows, order, "searched")]
     if facts["monotone"]:
         lines.append("Perplexity along the boomerang ladder (student, then every added block): monotone, never rises.")
     else:

@@ -142,6 +142,7 @@ def test_other_settings_in_same_folder_fail_before_loading(sweep, tiny, monkeypa
 
     save, _ = sweep
     monkeypatch.setattr(boomerang.models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(ev, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     args = _args(tiny, save, "--sweep", "--override_llama_patching")
     args[args.index("--limit") + 1] = "2"
     with pytest.raises(SystemExit):
@@ -254,10 +255,12 @@ def test_parameter_counts_of_patched_models(tmp_path, tie):
 
 def test_bad_tasks_fail_fast_with_clear_message(tiny, tmp_path, monkeypatch, capsys):
     import boomerang.models
+    import evaluate.evaluate as ev
     from evaluate.evaluate import main
     from evaluate.tasks import TaskError, resolve_tasks
 
     monkeypatch.setattr(boomerang.models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(ev, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     base = ["--teacher_model_name_or_path", tiny["teacher"], "--student_model_name_or_path", tiny["student"],
             "--save_directory", str(tmp_path / "x"), "--num_layers_to_patch", "1"]
     for tasks, message in [

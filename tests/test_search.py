@@ -206,6 +206,7 @@ def test_bad_budgets_fail_before_any_model_loads(tmp_path, monkeypatch, capsys, 
     tdir, sdir, out, _ = _write_plan(tmp_path)
     monkeypatch.setattr(P, "assemble", lambda *a, **k: pytest.fail("a model was built before the error"))
     monkeypatch.setattr("boomerang.models.load_model", lambda *a, **k: pytest.fail("a model loaded before the error"))
+    monkeypatch.setattr(P, "load_model", lambda *a, **k: pytest.fail("a model loaded before the error"))
     with pytest.raises(SystemExit):
         P.main(["--teacher_model_name_or_path", tdir, "--student_model_name_or_path", sdir, "--save_directory",
                 str(tmp_path / "x"), "--plan", str(out), flag, value])

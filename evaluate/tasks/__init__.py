@@ -22,8 +22,12 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import version
 
-from boomerang.text import DataError, read_jsonl, read_local_documents
+from boomerang.errors import BoomerangError
+from boomerang.io import atomic_write_text
+from boomerang.models import cache_root
+from boomerang.text import read_jsonl, read_local_documents
 
 TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))
 LOCAL_KINDS = ("local_ppl", "local_mc")
@@ -34,7 +38,7 @@ PAPER_TASKS = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "openbookqa", 
 PAPER_EXTRA_TASKS = ("wikitext", "gsm8k_cot", "ifeval", "hendrycks_math")
 
 
-class TaskError(ValueError):
+class TaskError(BoomerangError):
     """A task that cannot run: unknown name, missing or malformed data file."""
 
 
@@ -76,10 +80,7 @@ def _default_name(kind: str, path: str) -> str:
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    try:
-        rows = [obj for _, obj in read_jsonl(path)]
-    except DataError as e:
-        raise TaskError(str(e)) from None
+    rows = [obj for _, obj in read_jsonl(path)]  # a DataError goes up as it is (a BoomerangError)
     if not rows:
         raise TaskError(f"{path} holds no records")
     return rows
@@ -87,10 +88,7 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def _read_text_docs(path: str) -> list[str]:
     """A ``.txt`` corpus's documents (paragraphs), read as every command reads text (``boomerang.text``)."""
-    try:
-        return read_local_documents(path, flag="task data")
-    except DataError as e:
-        raise TaskError(str(e)) from None
+    return read_local_documents(path, flag="task data")
 
 
 def infer_kind(path: str) -> str:
@@ -151,7 +149,6 @@ def _prepare_local(name: str, kind: str, path: str, work_dir: str, max_doc_words
                 docs = [" ".join(d.split()[:max_doc_words]) for d in docs]
             suffix = f".first{max_doc_words}words" if max_doc_words else ""
             data_used = os.path.join(work_dir, f"{name}{suffix}.jsonl")
-            from boomerang.io import atomic_write_text
 
             atomic_write_text(data_used, "".join(json.dumps({"text": d}) + "\n" for d in docs))
     return LocalTask(name, kind, src, num, data_used=data_used)
@@ -168,7 +165,6 @@ def _write_task_yaml(task: LocalTask, work_dir: str) -> str:
         f"    test: {json.dumps(task.data_used)}\n"
     )
     path = os.path.join(work_dir, f"{task.name}.yaml")
-    from boomerang.io import atomic_write_text
 
     atomic_write_text(path, text)
     return path
@@ -211,7 +207,7 @@ def resolve_tasks(tasks, task_data: dict[str, str] | None = None, include_path=N
     receives the generated task YAMLs (a temporary folder when None). ``max_doc_words`` cuts each
     document of a local perplexity corpus to its first words (a faster, comparable measurement).
     """
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # lazy: lm_eval (heavy) loads only when lm-eval tasks are resolved
 
     names = parse_task_list(tasks)
     include = [os.path.abspath(p) for p in parse_task_list(include_path)]
@@ -296,9 +292,7 @@ def _unknown_error(unknown: list[str], known: list[str]) -> TaskError:
 
 
 def _names_cache_path() -> str:
-    from importlib.metadata import version
 
-    from boomerang.models import cache_root
 
     return os.path.join(cache_root(), f"lm_eval_task_names-{version('lm_eval')}.json")
 
@@ -314,8 +308,6 @@ def _cached_default_names() -> list[str] | None:
 
 def _save_default_names(names: list[str]) -> None:
     try:
-        from boomerang.io import atomic_write_text
-
         atomic_write_text(_names_cache_path(), json.dumps(sorted(names)))
     except OSError:
         pass
