@@ -28,7 +28,13 @@ def test_no_import_cycles_between_modules():
     grimp = pytest.importorskip("grimp")
     sys.path.insert(0, REPO)
     graph = grimp.build_graph(*PACKAGES)
-    edges = {m: graph.find_modules_directly_imported_by(m) & graph.modules for m in graph.modules}
+
+    def ours(m):  # Hugging Face's evaluate library can sit in our evaluate package's __path__ (evaluate/__init__.py)
+        path = os.path.join(REPO, *m.split("."))
+        return os.path.isfile(path + ".py") or os.path.isfile(os.path.join(path, "__init__.py"))
+
+    modules = {m for m in graph.modules if ours(m)}
+    edges = {m: graph.find_modules_directly_imported_by(m) & modules for m in modules}
 
     state, cycles = {}, []  # a package importing its own module (or back) is not counted as a cycle
 
@@ -43,7 +49,7 @@ def test_no_import_cycles_between_modules():
                 visit(n, stack + [n])
         state[m] = 2
 
-    for m in sorted(graph.modules):
+    for m in sorted(modules):
         if m not in state:
             visit(m, [m])
     assert not cycles, cycles

@@ -99,7 +99,8 @@ def test_gpu_preset_runs_its_whole_path_on_cpu(tmp_path):
     teacher, data, out = tiny_models.make_world(tmp_path, heldout_docs=120)
     result = main(["--preset", "gpu", "--teacher_model_name_or_path", teacher, "--data_dir", data,
                    "--output_dir", str(out), "--max_steps", "2", "--mc_limit", "4", "--ppl_docs", "4"])
-    assert set(result["timings"]) == {"teacher", "distillation", "evaluation sweep", "alignment", "report"}
+    assert set(result["timings"]) == {"teacher", "distillation", "evaluation sweep", "search", "alignment", "report"}
+    assert json.loads((out / "search" / "search.json").read_text())["calibration"]["samples"] == 32
     steps = [json.loads(line) for line in (out / "student" / "log.jsonl").read_text().splitlines()]
     train_steps = [r for r in steps if "loss" in r]
     # configs/smollm2-135m.yaml: 32 sequences of 1024 tokens a step
