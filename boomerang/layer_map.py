@@ -1,6 +1,6 @@
 """The layer map: which teacher layers a student copies, and what each student layer stands for.
 
-Notation (see ``docs/method.md``): the teacher has ``L`` layers ``0..L-1``; ``copied`` is the sorted
+Notation (as in ``docs/patching.md``): the teacher has ``L`` layers ``0..L-1``; ``copied`` is the sorted
 list of teacher layers the student copies (``copied_teacher_layers`` in ``student_config.json``).
 Student layer ``j`` is a copy of teacher layer ``copied[j]`` and stands for the teacher *block*
 ``[copied[j], copied[j+1])`` (the last one for ``[copied[-1], L)``). A block is *multi-layer* when it

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sweep a Llama teacher in last-k order (the paper's flag), into OUTPUT_DIR/last-k/")
     p.add_argument("--layer_map", default=None, metavar="F,N,L",
                    help="the student's layer map: keep the first F teacher layers, every N-th after them and the last "
-                        "L (default: the preset's, the paper's 1,2,2; 2,2,1 is method.md's map for Llama teachers). "
+                        "L (default: the preset's, the paper's 1,2,2; 2,2,1 is the paper's map for Llama-3.2-3B). "
                         "Another map gets its own default folder, runs/main-<preset>-map<F><N><L>")
     p.add_argument("--teacher_model_name_or_path", default=TEACHER)
     p.add_argument("--no_search", action="store_true",

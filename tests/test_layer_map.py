@@ -1,4 +1,4 @@
-"""The layer map against the facts in docs/method.md: recipes, cosine pairs, every patched size in both orders."""
+"""The layer map against the method's facts (../shared/docs/method.md, worked on SmolLM2): recipes, cosine pairs, every patched size in both orders."""
 
 import json
 
@@ -64,7 +64,7 @@ def test_pythia_and_llama_ladders():
     assert [p.depth for p in llama.ladder(True)] == [15 + k for k in range(13)] + [28]
 
 
-# docs/method.md, SmolLM2 (30 layers, 16-layer student): the teacher layers of every patched size.
+# ../shared/docs/method.md, SmolLM2 (30 layers, 16-layer student): the teacher layers of every patched size.
 SMOLLM2_TABLE = """
 0 | 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28-29 | 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28-29
 1 | 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26-29 | 0-2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28-29
