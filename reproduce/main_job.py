@@ -313,7 +313,11 @@ def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, re
     if not os.path.isfile(path):
         if ids is None:
             ids = fixed_length_sequences(tok, read_local_documents(train_file), cal["samples"], cal["seq_len"])
-        result = run_search(teacher, student, layer_map, ids, beam_width=cal["beam_width"])
+        search_student = student
+        if next(student.parameters()).dtype != torch.float32:  # the search scores in float32 (search.json says so),
+            search_student = load_model(student_dir, dtype=torch.float32)  # as the float32 teacher it is paired with
+        result = run_search(teacher, search_student, layer_map, ids, beam_width=cal["beam_width"])
+        del search_student
         result = {"teacher": args.teacher_model_name_or_path, "student": student_dir,
                   "calibration": {"data": train_file, "samples": cal["samples"], "seq_len": cal["seq_len"]},
                   "dtype": "float32", **result}
