@@ -338,7 +338,12 @@ def entry(space: SearchSpace, score: Scorer, cand: Candidate, **extra) -> dict:
 def run_search(teacher, student, layer_map: LayerMap, calibration: torch.Tensor, *, beam_width: int = 2,
                allow_drop: bool = False, use_greedy: bool = True, cache_bytes: int = 2 * 2**30) -> dict:
     """Score the fixed orders, run greedy and the beam search, and return the ladder (the best candidate
-    at every depth) with everything ``search.json`` holds. ``teacher``/``student``: loaded models."""
+    at every depth) with everything ``search.json`` holds. ``teacher``/``student``: loaded models, one dtype
+    (their parts are mixed in every candidate)."""
+    t_dtype, s_dtype = next(teacher.parameters()).dtype, next(student.parameters()).dtype
+    if t_dtype != s_dtype:
+        raise SearchError(f"the teacher is {t_dtype} and the student {s_dtype}: a searched model mixes their layers, "
+                          "so load both in one dtype (the search scores in float32)")
     t0 = time.time()
     space = SearchSpace(ModelSource(teacher), ModelSource(student), layer_map, allow_drop)
     score = Scorer(space, calibration, cache_bytes)

@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
         eval_dir = os.path.join(results_dir, "eval")
         print(f"patch order: {order}; results in {results_dir}")
         calibration_ids = None
-        if not args.no_search and not os.path.isfile(os.path.join(out, "search", "search.json")):
+        if not args.no_search and not os.path.isfile(os.path.join(out, "search", SEARCH_FILE)):
             # the search's calibration text is checked here, before the distillation, not after it
             cal = preset["search"]
             try:
@@ -278,7 +278,7 @@ def main(argv=None) -> dict:
 
     # 3b. the searched ladder: the best model the pair assembles at every depth (patching.search), calibrated on
     #     the training split, evaluated on the held-out text like every other point
-    search_dir = os.path.join(out, "search")
+    search_dir = os.path.join(out, "search")  # (its search.json was looked for in stage 1)
     searched = []
     if not args.no_search:
         with stage("search", timings):

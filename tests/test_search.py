@@ -237,3 +237,9 @@ def test_evaluate_sweep_of_a_plan(tmp_path):
     names = sorted(r["name"] for r in records)
     assert names == sorted(f"searched_d{e['depth']:02d}" for e in result["ladder"])
     assert all(r["curve"] == "searched" and "heldout_kl" in r["metrics"] for r in records)
+
+
+def test_a_teacher_and_student_in_two_dtypes_are_refused_before_scoring():
+    teacher, student, lm = _pair("llama", 8)
+    with pytest.raises(S.SearchError, match="torch.float32 and the student torch.bfloat16"):
+        S.run_search(teacher, student.to(torch.bfloat16), lm, _ids(), beam_width=1)
