@@ -6,29 +6,23 @@
   Influence measured on calibration text.
 * :mod:`baselines.laco`     -- LaCo (Yang et al., 2024): merge runs of layers with Reserving-Differences-
   while-Seeking-Common, keeping a merge while the final hidden states stay close to the original's.
+* :mod:`baselines.family`   -- one method's models at the sizes of a boomerang ladder, cached and saved.
 
 Every builder takes the teacher (an in-memory model) and, where it needs data, *calibration batches*:
 a list of ``{"input_ids": LongTensor[B, T], "attention_mask": LongTensor[B, T]}`` dicts (padding
 positions have mask 0 and never count). Every builder returns an ordinary Hugging Face model of the
 teacher's family, assembled with :func:`boomerang.assemble.assemble`, that saves, reloads and
-evaluates like a patched model. The command line that builds a whole family at the sizes of a
-boomerang sweep is ``python -m evaluate.baselines``.
+evaluates like a patched model. The command line is ``python -m evaluate.baselines``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Iterable, Sequence
 
 import torch
 
 from boomerang.assemble import LayerRef, as_source, assemble
 from boomerang.errors import BoomerangError
-from boomerang.families import adapter_for
-from boomerang.io import save_model_folder
-
-METADATA_NAME = "baseline.json"
 
 
 class BaselineError(BoomerangError):
@@ -57,23 +51,11 @@ def check_batches(batches: Sequence[dict]) -> list[dict]:
 def token_mask(batch: dict) -> torch.Tensor:
     """Boolean ``[B, T]`` mask of the real (non-padding) tokens of a batch."""
     mask = batch.get("attention_mask")
-    if mask is None:
-        return torch.ones_like(batch["input_ids"], dtype=torch.bool)
-    return mask.bool()
+    return torch.ones_like(batch["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
 
 
 def model_inputs(batch: dict, device) -> dict:
-    out = {"input_ids": batch["input_ids"].to(device)}
-    if batch.get("attention_mask") is not None:
-        out["attention_mask"] = batch["attention_mask"].to(device)
-    return out
-
-
-def masked_cosine(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """Sum over real tokens of ``cos(a_t, b_t)`` (computed in float32) and the number of real tokens."""
-    cos = torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
-    mask = mask.to(cos.device)
-    return float(cos[mask].sum()), int(mask.sum())
+    return {k: batch[k].to(device) for k in ("input_ids", "attention_mask") if batch.get(k) is not None}
 
 
 def prune_to_layers(teacher, layers: Iterable[int], dtype: torch.dtype | None = None):
@@ -89,39 +71,7 @@ def prune_to_layers(teacher, layers: Iterable[int], dtype: torch.dtype | None = 
     return assemble(src, [LayerRef(src, i) for i in layers], dtype=dtype)
 
 
-def check_depth(depth: int, num_layers: int, what: str = "target depth") -> int:
+def check_depth(depth: int, num_layers: int) -> int:
     if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= num_layers:
-        raise BaselineError(f"{what} must be an integer in 1..{num_layers} (the teacher's depth), got {depth!r}")
+        raise BaselineError(f"target depth must be an integer in 1..{num_layers} (the teacher's depth), got {depth!r}")
     return depth
-
-
-def num_layers(model) -> int:
-    return adapter_for(model).num_layers(model.config)
-
-
-def save_baseline(model, tokenizer, save_directory: str | os.PathLike, metadata: dict, overwrite: bool = False) -> str:
-    """Write a baseline model folder atomically: weights, config, tokenizer and ``baseline.json``."""
-    return save_model_folder(model, tokenizer, save_directory, METADATA_NAME, metadata, overwrite)
-
-
-def load_baseline_metadata(folder: str | os.PathLike) -> dict:
-    path = os.path.join(os.fspath(folder), METADATA_NAME)
-    if not os.path.isfile(path):
-        raise BaselineError(f"{path} not found: not a baseline model folder written by `python -m evaluate.baselines`")
-    with open(path) as f:
-        return json.load(f)
-
-
-__all__ = [
-    "BaselineError",
-    "METADATA_NAME",
-    "check_batches",
-    "check_depth",
-    "load_baseline_metadata",
-    "masked_cosine",
-    "model_inputs",
-    "num_layers",
-    "prune_to_layers",
-    "save_baseline",
-    "token_mask",
-]

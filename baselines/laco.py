@@ -13,9 +13,10 @@ To hit a *requested* depth (the paper tunes C, I and T by hand) the run stops as
 has the target depth, and a last merge that would overshoot is narrowed to the width that lands
 exactly on it. :meth:`LacoSearch.search` finds, for each merge width, the highest threshold that
 still reaches each depth (a threshold grid shared by all depths, then a few bisection steps per
-depth), then keeps the width whose model is most similar to the original. Every pass is recorded. Similarities are memoized by merge history, so probes that share a prefix
-of decisions share its forward passes, and layers below the scan position (still the teacher's own)
-start from cached teacher hidden states rather than being recomputed.
+depth), then keeps the width whose model is most similar to the original. Every pass is recorded.
+Similarities are memoized by merge history, so probes that share a prefix of decisions share its forward
+passes, and layers below the scan position (still the teacher's own) start from cached teacher hidden states
+rather than being recomputed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from baselines import BaselineError, check_batches, check_depth, masked_cosine, model_inputs, token_mask
+from baselines import BaselineError, check_batches, check_depth, model_inputs, token_mask
 from boomerang.assemble import LayerRef, as_source, assemble
 
 log = logging.getLogger("boomerang.baselines.laco")
@@ -61,10 +62,6 @@ def rdsc_merge_states(states) -> dict[str, torch.Tensor]:
     return {n: rdsc_merge_tensors([s[n] for s in states]) for n in names}
 
 
-def layer_state(layer: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach() for n, p in layer.named_parameters()}
-
-
 # ---------------------------------------------------------------------------------------------- slots
 @dataclass(frozen=True)
 class Slot:
@@ -83,7 +80,8 @@ def merge_slots(slots: list[Slot], position: int, width: int, teacher_layers) ->
     if width < 1 or position < 0 or position + width > len(slots):
         raise BaselineError(f"cannot merge {width} layers at position {position} of a {len(slots)}-layer model")
     run = slots[position: position + width]
-    states = [s.params if s.params is not None else layer_state(teacher_layers[s.covered[0]]) for s in run]
+    states = [s.params if s.params is not None else
+              {n: p.detach() for n, p in teacher_layers[s.covered[0]].named_parameters()} for s in run]
     merged = Slot(tuple(i for s in run for i in s.covered), rdsc_merge_states(states) if width > 1 else run[0].params)
     return slots[:position] + [merged] + slots[position + width:]
 
@@ -121,8 +119,8 @@ def groups_of(slots: list[Slot]) -> list[list[int]]:
 class LacoSearch:
     """LaCo runs on one teacher and one calibration set, with a shared similarity memo."""
 
+    @torch.no_grad()
     def __init__(self, teacher: nn.Module, batches, lowest_layer: int = 1, interval: int = 2):
-        self.teacher = teacher
         self.src = as_source(teacher)
         self.adapter = self.src.adapter
         self.L = self.adapter.num_layers(teacher.config)
@@ -132,53 +130,43 @@ class LacoSearch:
             raise BaselineError(f"lowest_layer must be in 0..{self.L - 1}, got {lowest_layer}")
         if interval < 1:
             raise BaselineError(f"the LaCo interval must be >= 1, got {interval}")
-        self.lowest_layer = lowest_layer
-        self.interval = interval
+        self.lowest_layer, self.interval = lowest_layer, interval
         self.memo: dict[tuple, float] = {}
-        self.evaluations = 0
-        self.eval_seconds = 0.0
-        self._cache_teacher()
-
-    @torch.no_grad()
-    def _cache_teacher(self) -> None:
-        """Teacher hidden states entering every layer (to start a candidate at its scan position) and
-        the final hidden states every candidate is compared with."""
-        self.device = next(self.teacher.parameters()).device
+        self.evaluations, self.eval_seconds, self.grid_record = 0, 0.0, []
+        # Teacher hidden states entering every layer (a candidate starts from them at its scan position) and
+        # the final hidden states every candidate is compared with.
+        self.device = next(teacher.parameters()).device
         self.inputs, self.final = [], []
         for b in self.batches:
-            out = self.teacher.base_model(**model_inputs(b, self.device), output_hidden_states=True, use_cache=False)
-            hs = out.hidden_states
-            self.inputs.append([h.detach() for h in hs[: self.L]])
-            self.final.append(out.last_hidden_state.detach())
+            out = teacher.base_model(**model_inputs(b, self.device), output_hidden_states=True, use_cache=False)
+            self.inputs.append(out.hidden_states[: self.L])
+            self.final.append(out.last_hidden_state)
 
     @torch.no_grad()
     def similarity(self, slots: list[Slot], start: int) -> float:
-        """Mean cosine similarity of the final hidden states of ``slots`` to the teacher's, running
-        only layers ``start..`` (the ones below are the teacher's own and start from its cache)."""
-        for i in range(start):
-            if slots[i].covered != (i,) or slots[i].params is not None:
-                raise AssertionError("layers below the scan position must be the teacher's own")
+        """Mean cosine similarity (over real tokens) of the final hidden states of ``slots`` to the teacher's,
+        running only layers ``start..`` (the ones below are the teacher's own and start from its cache)."""
+        if any(s.covered != (i,) or s.params is not None for i, s in enumerate(slots[:start])):
+            raise AssertionError("layers below the scan position must be the teacher's own")
         t0 = time.time()
         model = build_from_slots(self.src, slots[start:])
-        first = self.adapter.get_layers(model)[0]
         inject: dict = {}
 
-        def pre(module, args, kwargs):
+        def pre(module, args, kwargs):  # the first layer's input is the cached teacher hidden state
             if args:
                 return (inject["h"],) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = inject["h"]
-            return args, kwargs
+            return args, {**kwargs, "hidden_states": inject["h"]}
 
-        handle = first.register_forward_pre_hook(pre, with_kwargs=True)
+        handle = self.adapter.get_layers(model)[0].register_forward_pre_hook(pre, with_kwargs=True)
         total, count = 0.0, 0
         try:
             for b, cached, ref in zip(self.batches, self.inputs, self.final):
                 inject["h"] = cached[start]
                 out = model.base_model(**model_inputs(b, self.device), use_cache=False).last_hidden_state
-                s, n = masked_cosine(out, ref, token_mask(b))
-                total += s
-                count += n
+                cos = torch.nn.functional.cosine_similarity(out.float(), ref.float(), dim=-1)
+                mask = token_mask(b).to(cos.device)
+                total += float(cos[mask].sum())
+                count += int(mask.sum())
         finally:
             handle.remove()
         self.evaluations += 1
@@ -190,11 +178,8 @@ class LacoSearch:
         check_depth(target_depth, self.L)
         if merge_width < 2:
             raise BaselineError(f"a LaCo merge joins at least 2 layers, got merge width {merge_width}")
-        slots = initial_slots(self.L)
-        merges: list[tuple[int, int]] = []
-        steps = []
-        last_sim = 1.0
-        C, I = merge_width, self.interval
+        slots, merges, steps, last_sim = initial_slots(self.L), [], [], 1.0
+        C = merge_width
         pos = len(slots) - C
         while pos >= self.lowest_layer and len(slots) > target_depth:
             width = min(C, len(slots) - target_depth + 1)
@@ -202,34 +187,21 @@ class LacoSearch:
             if pos < self.lowest_layer:
                 break
             key = (tuple(merges), (pos, width))
+            candidate = None
             if key not in self.memo:
                 candidate = merge_slots(slots, pos, width, self.layers)
                 self.memo[key] = self.similarity(candidate, pos)
-            else:
-                candidate = None
             s = self.memo[key]
             accepted = s > threshold
             steps.append({"position": pos, "width": width, "similarity": round(s, 6), "accepted": accepted})
             if accepted:
-                slots = candidate if candidate is not None else merge_slots(slots, pos, width, self.layers)
+                slots = candidate or merge_slots(slots, pos, width, self.layers)
                 merges.append((pos, width))
                 last_sim = s
-                pos -= I
-            else:
-                pos -= 1
-            pos = min(pos, len(slots) - C)
-        return {
-            "target_depth": target_depth,
-            "merge_width": merge_width,
-            "threshold": threshold,
-            "depth": len(slots),
-            "reached": len(slots) == target_depth,
-            "similarity": last_sim,
-            "merges": merges,
-            "groups": groups_of(slots),
-            "steps": steps,
-            "slots": slots,
-        }
+            pos = min(pos - (self.interval if accepted else 1), len(slots) - C)
+        return {"target_depth": target_depth, "merge_width": merge_width, "threshold": threshold,
+                "depth": len(slots), "reached": len(slots) == target_depth, "similarity": last_sim,
+                "merges": merges, "groups": groups_of(slots), "steps": steps, "slots": slots}
 
     def search(self, target_depths, merge_widths=(2, 3), thresholds=DEFAULT_THRESHOLDS, refine_steps: int = 2) -> dict:
         """Reach every depth of ``target_depths``, searching the threshold and the merge width.
@@ -249,22 +221,20 @@ class LacoSearch:
         if not widths or min(widths) < 2:
             raise BaselineError(f"LaCo merge widths must be >= 2, got {list(merge_widths)}")
         grid = sorted({float(t) for t in thresholds}, reverse=True)
-        floor = min(targets)
         passes: dict[tuple[int, float], dict] = {}
-        grid_record = []
+        self.grid_record = []
         for C in widths:
             for T in grid:
-                r = self.run(floor, C, T)
-                passes[C, T] = r
-                grid_record.append({"merge_width": C, "threshold": T, "final_depth": r["depth"],
-                                    "merges": r["merges"], "accepted_similarities":
-                                        [s["similarity"] for s in r["steps"] if s["accepted"]]})
+                r = passes[C, T] = self.run(min(targets), C, T)
+                self.grid_record.append({"merge_width": C, "threshold": T, "final_depth": r["depth"],
+                                         "merges": r["merges"], "accepted_similarities":
+                                             [s["similarity"] for s in r["steps"] if s["accepted"]]})
                 log.info("LaCo grid: width %d threshold %.3f -> depth %d (%d similarity evaluations so far, %.0f s)",
                          C, T, r["depth"], self.evaluations, self.eval_seconds)
         out = {}
         for d in targets:
             record = {"target_depth": d, "interval": self.interval, "lowest_layer": self.lowest_layer, "widths": []}
-            if d == self.L:
+            if d == self.L:  # the teacher's own depth: nothing to merge
                 run = self.run(d, widths[0], 1.0)
                 record["chosen"] = {"merge_width": None, "threshold": None, "similarity": 1.0, "merges": [],
                                     "groups": run["groups"]}
@@ -274,25 +244,21 @@ class LacoSearch:
             for C in widths:
                 probes = []
 
-                def probe(T, C=C, probes=probes):
+                def probe(T):
                     r = self.run(d, C, T)
                     probes.append({"threshold": round(T, 6), "depth": r["depth"], "reached": r["reached"],
                                    "similarity": round(r["similarity"], 6), "merges": r["merges"]})
                     return r
 
-                reaching = [T for T in grid if passes[C, T]["depth"] <= d]
-                found = None
-                for T in reaching:  # highest first; an early stop can differ from the full pass, so check it
-                    r = probe(T)
-                    if r["reached"]:
-                        found = (T, r)
+                # highest first; an early stop can differ from the full pass, so check it
+                for lo in (T for T in grid if passes[C, T]["depth"] <= d):
+                    lo_run = probe(lo)
+                    if lo_run["reached"]:
                         break
-                if found is None:
+                else:
                     record["widths"].append({"merge_width": C, "reached": False, "probes": probes})
                     continue
-                lo, lo_run = found
-                above = [T for T in grid if T > lo]
-                hi = min(above) if above else None
+                hi = min((T for T in grid if T > lo), default=None)
                 for _ in range(refine_steps if hi is not None else 0):
                     mid = (lo + hi) / 2
                     r = probe(mid)
@@ -316,26 +282,18 @@ class LacoSearch:
                                 "similarity": round(best["similarity"], 6), "merges": best["merges"],
                                 "groups": best["groups"]}
             out[d] = {"record": record, "run": best}
-        self.grid_record = grid_record
         return out
 
     def summary(self) -> dict:
         return {"similarity_evaluations": self.evaluations, "evaluation_seconds": round(self.eval_seconds, 1),
-                "grid": getattr(self, "grid_record", [])}
+                "grid": self.grid_record}
 
 
 def build_laco_model(teacher, slots_or_run, dtype: torch.dtype | None = None):
-    """Return ``(model, info)`` from a :meth:`LacoSearch.run` / ``search_depth`` result or a slot list."""
+    """Return ``(model, info)`` from a :meth:`LacoSearch.run` / :meth:`LacoSearch.search` result or a slot list."""
     run = slots_or_run.get("run", slots_or_run) if isinstance(slots_or_run, dict) else {"slots": slots_or_run}
     slots = run["slots"]
-    model = build_from_slots(teacher, slots, dtype)
-    info = {
-        "method": "laco",
-        "depth": len(slots),
-        "groups": groups_of(slots),
-        "merges": [list(m) for m in run.get("merges", [])],
-        "merge_width": run.get("merge_width"),
-        "threshold": run.get("threshold"),
-        "calibration_similarity": run.get("similarity"),
-    }
-    return model, info
+    info = {"method": "laco", "depth": len(slots), "groups": groups_of(slots),
+            "merges": [list(m) for m in run.get("merges", [])], "merge_width": run.get("merge_width"),
+            "threshold": run.get("threshold"), "calibration_similarity": run.get("similarity")}
+    return build_from_slots(teacher, slots, dtype), info

@@ -28,18 +28,10 @@ def build_naive_pruning_model(teacher, layer_map: LayerMap, num_layers_to_patch:
     src = as_source(teacher)
     depth = src.adapter.num_layers(src.config)
     if depth != layer_map.num_teacher_layers:
-        raise BaselineError(
-            f"the student's layer map is for a {layer_map.num_teacher_layers}-layer teacher, but the teacher has "
-            f"{depth} layers: pass the teacher the student was made from"
-        )
+        raise BaselineError(f"the student's layer map is for a {layer_map.num_teacher_layers}-layer teacher, but the "
+                            f"teacher has {depth} layers: pass the teacher the student was made from")
     kept = naive_pruning_layers(layer_map, num_layers_to_patch, patch_first_k_layers)
-    model = prune_to_layers(src, kept, dtype)
-    info = {
-        "method": "naive",
-        "num_layers_to_patch": num_layers_to_patch,
-        "patch_first_k_layers": bool(patch_first_k_layers),
-        "depth": len(kept),
-        "teacher_layers": kept,
-        "removed_teacher_layers": [i for i in range(depth) if i not in set(kept)],
-    }
-    return model, info
+    info = {"method": "naive", "num_layers_to_patch": num_layers_to_patch,
+            "patch_first_k_layers": bool(patch_first_k_layers), "depth": len(kept),
+            "teacher_layers": kept, "removed_teacher_layers": [i for i in range(depth) if i not in kept]}
+    return prune_to_layers(src, kept, dtype), info

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from baselines import BaselineError, check_batches, check_depth, model_inputs, num_layers, prune_to_layers, token_mask
+from baselines import BaselineError, check_batches, check_depth, model_inputs, prune_to_layers, token_mask
 from boomerang.families import adapter_for
-
-
-def _first_tensor(x):
-    return x[0] if isinstance(x, (tuple, list)) else x
 
 
 @torch.no_grad()
@@ -25,7 +21,7 @@ def block_influence(model, batches) -> list[float]:
     """BI of every layer of ``model`` on the calibration batches (see the module docstring)."""
     batches = check_batches(batches)
     adapter = adapter_for(model)
-    layers = list(adapter.get_layers(model))[: num_layers(model)]
+    layers = list(adapter.get_layers(model))[: adapter.num_layers(model.config)]
     sums = [0.0] * len(layers)
     count = 0
     current: dict = {}
@@ -35,9 +31,8 @@ def block_influence(model, batches) -> list[float]:
             current["in", i] = args[0] if args else kwargs["hidden_states"]
 
         def post(module, args, kwargs, output):
-            x_in = current.pop(("in", i))
-            x_out = _first_tensor(output)
-            cos = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
+            x_out = output[0] if isinstance(output, (tuple, list)) else output
+            cos = torch.nn.functional.cosine_similarity(current.pop(("in", i)).float(), x_out.float(), dim=-1)
             sums[i] += float(cos[current["mask"].to(cos.device)].sum())
 
         return pre, post
@@ -49,12 +44,10 @@ def block_influence(model, batches) -> list[float]:
             handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(layer.register_forward_hook(post, with_kwargs=True))
         device = next(model.parameters()).device
-        base = model.base_model  # the backbone: no LM head (its logits are not needed)
         for batch in batches:
-            mask = token_mask(batch)
-            current["mask"] = mask
-            base(**model_inputs(batch, device), use_cache=False)
-            count += int(mask.sum())
+            current["mask"] = token_mask(batch)
+            model.base_model(**model_inputs(batch, device), use_cache=False)  # the backbone: no LM head needed
+            count += int(current["mask"].sum())
     finally:
         for h in handles:
             h.remove()
@@ -79,18 +72,12 @@ def build_shortgpt_model(teacher, depth: int, block_influences=None, batches=Non
         if batches is None:
             raise BaselineError("ShortGPT needs calibration batches (or precomputed block influences)")
         block_influences = block_influence(teacher, batches)
-    if len(block_influences) != num_layers(teacher):
-        raise BaselineError(
-            f"{len(block_influences)} block influences for a {num_layers(teacher)}-layer teacher: "
-            "they were measured on another model"
-        )
+    depth_of_teacher = adapter_for(teacher).num_layers(teacher.config)
+    if len(block_influences) != depth_of_teacher:
+        raise BaselineError(f"{len(block_influences)} block influences for a {depth_of_teacher}-layer teacher: "
+                            "they were measured on another model")
     kept = shortgpt_layers(block_influences, depth)
-    model = prune_to_layers(teacher, kept, dtype)
-    info = {
-        "method": "shortgpt",
-        "depth": depth,
-        "teacher_layers": kept,
-        "removed_teacher_layers": [i for i in range(len(block_influences)) if i not in set(kept)],
-        "block_influence": [round(float(b), 6) for b in block_influences],
-    }
-    return model, info
+    info = {"method": "shortgpt", "depth": depth, "teacher_layers": kept,
+            "removed_teacher_layers": [i for i in range(depth_of_teacher) if i not in kept],
+            "block_influence": [round(float(b), 6) for b in block_influences]}
+    return prune_to_layers(teacher, kept, dtype), info

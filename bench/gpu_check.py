@@ -31,19 +31,17 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from importlib.metadata import version
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-# the repository's light modules, once the path is set; torch and what imports it load inside the parts, so that
-# this parent process (it times the parts and writes the report) stays small
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# light modules only: torch loads inside the parts, so this parent (it times them, writes the report) stays small
+from bench.common import peak_memory, random_text, run_part, synthetic_corpus, trainer_log  # noqa: E402
 from boomerang.io import atomic_write_json  # noqa: E402
 from boomerang.layer_map import LayerMap  # noqa: E402
+from evaluate.results import load_failures, load_results  # noqa: E402
 from reproduce.common import default_data_dir  # noqa: E402
 
 PARTS = ("cuda_tests", "train", "bench", "sweep")
@@ -55,7 +53,7 @@ TEACHER = "embedded:smollm2-135m"
 BENCH_MODES = "packed+chunked,packed+dense_mask,paper"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="bash scripts/gpu_check.sh", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="CPU, tiny shapes (checks the script)")
@@ -69,11 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_steps", type=int, default=None, help="default 20 (dry run: 2)")
     p.add_argument("--bench_batch", type=int, default=4, help="sequences per step in the bench (GPU)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (students, random teacher)")
-    return p
-
-
-def parse_args(argv=None):
-    p = build_parser()
     args = p.parse_args(argv)
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     bad = [x for x in parts if x not in PARTS]
@@ -126,60 +119,22 @@ def data_files(args, work: str) -> dict:
         return {"folder": folder, "synthetic": False, **files}
     if args.data is not None:
         raise SystemExit(f"--data {args.data}: missing {[f for f in files.values() if not os.path.isfile(f)]}")
-    words = ("the a of and to in is was he it that for on with as his by at be this had not are but from or have "
-             "an they which one you were her all she there would their we him been has when who will more").split()
     r = random.Random(0)
     os.makedirs(os.path.join(work, "data"), exist_ok=True)
     files = {k: os.path.join(work, "data", f"{k}.jsonl") for k in ("train", "heldout", "mc")}
     for key, n in (("train", 400), ("heldout", 40)):
-        with open(files[key], "w") as f:
-            for _ in range(n):
-                f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(r.randint(50, 600)))}) + "\n")
+        synthetic_corpus(files[key], n, lambda r: r.randint(50, 600), r)
     with open(files["mc"], "w") as f:
         for i in range(200):
-            f.write(json.dumps({"query": " ".join(r.choice(words) for _ in range(8)),
-                                "choices": [" ".join(r.choice(words) for _ in range(3)) for _ in range(4)],
+            f.write(json.dumps({"query": random_text(r, 8), "choices": [random_text(r, 3) for _ in range(4)],
                                 "gold": i % 4}) + "\n")
     return {"folder": folder, "synthetic": True, "why": f"{folder} holds no corpus/ and tasks/ files", **files}
-
-
-def run_part(name: str, cmd: list[str], timeout: float, log_dir: str, env: dict | None = None) -> dict:
-    """Run ``cmd`` in its own process group; on timeout the whole group is killed. Returns the part's record."""
-    os.makedirs(log_dir, exist_ok=True)
-    log_path = os.path.join(log_dir, f"{name}.log")
-    t0 = time.time()
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                                         **(env or {})))
-        try:
-            rc = proc.wait(timeout=timeout)
-            status = "ok" if rc == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the part and everything it started
-            proc.wait()
-            rc, status = None, "timeout"
-    rec = {"status": status, "exit_code": rc, "seconds": round(time.time() - t0, 1), "timeout_s": timeout,
-           "command": " ".join(cmd), "log": log_path}
-    if status != "ok":
-        with open(log_path, errors="replace") as f:
-            rec["log_tail"] = f.read()[-2500:]
-    return rec
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
 
 
 def train_figures(save_directory: str, log_path: str) -> dict:
     """Figures from the trainer's log.jsonl: throughput of the steps after the first logging window (start-up and
     compilation excluded), MFU, peak memory, first and last losses and held-out CE."""
-    recs = _read_jsonl(os.path.join(save_directory, "log.jsonl"))
+    recs = trainer_log(save_directory)
     steps = [r for r in recs if "loss" in r]
     windows = [r for r in steps if "tokens_per_s" in r]
     later = windows[1:] or windows
@@ -189,8 +144,7 @@ def train_figures(save_directory: str, log_path: str) -> dict:
            "step_time_s_median": sorted(r["step_time_s"] for r in steps)[len(steps) // 2] if steps else None,
            "tokens_per_s": sum(r["tokens_per_s"] for r in later) / len(later) if later else None,
            "mfu": (sum(r["mfu"] for r in later) / len(later)) if later and "mfu" in later[-1] else None,
-           "peak_memory_gb": (windows[-1].get("peak_memory_gb", windows[-1].get("peak_rss_gb")) if windows else None),
-           "memory_kind": ("gpu_max_allocated" if windows and "peak_memory_gb" in windows[-1] else "cpu_peak_rss"),
+           **peak_memory(windows[-1] if windows else {}),
            "eval_ce_first": evals[0]["eval_ce"] if evals else None, "eval_ce_last": evals[-1]["eval_ce"] if evals else None,
            "teacher_eval_ce": next((r["teacher_eval_ce"] for r in evals if "teacher_eval_ce" in r), None),
            "student_written": os.path.isfile(os.path.join(save_directory, "student_config.json"))}
@@ -201,17 +155,11 @@ def train_figures(save_directory: str, log_path: str) -> dict:
 
 
 def sweep_figures(save_directory: str) -> dict:
-    points = {}
-    folder = os.path.join(save_directory, "results")
-    for fn in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        with open(os.path.join(folder, fn)) as f:
-            r = json.load(f)
-        metrics = {f"{t}/{m}": v.get("value") for t, ms in r.get("metrics", {}).items() for m, v in ms.items()}
-        points[r["name"]] = {"depth": r.get("depth"), "parameters": r.get("parameters", {}).get("total"),
-                             "seconds": r.get("wall_time_s"), "device": r.get("device"), "metrics": metrics}
-    failures = sorted(os.listdir(os.path.join(save_directory, "failures"))) if os.path.isdir(
-        os.path.join(save_directory, "failures")) else []
-    return {"points": points, "failed_points": [f[:-5] for f in failures]}
+    points = {r["name"]: {"depth": r.get("depth"), "parameters": r.get("parameters", {}).get("total"),
+                          "seconds": r.get("wall_time_s"), "device": r.get("device"),
+                          "metrics": {f"{t}/{m}": v.get("value") for t, ms in r.get("metrics", {}).items()
+                                      for m, v in ms.items()}} for r in load_results(save_directory)}
+    return {"points": points, "failed_points": [f["name"] for f in load_failures(save_directory)]}
 
 
 def headline(parts: dict) -> dict:
@@ -238,36 +186,32 @@ def write_report(path: str, report: dict) -> None:
 # ----------------------------------------------------------------------------- the check
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    py = sys.executable
-    dry = args.dry_run
+    os.environ.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")  # for every part
+    py, dry = sys.executable, args.dry_run
     work = tempfile.mkdtemp(prefix="gpu-check-work-")
     log_dir = os.path.join(os.path.dirname(args.output), "gpu_check_logs")
     t_start = time.time()
     report = {"dry_run": dry, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "output": args.output, "work": work, "environment": environment(), "parts": {}}
-    import torch
+    import torch  # lazy: --help and the dry run's argument checks need no torch
 
     if not dry and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check needs one NVIDIA GPU (use --dry-run to check the script on CPU)")
-    data = data_files(args, work)
-    report["data"] = data
+    data = report["data"] = data_files(args, work)
     write_report(args.output, report)
 
-    tiny_teacher = None
     if dry:
         from bench.train_throughput import random_teacher  # lazy: only the dry run builds its own teacher
-
-        tiny_teacher = random_teacher("tiny", os.path.join(work, "tiny-teacher"))
-    teacher = args.teacher or (tiny_teacher if dry else TEACHER)
+    tiny_teacher = random_teacher("tiny", os.path.join(work, "tiny-teacher")) if dry else None
+    teacher = args.teacher or tiny_teacher or TEACHER
     steps = args.train_steps or (2 if dry else 20)
     student = os.path.join(work, "train")
     common_train = ["--teacher_model_name_or_path", teacher, "--dataset", data["train"], "--eval_dataset",
                     data["heldout"]]
     if dry:  # the preset's settings at tiny shapes, on CPU
         common_train += ["--max_length", "64", "--global_batch_size", "4", "--per_device_train_batch_size", "1",
-                         "--gradient_accumulation_steps", "4",
-                         "--per_device_eval_batch_size", "2", "--eval_sequences", "4", "--kl_chunk_size", "32",
-                         "--device", "cpu"]
+                         "--gradient_accumulation_steps", "4", "--per_device_eval_batch_size", "2", "--eval_sequences",
+                         "4", "--kl_chunk_size", "32", "--device", "cpu"]
 
     for name in args.parts:
         timeout = args.timeout[name]
@@ -299,8 +243,7 @@ def main(argv=None) -> dict:
                     rec["modes"] = {m: {k: v for k, v in r.items() if k != "stderr_tail"} | (
                         {"stderr_tail": r["stderr_tail"][-800:]} if "stderr_tail" in r else {})
                         for m, r in json.load(f)["results"].items()}
-            rec["shape"] = "tiny" if dry else "qwen3-1.7b"
-            rec["sequence_length"] = 64 if dry else 2048
+            rec.update(shape="tiny" if dry else "qwen3-1.7b", sequence_length=64 if dry else 2048)
         else:  # sweep
             rec, t_left = {}, timeout
             if not os.path.isfile(os.path.join(student, "student_config.json")):
@@ -331,10 +274,8 @@ def main(argv=None) -> dict:
         print(f"[gpu_check] {name}: {rec['status']} in {rec['seconds']} s", file=sys.stderr, flush=True)
         write_report(args.output, report)
 
-    report["wall_s"] = round(time.time() - t_start, 1)
-    report["ok"] = all(r["status"] == "ok" for r in report["parts"].values())
-    report["headline"] = headline(report["parts"])
-    report["done"] = True
+    report.update(wall_s=round(time.time() - t_start, 1), ok=all(r["status"] == "ok" for r in report["parts"].values()),
+                  headline=headline(report["parts"]), done=True)
     write_report(args.output, report)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

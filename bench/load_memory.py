@@ -28,8 +28,10 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import ROOT, child_env  # noqa: E402
 SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
              num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0,
              bos_token_id=1, eos_token_id=2)
@@ -70,21 +72,6 @@ def worker(args) -> None:
     dist.destroy_process_group()
 
 
-def make_teacher(path: str) -> None:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(**SHAPE)).save_pretrained(path)
-
-
-def count_saved(path: str) -> int:
-    from safetensors import safe_open
-
-    with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", type=int, default=2)
@@ -100,10 +87,17 @@ def main() -> None:
     teacher = os.path.join(args.work_dir, "teacher")
     os.makedirs(args.work_dir, exist_ok=True)
     if not os.path.isfile(os.path.join(teacher, "config.json")):
-        make_teacher(teacher)
-    result = {"shape": SHAPE, "parameters": count_saved(teacher), "processes": args.nproc,
+        import torch  # lazy: only to write the random teacher once
+        import transformers
+
+        torch.manual_seed(0)
+        transformers.LlamaForCausalLM(transformers.LlamaConfig(**SHAPE)).save_pretrained(teacher)
+    from safetensors import safe_open  # lazy: the parent stays light (it measures the workers)
+
+    with safe_open(os.path.join(teacher, "model.safetensors"), framework="pt") as f:
+        parameters = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    result = {"shape": SHAPE, "parameters": parameters, "processes": args.nproc,
               "safetensors_mib": round(os.path.getsize(os.path.join(teacher, "model.safetensors")) / 2**20)}
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, HF_HUB_OFFLINE="1")
     for loader in ("whole", "per-process"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -111,14 +105,10 @@ def main() -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
                f"--master-port={port}", os.path.abspath(__file__), "--worker", loader, "--teacher", teacher,
                "--out", args.work_dir]
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        res = subprocess.run(cmd, env=child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, cwd=ROOT)
         if res.returncode:
             sys.exit(f"{loader}: torchrun failed\n{res.stderr[-3000:]}")
-        ranks = []
-        for r in range(args.nproc):
-            with open(os.path.join(args.work_dir, f"{loader}-{r}.json")) as f:
-                ranks.append(json.load(f))
-        result[loader] = ranks
+        result[loader] = [json.loads(Path(args.work_dir, f"{loader}-{r}.json").read_text()) for r in range(args.nproc)]
     if not args.keep:
         shutil.rmtree(teacher)
     print(json.dumps(result, indent=1))

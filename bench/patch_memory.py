@@ -22,36 +22,30 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import ROOT, child_env, ensure_student  # noqa: E402  (no torch: the children time imports)
 
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
 
 
-def _imports(teacher: str):
-    """Everything a build imports, the model family's modeling module included."""
+def child(args) -> None:
+    """One measurement, printed as one JSON line."""
+    t0 = time.perf_counter()  # everything a build imports, the model family's modeling module included
     import torch  # noqa: F401  (lazy: the children import what they measure)
     import transformers
 
     import patching.patch  # noqa: F401
     from boomerang.models import resolve_model_path
 
-    config = transformers.AutoConfig.from_pretrained(resolve_model_path(teacher))
+    config = transformers.AutoConfig.from_pretrained(resolve_model_path(args.teacher))
     transformers.AutoModelForCausalLM._model_mapping[type(config)]  # loads modeling_<family>
-    return config
-
-
-def child(args) -> None:
-    """One measurement, printed as one JSON line."""
-    t0 = time.perf_counter()
-    _imports(args.teacher)
     t_import = time.perf_counter() - t0
     if args.child == "baseline":
         print(json.dumps({"what": "baseline", "peak_rss": _peak_rss_bytes(), "import_s": t_import}))
         return
-    from boomerang.families import count_parameters
-    from patching.patch import build_intermediate_model, save_patched_model
+    from patching.patch import build_intermediate_model, save_patched_model  # (imported above, inside the timed import block)
 
     k = int(args.child)
     t1 = time.perf_counter()
@@ -59,11 +53,7 @@ def child(args) -> None:
                                                       dtype=args.dtype, return_plan=True)
     t_build = time.perf_counter() - t1
     rss_built = _peak_rss_bytes()
-    seen, nbytes = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            nbytes += t.numel() * t.element_size()
+    nbytes = model.get_memory_footprint()  # parameters and buffers, each tensor once
     out = os.path.join(args.work_dir, f"out-k{k:02d}")
     shutil.rmtree(out, ignore_errors=True)
     t2 = time.perf_counter()
@@ -71,11 +61,9 @@ def child(args) -> None:
     t_save = time.perf_counter() - t2
     saved = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))
     shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({
-        "what": k, "depth": plan.depth, "params": count_parameters(model)["total"], "result_bytes": nbytes,
-        "saved_bytes": saved, "peak_rss": _peak_rss_bytes(), "peak_rss_after_build": rss_built,
-        "import_s": t_import, "build_s": t_build, "save_s": t_save,
-    }))
+    print(json.dumps({"what": k, "depth": plan.depth, "params": model.num_parameters(), "result_bytes": nbytes,
+                      "saved_bytes": saved, "peak_rss": _peak_rss_bytes(), "peak_rss_after_build": rss_built,
+                      "import_s": t_import, "build_s": t_build, "save_s": t_save}))
 
 
 def run_child(args, what) -> dict:
@@ -83,9 +71,7 @@ def run_child(args, what) -> dict:
            "--student", args.student, "--work_dir", args.work_dir, "--dtype", args.dtype]
     if args.patch_first_k_layers:
         cmd.append("--patch_first_k_layers")
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), TOKENIZERS_PARALLELISM="false")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=child_env(TOKENIZERS_PARALLELISM="false"), cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"measurement {what} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -111,12 +97,8 @@ def main(argv=None) -> int:
     if args.child is not None:
         child(args)
         return 0
-    if not os.path.isfile(os.path.join(args.student, "student_config.json")):
-        print(f"making the student in {args.student} (python -m train.init_student)", flush=True)
-        subprocess.run([sys.executable, "-m", "train.init_student", "--teacher_model_name_or_path", args.teacher,
-                        "--save_directory", args.student], check=True, cwd=ROOT)
-    sys.path.insert(0, ROOT)
-    from boomerang.families import order_name  # after the path is set; the parent measures imports in its children
+    ensure_student(args.teacher, args.student)
+    from boomerang.families import order_name  # lazy: this file's children time their own imports
     from boomerang.layer_map import LayerMap
 
     lm = LayerMap.load(args.student)

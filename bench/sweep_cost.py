@@ -18,36 +18,22 @@ The student (when ``--student`` is not given) is made once by ``python -m train.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(cmd: list[str], log_path: str) -> float:
-    t0 = time.perf_counter()
-    with open(log_path, "a") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}); see {log_path}:\n  {' '.join(cmd)}")
-    return elapsed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import ROOT, ensure_student, run_part  # noqa: E402
+from boomerang.io import atomic_write_json  # noqa: E402
+from evaluate.results import load_results  # noqa: E402
 
 
-def _results(folder: str) -> dict[str, dict]:
-    out = {}
-    for fn in sorted(os.listdir(os.path.join(folder, "results"))):
-        with open(os.path.join(folder, "results", fn)) as f:
-            rec = json.load(f)
-        out[rec["name"]] = rec
-    return out
+def _run(name: str, cmd: list[str], log_dir: str) -> float:
+    """Wall seconds of ``cmd`` from process start to exit; its output goes to ``log_dir/name.log``."""
+    rec = run_part(name, cmd, None, log_dir, {"TOKENIZERS_PARALLELISM": "false"})
+    if rec["status"] != "ok":
+        raise SystemExit(f"command failed ({rec['exit_code']}); see {rec['log']}:\n  {rec['command']}")
+    return rec["seconds"]
 
 
 def main(argv=None) -> dict:
@@ -69,45 +55,35 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--data {args.data}: no such file (the offline data folder is ../shared/data; "
                          "pass --data PATH)")
     os.makedirs(args.work_dir, exist_ok=True)
-    log_path = os.path.join(args.work_dir, "bench.log")
+    log_dir = os.path.join(args.work_dir, "logs")
     py = sys.executable
-    student = args.student
-    if student is None:
-        student = os.path.join(args.work_dir, "student")
-        if not os.path.isdir(student):
-            _run([py, "-m", "train.init_student", "--teacher_model_name_or_path", args.teacher,
-                  "--save_directory", student], log_path)
+    student = args.student or ensure_student(args.teacher, os.path.join(args.work_dir, "student"))
     ks = [int(k) for k in args.ks.split(",")]
     common = ["--teacher_model_name_or_path", args.teacher, "--student_model_name_or_path", student,
               "--tasks", f"ppl=local_ppl:{data}", "--limit", str(args.limit), "--max_doc_words",
               str(args.max_doc_words), "--dtype", args.dtype, "--eval_batch_size", args.batch_size,
               "--device", "cpu", "--no_plots"]
-    sweep_dir = os.path.join(args.work_dir, "sweep")
-    single_dir = os.path.join(args.work_dir, "one-per-process")
+    sweep_dir, single_dir = os.path.join(args.work_dir, "sweep"), os.path.join(args.work_dir, "one-per-process")
     for d in (sweep_dir, single_dir):
         shutil.rmtree(d, ignore_errors=True)
 
-    t_sweep = _run([py, "-m", "evaluate.evaluate", *common, "--save_directory", sweep_dir, "--sweep", args.ks,
-                    "--no_endpoints"], log_path)
-    per_process = {}
-    for k in ks:
-        per_process[k] = _run([py, "-m", "evaluate.evaluate", *common, "--save_directory", single_dir,
-                               "--num_layers_to_patch", str(k)], log_path)
+    t_sweep = _run("sweep", [py, "-m", "evaluate.evaluate", *common, "--save_directory", sweep_dir, "--sweep",
+                             args.ks, "--no_endpoints"], log_dir)
+    per_process = {k: _run(f"k{k}", [py, "-m", "evaluate.evaluate", *common, "--save_directory", single_dir,
+                                      "--num_layers_to_patch", str(k)], log_dir) for k in ks}
     t_single = sum(per_process.values())
 
-    a, b = _results(sweep_dir), _results(single_dir)
+    a, b = ({r["name"]: r for r in load_results(d)} for d in (sweep_dir, single_dir))
     assert sorted(a) == sorted(b), (sorted(a), sorted(b))
     rows = []
     for name in sorted(a, key=lambda n: a[n]["num_layers_to_patch"]):
         va = a[name]["metrics"]["ppl"]["token_perplexity"]["value"]
         vb = b[name]["metrics"]["ppl"]["token_perplexity"]["value"]
         assert abs(va - vb) <= 1e-4 * abs(vb), f"{name}: sweep {va} vs one-per-process {vb}"
-        rows.append({"name": name, "k": a[name]["num_layers_to_patch"], "depth": a[name]["depth"],
-                     "token_perplexity": va,
-                     "sweep_build_s": a[name]["wall_time_s"]["build"], "sweep_eval_s": a[name]["wall_time_s"]["evaluate"],
-                     "single_build_s": b[name]["wall_time_s"]["build"],
-                     "single_eval_s": b[name]["wall_time_s"]["evaluate"],
-                     "single_process_s": round(per_process[a[name]["num_layers_to_patch"]], 2)})
+        k, sa, sb = a[name]["num_layers_to_patch"], a[name]["wall_time_s"], b[name]["wall_time_s"]
+        rows.append({"name": name, "k": k, "depth": a[name]["depth"], "token_perplexity": va,
+                     "sweep_build_s": sa["build"], "sweep_eval_s": sa["evaluate"], "single_build_s": sb["build"],
+                     "single_eval_s": sb["evaluate"], "single_process_s": round(per_process[k], 2)})
     report = {"teacher": args.teacher, "student": student, "data": data, "ks": ks, "limit": args.limit,
               "max_doc_words": args.max_doc_words, "dtype": args.dtype, "cpu_count": os.cpu_count(),
               "load_average_at_end": os.getloadavg(),
@@ -121,11 +97,9 @@ def main(argv=None) -> dict:
         print(f"{r['k']:>3} {r['depth']:>5} {r['token_perplexity']:>12.1f} "
               f"{r['sweep_build_s']:>9.2f}+{r['sweep_eval_s']:<10.2f} {r['single_build_s']:>12.2f}+"
               f"{r['single_eval_s']:<13.2f} {r['single_process_s']:>14.2f}")
-    print(f"sweep, one process: {t_sweep:.1f} s; one process per size: {t_single:.1f} s "
-          f"({t_single / t_sweep:.2f}x)")
+    print(f"sweep, one process: {t_sweep:.1f} s; one process per size: {t_single:.1f} s ({t_single / t_sweep:.2f}x)")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write_json(args.out, report)
     return report
 
 

@@ -33,12 +33,12 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import peak_memory, run_part, synthetic_corpus, trainer_log  # noqa: E402
+from boomerang.io import atomic_write_json  # noqa: E402
 
 MODES = {  # name: (train.train flags, environment)
     "packed+chunked": ([], {}),
@@ -87,17 +87,6 @@ def random_teacher(shape: str, folder: str) -> str:
     return folder
 
 
-def synthetic_corpus(path: str, docs: int = 2000) -> str:
-    words = ("the a of and to in is was he it that for on with as his by at be this had not are but from or have "
-             "an they which one you were her all she there would their we him been has when who will more").split()
-    r = random.Random(0)
-    with open(path, "w") as f:
-        for _ in range(docs):
-            n = int(r.lognormvariate(5.0, 1.0)) + 5  # a spread of document lengths, like real text
-            f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(n))}) + "\n")
-    return path
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="a training preset (its model, data and loss settings)")
@@ -122,66 +111,45 @@ def main(argv=None):
         raise SystemExit(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
 
     work = tempfile.mkdtemp(prefix="bench-train-")
-    base = [sys.executable, "-m", "train.train"]
-    flags = []
-    if args.config:
-        flags += ["--config", args.config]
     teacher = args.teacher
     if teacher and teacher.startswith("random:"):
         teacher = random_teacher(teacher.split(":", 1)[1], os.path.join(work, "teacher"))
-    if teacher:
-        flags += ["--teacher_model_name_or_path", teacher]
-    elif not args.config:
+    if not (teacher or args.config):
         raise SystemExit("give --config or --teacher")
-    dataset = args.dataset or (None if args.config else synthetic_corpus(os.path.join(work, "corpus.jsonl")))
-    if dataset:
-        flags += ["--dataset", dataset]
-    if args.max_length:
-        flags += ["--max_length", str(args.max_length)]
+    # a spread of document lengths, like real text
+    dataset = args.dataset or (None if args.config else synthetic_corpus(
+        os.path.join(work, "corpus.jsonl"), 2000, lambda r: int(r.lognormvariate(5.0, 1.0)) + 5, random.Random(0)))
+    given = {"--config": args.config or None, "--teacher_model_name_or_path": teacher or None, "--dataset": dataset,
+             "--max_length": args.max_length or None, "--kl_chunk_size": args.kl_chunk_size}
+    flags = [x for flag, v in given.items() if v is not None for x in (flag, str(v))]
     if args.batch:
         flags += ["--per_device_train_batch_size", str(args.batch), "--gradient_accumulation_steps", "1",
                   "--global_batch_size", str(args.batch)]
-    if args.kl_chunk_size is not None:
-        flags += ["--kl_chunk_size", str(args.kl_chunk_size)]
-    total = args.warmup + args.steps
-    flags += ["--max_steps", str(total), "--logging_steps", "1", "--save_steps", "0", "--eval_dataset", "",
-              "--eval_steps", "0", "--warmup_ratio", "0"] + args.extra.split()
+    flags += ["--max_steps", str(args.warmup + args.steps), "--logging_steps", "1", "--save_steps", "0",
+              "--eval_dataset", "", "--eval_steps", "0", "--warmup_ratio", "0"] + args.extra.split()
     results = {}
-    env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONPATH=ROOT)
     for mode in modes:
         mode_flags, mode_env = MODES[mode]
         out = os.path.join(work, mode.replace("+", "_"))
-        cmd = base + flags + mode_flags + ["--save_directory", out]
+        cmd = [sys.executable, "-m", "train.train", *flags, *mode_flags, "--save_directory", out]
         print(f"[{mode}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
-        try:
-            res = subprocess.run(cmd, cwd=ROOT, env=dict(env, **mode_env), capture_output=True, text=True,
-                                 timeout=args.mode_timeout)
-        except subprocess.TimeoutExpired as e:
-            tail = (e.stderr or b"")[-2000:]
-            results[mode] = {"error": f"timeout after {args.mode_timeout:g} s",
-                             "stderr_tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail}
+        res = run_part(mode.replace("+", "_"), cmd, args.mode_timeout, os.path.join(work, "logs"), mode_env)
+        if res["status"] != "ok":
+            print(res["log_tail"], file=sys.stderr)
+            error = f"timeout after {args.mode_timeout:g} s" if res["status"] == "timeout" else f"exit {res['exit_code']}"
+            results[mode] = {"error": error, "stderr_tail": res["log_tail"][-2000:]}
             continue
-        if res.returncode != 0:
-            print(res.stderr[-4000:], file=sys.stderr)
-            results[mode] = {"error": f"exit {res.returncode}", "stderr_tail": res.stderr[-2000:]}
-            continue
-        with open(os.path.join(out, "log.jsonl")) as f:
-            recs = [r for r in map(json.loads, f) if "loss" in r]
+        recs = [r for r in trainer_log(out) if "loss" in r]
         timed = [r for r in recs if r["step"] > args.warmup]
         t = sum(r["step_time_s"] for r in timed)
-        last = recs[-1]
-        row = {
-            "tokens_per_s": sum(r["tokens"] for r in timed) / t,
-            "sequence_tokens_per_s": sum(r["sequence_tokens"] for r in timed) / t,
-            "step_time_s": t / len(timed),
-            "real_token_fraction": sum(r["tokens"] for r in timed) / sum(r["sequence_tokens"] for r in timed),
-            "loss": sum(r["loss"] for r in timed) / len(timed),
-            "peak_memory_gb": last.get("peak_memory_gb", last.get("peak_rss_gb")),
-            "memory_kind": "gpu_max_allocated" if "peak_memory_gb" in last else "cpu_peak_rss",
-        }
-        if "mfu" in last:
+        tok, seq = (sum(r[k] for r in timed) for k in ("tokens", "sequence_tokens"))
+        row = {"tokens_per_s": tok / t, "sequence_tokens_per_s": seq / t, "step_time_s": t / len(timed),
+               "real_token_fraction": tok / seq, "loss": sum(r["loss"] for r in timed) / len(timed),
+               **peak_memory(recs[-1])}
+        if "mfu" in recs[-1]:
             row["mfu"] = sum(r.get("mfu", 0.0) for r in timed) / len(timed)
-        chosen = re.findall(r"packed attention: (\w+) \(", res.stderr)
+        with open(res["log"], errors="replace") as f:
+            chosen = re.findall(r"packed attention: (\w+) \(", f.read())
         row["packed_attention"] = chosen[-1] if chosen else None  # None: the paper's recipe (its own masks)
         results[mode] = row
         print(f"[{mode}] {json.dumps(row)}", file=sys.stderr, flush=True)
@@ -194,8 +162,6 @@ def main(argv=None):
         print(f"{mode:16} {r['tokens_per_s']:12.1f} {r['sequence_tokens_per_s']:11.1f} {r['step_time_s']:8.2f} "
               f"{100 * r['real_token_fraction']:5.0f}% {r['peak_memory_gb']:8.2f} {mfu:>6}")
     if args.output:
-        from boomerang.io import atomic_write_json
-
         atomic_write_json(args.output, {"args": vars(args), "results": results})
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -59,9 +59,9 @@ class ModelSource(Source):
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self._params = dict(model.named_parameters(remove_duplicate=False))
         self._views: dict[int, nn.Parameter] = {}
-        self._buffers = {k: v for k, v in model.named_buffers(remove_duplicate=False)}
-        persistent = set(model.state_dict(keep_vars=True).keys())
-        self._keys = [k for k in self._params] + [k for k in self._buffers if k in persistent]
+        self._buffers = dict(model.named_buffers(remove_duplicate=False))
+        persistent = set(model.state_dict(keep_vars=True))
+        self._keys = list(self._params) + [k for k in self._buffers if k in persistent]
 
     def keys(self) -> list[str]:
         return self._keys
@@ -96,24 +96,17 @@ class CheckpointSource(Source):
         self.config = AutoConfig.from_pretrained(path)
         self.adapter = adapter_for_config(self.config)
         index = os.path.join(path, "model.safetensors.index.json")
-        single = os.path.join(path, "model.safetensors")
         if os.path.isfile(index):
             with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-            files = sorted(set(weight_map.values()))
-        elif os.path.isfile(single):
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        elif os.path.isfile(os.path.join(path, "model.safetensors")):
             files = ["model.safetensors"]
         else:
-            raise FileNotFoundError(
-                f"{path} has no safetensors weights (model.safetensors or its index); "
-                "re-save the model with save_pretrained(safe_serialization=True)"
-            )
+            raise FileNotFoundError(f"{path} has no safetensors weights (model.safetensors or its index); "
+                                    "re-save the model with save_pretrained(safe_serialization=True)")
         self._handles = {fn: safe_open(os.path.join(path, fn), framework="pt") for fn in files}
         self._layouts: dict[str, tuple[dict, int]] = {}  # file -> (header, where its data starts), for get_rows
-        self._where: dict[str, tuple[str, str]] = {}
-        for fn, h in self._handles.items():
-            for raw in h.keys():
-                self._where[self._rename(raw)] = (fn, raw)
+        self._where = {self._rename(raw): (fn, raw) for fn, h in self._handles.items() for raw in h.keys()}
 
     def layout(self, fn: str) -> tuple[dict, int]:
         """One file's safetensors header (tensor name -> dtype, shape, data_offsets) and the byte where its data
@@ -178,12 +171,11 @@ class LayerRef:
 def _empty_model(config, adapter: FamilyAdapter, dtype: torch.dtype | None):
     """A model of ``config`` whose parameters are on the meta device (buffers are real)."""
     import transformers  # lazy: transformers takes seconds to import; commands start without it
-    from accelerate import init_empty_weights
+    from accelerate import init_empty_weights  # lazy: accelerate only for meta-device builds
 
     auto = getattr(transformers, adapter.auto_class)
     with init_empty_weights(include_buffers=False):
-        model = auto.from_config(config, dtype=dtype) if dtype is not None else auto.from_config(config)
-    return model
+        return auto.from_config(config, dtype=dtype) if dtype is not None else auto.from_config(config)
 
 
 def _drop_capture_hooks(module: nn.Module) -> None:
@@ -195,29 +187,22 @@ def _drop_capture_hooks(module: nn.Module) -> None:
                 del m._forward_hooks[hid]
 
 
-def assemble(
-    base: Source,
-    layers: Iterable[LayerRef],
-    parts: dict[str, Source] | None = None,
-    dtype: torch.dtype | None = None,
-    config_overrides: dict | None = None,
-    copy_untied_head: bool = True,
-):
+def assemble(base: Source, layers: Iterable[LayerRef], parts: dict[str, Source] | None = None,
+             dtype: torch.dtype | None = None, config_overrides: dict | None = None, copy_untied_head: bool = True):
     """Build a model of ``base``'s family whose layers are ``layers`` (in order).
 
-    ``parts`` maps ``"embeddings"``, ``"final_norm"`` and ``"lm_head"`` to the source each comes
-    from (default: ``base``). The head stays tied to the embeddings only when both come from the
-    same source and that source is tied; otherwise the config says ``tie_word_embeddings=False``
-    and the head gets its own tensor (``copy_untied_head=False``: a model only run, never trained or saved,
-    may share it with its source's embedding instead). Every per-layer config field and per-layer index attribute
-    (the KV cache's ``layer_idx``) is rewritten for the new depth.
+    ``parts`` maps ``"embeddings"``, ``"final_norm"`` and ``"lm_head"`` to the source each comes from (default:
+    ``base``). The head stays tied to the embeddings only when both come from the same source and that source is tied;
+    otherwise the config says ``tie_word_embeddings=False`` and the head gets its own tensor
+    (``copy_untied_head=False``: a model only run, never trained or saved, may share it with its source's embedding
+    instead). Every per-layer config field and per-layer index attribute (the KV cache's ``layer_idx``) is rewritten
+    for the new depth.
     """
     adapter = base.adapter
     layers = list(layers)
     parts = {role: parts.get(role, base) if parts else base for role in ("embeddings", "final_norm", "lm_head")}
-    for ref in layers:
-        if ref.source.adapter is not adapter:
-            raise ValueError(f"cannot mix families: {ref.source.adapter.name} layer into a {adapter.name} model")
+    if other := next((r.source.adapter for r in layers if r.source.adapter is not adapter), None):
+        raise ValueError(f"cannot mix families: {other.name} layer into a {adapter.name} model")
     config = adapter.config_for_layers(base.config, [(r.source.config, r.index) for r in layers])
     emb_src, head_src = parts["embeddings"], parts["lm_head"]
     tied = emb_src is head_src and emb_src.tied()
@@ -228,9 +213,7 @@ def assemble(
         setattr(config, k, v)
 
     def cast(t: torch.Tensor) -> torch.Tensor:
-        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-            return t.to(dtype)
-        return t
+        return t.to(dtype) if dtype is not None and t.is_floating_point() and t.dtype != dtype else t
 
     state: dict[str, torch.Tensor] = {}
     prefix = adapter.layer_prefix()
@@ -242,8 +225,7 @@ def assemble(
         for k in keys:
             state[f"{prefix}{new_i}.{k[len(old):]}"] = cast(ref.source.get(k))
     for role, src in parts.items():
-        for k in src.role_keys(role):
-            state[k] = cast(src.get(k))
+        state.update((k, cast(src.get(k))) for k in src.role_keys(role))
     if not tied and adapter.tied_head_weight and adapter.tied_head_weight not in state:
         # The head's source is tied: its head *is* its embedding matrix. Give the result its own tensor.
         src_t = head_src.get(adapter.tied_embedding_weight)
@@ -258,19 +240,19 @@ def assemble(
             # In-memory sources can share one matrix (a student fresh from init_student holds its
             # teacher's embedding; a tied source's head *is* it): an untied result needs two tensors.
             state[adapter.tied_head_weight] = head.detach().clone()
-    for k in base.keys():  # anything that is neither a layer nor a part (rare: extra buffers)
-        if adapter.part_of(k)[0] == "other" and k not in state:
-            state[k] = cast(base.get(k))
+    # anything that is neither a layer nor a part (rare: extra buffers)
+    state.update({k: cast(base.get(k)) for k in base.keys() if adapter.part_of(k)[0] == "other" and k not in state})
 
     model = _empty_model(config, adapter, dtype)
-    expected = set(model.state_dict().keys())
+    expected = set(model.state_dict())
     if tied:
         expected.discard(adapter.tied_head_weight)
         state.pop(adapter.tied_head_weight, None)
     missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - set(model.state_dict().keys()))
+    unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
-        raise ValueError(f"assembled weights do not fit the {adapter.name} model: missing={missing[:8]} unexpected={unexpected[:8]}")
+        raise ValueError(f"assembled weights do not fit the {adapter.name} model: missing={missing[:8]} "
+                         f"unexpected={unexpected[:8]}")
     model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.tie_weights()

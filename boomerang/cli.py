@@ -25,18 +25,14 @@ def read_config(path: str, _seen: tuple[str, ...] = ()) -> dict:
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of flag names to values")
-    parent = values.pop(BASE_KEY, None)
-    if parent is None:
+    if (parent := values.pop(BASE_KEY, None)) is None:
         return values
     return {**read_config(os.path.join(os.path.dirname(path), parent), _seen + (path,)), **values}
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse ``argv``; a ``--config FILE.yaml`` (and its ``base:`` chain) supplies defaults that explicit flags
-    override.
-
-    Unknown keys in the YAML files are an error that names them (a typo must not be silently ignored).
-    """
+    override. Unknown keys in the YAML files are an error that names them (a typo must not be silently ignored)."""
     parser.add_argument("--config", default=None, help="YAML file of flag values (flags given on the command line win)")
     pre, _ = parser.parse_known_args(argv)
     values = {}
@@ -46,8 +42,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
         except ValueError as e:
             parser.error(f"--config {pre.config}: {e}")
         known = {a.dest for a in parser._actions}
-        unknown = sorted(k for k in values if k not in known)
-        if unknown:
+        if unknown := sorted(k for k in values if k not in known):
             parser.error(f"--config {pre.config}: unknown keys {unknown}; see --help for the flag names")
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
@@ -62,11 +57,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821

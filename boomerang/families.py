@@ -13,6 +13,7 @@ Adding a family is one ``FamilyAdapter(...)`` entry in ``_ADAPTERS`` below plus 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -27,16 +28,12 @@ class UnsupportedModelError(BoomerangError):
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
-    mod = root
-    for part in path.split("."):
-        mod = getattr(mod, part)
-    return mod
+    return functools.reduce(getattr, path.split("."), root)
 
 
 def set_submodule(root: nn.Module, path: str, value: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
-    parent = get_submodule(root, parent_path) if parent_path else root
-    setattr(parent, name, value)
+    setattr(get_submodule(root, parent_path) if parent_path else root, name, value)
 
 
 @dataclass(frozen=True)
@@ -52,8 +49,8 @@ class FamilyAdapter:
     depth_field: str = "num_hidden_layers"
     # Config fields holding one entry per layer: sliced/reordered with the layers.
     per_layer_fields: tuple[str, ...] = ("layer_types",)
-    # Config fields holding a layer *count* threshold (layers below it behave differently):
-    # renumbered to the count of kept layers below the old threshold.
+    # Config fields holding a layer *count* threshold (layers below it behave differently): renumbered to the
+    # count of kept layers below the old threshold.
     layer_threshold_fields: tuple[str, ...] = ()
     # Attributes of a layer's submodules that hold the layer's own index.
     layer_index_attrs: tuple[str, ...] = ("layer_idx",)
@@ -85,11 +82,8 @@ class FamilyAdapter:
 
     def parts(self) -> dict[str, tuple[str, ...]]:
         """Module paths of the non-layer parts, by role: embeddings, final_norm, lm_head."""
-        return {
-            "embeddings": self.embeddings,
-            "final_norm": (self.final_norm,) if self.final_norm else (),
-            "lm_head": self.lm_head,
-        }
+        final_norm = (self.final_norm,) if self.final_norm else ()
+        return {"embeddings": self.embeddings, "final_norm": final_norm, "lm_head": self.lm_head}
 
     def layer_prefix(self) -> str:
         return self.layers + "."
@@ -100,9 +94,8 @@ class FamilyAdapter:
         if param_name.startswith(prefix):
             return "layer", int(param_name[len(prefix):].split(".", 1)[0])
         for role, paths in self.parts().items():
-            for p in paths:
-                if param_name == p or param_name.startswith(p + "."):
-                    return role, None
+            if any(param_name == p or param_name.startswith(p + ".") for p in paths):
+                return role, None
         return "other", None
 
     # ---------------------------------------------------------------- config surgery
@@ -110,7 +103,6 @@ class FamilyAdapter:
         """A copy of ``base_config`` for a model whose layer ``i`` is layer ``layer_refs[i][1]`` of a
         model with config ``layer_refs[i][0]``: depth, per-layer fields and layer-count thresholds
         are rewritten so that every layer keeps the settings it had where it came from."""
-
         new = copy.deepcopy(base_config)
         setattr(new, self.depth_field, len(layer_refs))
         for fname in self.per_layer_fields:
@@ -130,18 +122,14 @@ class FamilyAdapter:
                         setattr(mod, attr, i)
 
     def kv_cache_bytes(self, config, batch_size: int, context_length: int, bytes_per_value: int) -> int:
-        """Bytes of the KV cache of a model with ``config`` holding ``context_length`` tokens of
-        ``batch_size`` sequences: keys and values of every layer (a sliding-window layer keeps at most
-        its window)."""
+        """Bytes of the KV cache of a model with ``config`` holding ``context_length`` tokens of ``batch_size``
+        sequences: keys and values of every layer (a sliding-window layer keeps at most its window)."""
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         types = getattr(config, "layer_types", None) or ["full_attention"] * self.num_layers(config)
-        window = getattr(config, "sliding_window", None)
-        total = 0
-        for t in types:
-            length = min(context_length, window) if (t == "sliding_attention" and window) else context_length
-            total += 2 * batch_size * length * heads * head_dim * bytes_per_value
-        return total
+        window = min(context_length, getattr(config, "sliding_window", None) or context_length)
+        per_token = 2 * batch_size * heads * head_dim * bytes_per_value
+        return sum(per_token * (window if t == "sliding_attention" else context_length) for t in types)
 
     def is_tied(self, model: nn.Module) -> bool:
         if self.tied_embedding_weight is None or self.tied_head_weight is None:
@@ -175,130 +163,47 @@ def set_tie(config, tied: bool) -> None:
     config.tie_word_embeddings = tied
     text = getattr(config, "get_text_config", None)
     if callable(text):
-        sub = text()
-        if sub is not config:
-            sub.tie_word_embeddings = tied
+        text().tie_word_embeddings = tied
 
 
-_DECODER = dict(per_layer_fields=("layer_types",))
+# The Hugging Face decoder layout (``model.layers``, ``model.embed_tokens``, ``model.norm``, ``lm_head``).
+_HF_DECODER = dict(layers="model.layers", embeddings=("model.embed_tokens",), final_norm="model.norm",
+                   lm_head=("lm_head",), tied_embedding_weight="model.embed_tokens.weight",
+                   tied_head_weight="lm_head.weight")
+_QWEN_THRESHOLDS = ("max_window_layers",)
+_ENCODER = dict(final_norm=None, per_layer_fields=(), layer_index_attrs=(), is_encoder=True,
+                auto_class="AutoModelForMaskedLM")
 
 _ADAPTERS: tuple[FamilyAdapter, ...] = (
+    FamilyAdapter(name="llama", config_class="LlamaConfig", first_k_by_default=True, notes="Llama 2/3.x, SmolLM2",
+                  **_HF_DECODER),
+    FamilyAdapter(name="mistral", config_class="MistralConfig", **_HF_DECODER),
+    FamilyAdapter(name="qwen2", config_class="Qwen2Config", layer_threshold_fields=_QWEN_THRESHOLDS, **_HF_DECODER),
+    FamilyAdapter(name="qwen3", config_class="Qwen3Config", layer_threshold_fields=_QWEN_THRESHOLDS, **_HF_DECODER),
+    FamilyAdapter(name="gemma3_text", config_class="Gemma3TextConfig", notes="Gemma 3 text-only (Gemma3ForCausalLM)",
+                  **_HF_DECODER),
     FamilyAdapter(
-        name="llama",
-        config_class="LlamaConfig",
-        layers="model.layers",
-        embeddings=("model.embed_tokens",),
-        final_norm="model.norm",
-        lm_head=("lm_head",),
-        tied_embedding_weight="model.embed_tokens.weight",
-        tied_head_weight="lm_head.weight",
-        first_k_by_default=True,
-        notes="Llama 2/3.x, SmolLM2",
-        **_DECODER,
+        name="gpt_neox", config_class="GPTNeoXConfig", layers="gpt_neox.layers", embeddings=("gpt_neox.embed_in",),
+        final_norm="gpt_neox.final_layer_norm", lm_head=("lm_head",), tied_embedding_weight="gpt_neox.embed_in.weight",
+        tied_head_weight="lm_head.weight", checkpoint_aliases=(("embed_out.", "lm_head."),), notes="Pythia",
     ),
     FamilyAdapter(
-        name="mistral",
-        config_class="MistralConfig",
-        layers="model.layers",
-        embeddings=("model.embed_tokens",),
-        final_norm="model.norm",
-        lm_head=("lm_head",),
-        tied_embedding_weight="model.embed_tokens.weight",
-        tied_head_weight="lm_head.weight",
-        **_DECODER,
-    ),
-    FamilyAdapter(
-        name="qwen2",
-        config_class="Qwen2Config",
-        layers="model.layers",
-        embeddings=("model.embed_tokens",),
-        final_norm="model.norm",
-        lm_head=("lm_head",),
-        layer_threshold_fields=("max_window_layers",),
-        tied_embedding_weight="model.embed_tokens.weight",
-        tied_head_weight="lm_head.weight",
-        **_DECODER,
-    ),
-    FamilyAdapter(
-        name="qwen3",
-        config_class="Qwen3Config",
-        layers="model.layers",
-        embeddings=("model.embed_tokens",),
-        final_norm="model.norm",
-        lm_head=("lm_head",),
-        layer_threshold_fields=("max_window_layers",),
-        tied_embedding_weight="model.embed_tokens.weight",
-        tied_head_weight="lm_head.weight",
-        **_DECODER,
-    ),
-    FamilyAdapter(
-        name="gemma3_text",
-        config_class="Gemma3TextConfig",
-        layers="model.layers",
-        embeddings=("model.embed_tokens",),
-        final_norm="model.norm",
-        lm_head=("lm_head",),
-        tied_embedding_weight="model.embed_tokens.weight",
-        tied_head_weight="lm_head.weight",
-        notes="Gemma 3 text-only (Gemma3ForCausalLM)",
-        **_DECODER,
-    ),
-    FamilyAdapter(
-        name="gpt_neox",
-        config_class="GPTNeoXConfig",
-        layers="gpt_neox.layers",
-        embeddings=("gpt_neox.embed_in",),
-        final_norm="gpt_neox.final_layer_norm",
-        lm_head=("lm_head",),
-        tied_embedding_weight="gpt_neox.embed_in.weight",
-        tied_head_weight="lm_head.weight",
-        checkpoint_aliases=(("embed_out.", "lm_head."),),
-        notes="Pythia",
-        **_DECODER,
-    ),
-    FamilyAdapter(
-        name="gpt2",
-        config_class="GPT2Config",
-        layers="transformer.h",
-        embeddings=("transformer.wte", "transformer.wpe"),
-        final_norm="transformer.ln_f",
-        lm_head=("lm_head",),
-        depth_field="n_layer",
-        tied_embedding_weight="transformer.wte.weight",
-        tied_head_weight="lm_head.weight",
+        name="gpt2", config_class="GPT2Config", layers="transformer.h", final_norm="transformer.ln_f",
+        embeddings=("transformer.wte", "transformer.wpe"), lm_head=("lm_head",), depth_field="n_layer",
+        tied_embedding_weight="transformer.wte.weight", tied_head_weight="lm_head.weight",
         inputs_embeds_is_hidden_state=False,
         notes="scale_attn_by_inverse_layer_idx=True makes attention depend on the layer index",
     ),
     FamilyAdapter(
-        name="bert",
-        config_class="BertConfig",
-        layers="bert.encoder.layer",
-        embeddings=("bert.embeddings",),
-        final_norm=None,
-        lm_head=("cls",),
-        tied_embedding_weight="bert.embeddings.word_embeddings.weight",
-        tied_head_weight="cls.predictions.decoder.weight",
-        per_layer_fields=(),
-        layer_index_attrs=(),
-        is_encoder=True,
-        auto_class="AutoModelForMaskedLM",
-        notes="BertForMaskedLM",
+        name="bert", config_class="BertConfig", layers="bert.encoder.layer", embeddings=("bert.embeddings",),
+        lm_head=("cls",), tied_embedding_weight="bert.embeddings.word_embeddings.weight",
+        tied_head_weight="cls.predictions.decoder.weight", notes="BertForMaskedLM", **_ENCODER,
     ),
     FamilyAdapter(
-        name="distilbert",
-        config_class="DistilBertConfig",
-        layers="distilbert.transformer.layer",
-        embeddings=("distilbert.embeddings",),
-        final_norm=None,
-        lm_head=("vocab_transform", "vocab_layer_norm", "vocab_projector"),
-        depth_field="n_layers",
-        tied_embedding_weight="distilbert.embeddings.word_embeddings.weight",
-        tied_head_weight="vocab_projector.weight",
-        per_layer_fields=(),
-        layer_index_attrs=(),
-        is_encoder=True,
-        auto_class="AutoModelForMaskedLM",
-        notes="DistilBertForMaskedLM",
+        name="distilbert", config_class="DistilBertConfig", layers="distilbert.transformer.layer",
+        embeddings=("distilbert.embeddings",), lm_head=("vocab_transform", "vocab_layer_norm", "vocab_projector"),
+        depth_field="n_layers", tied_embedding_weight="distilbert.embeddings.word_embeddings.weight",
+        tied_head_weight="vocab_projector.weight", notes="DistilBertForMaskedLM", **_ENCODER,
     ),
 )
 
@@ -315,11 +220,7 @@ def supported_families() -> list[str]:
 
 def adapter_for_config(config) -> FamilyAdapter:
     """The adapter of ``config``'s class (or the nearest base class that has one)."""
-    by_class = {}
-    for a in _ADAPTERS:
-        cls = _config_class(a.config_class)
-        if cls is not None:
-            by_class[cls] = a
+    by_class = {cls: a for a in _ADAPTERS if (cls := _config_class(a.config_class)) is not None}
     for cls in type(config).__mro__:
         if cls in by_class:
             return by_class[cls]
@@ -331,8 +232,7 @@ def adapter_for_config(config) -> FamilyAdapter:
 
 
 def adapter_for(model_or_config) -> FamilyAdapter:
-    config = getattr(model_or_config, "config", model_or_config)
-    return adapter_for_config(config)
+    return adapter_for_config(getattr(model_or_config, "config", model_or_config))
 
 
 def count_parameters(model: nn.Module, adapter: FamilyAdapter | None = None) -> dict[str, int]:
@@ -345,10 +245,9 @@ def count_parameters(model: nn.Module, adapter: FamilyAdapter | None = None) -> 
     seen: set[int] = set()
     total = emb = 0
     for name, p in model.named_parameters(remove_duplicate=False):
-        key = id(p)
-        if key in seen:
+        if id(p) in seen:
             continue
-        seen.add(key)
+        seen.add(id(p))
         total += p.numel()
         role, _ = adapter.part_of(name)
         if role == "embeddings" or (role == "lm_head" and p.dim() == 2 and p.shape[0] == model.config.vocab_size):
@@ -359,11 +258,8 @@ def count_parameters(model: nn.Module, adapter: FamilyAdapter | None = None) -> 
 def dtype_from_name(name: str | torch.dtype | None) -> torch.dtype | None:
     if name is None or isinstance(name, torch.dtype):
         return name
-    table = {
-        "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    }
+    table = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
     if name == "auto":
         return None
     if name not in table:
@@ -371,15 +267,5 @@ def dtype_from_name(name: str | torch.dtype | None) -> torch.dtype | None:
     return table[name]
 
 
-__all__ = [
-    "FamilyAdapter",
-    "UnsupportedModelError",
-    "adapter_for",
-    "adapter_for_config",
-    "count_parameters",
-    "dtype_from_name",
-    "get_submodule",
-    "set_submodule",
-    "set_tie",
-    "supported_families",
-]
+__all__ = ["FamilyAdapter", "UnsupportedModelError", "adapter_for", "adapter_for_config", "count_parameters",
+           "dtype_from_name", "get_submodule", "set_submodule", "set_tie", "supported_families"]

@@ -36,15 +36,13 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
 def atomic_directory(final_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary folder beside ``final_dir``; on success it is renamed to ``final_dir``.
 
-    A crash leaves ``final_dir`` untouched (the temporary folder is removed). An existing
-    ``final_dir`` is replaced only when ``overwrite`` is true, else ``FileExistsError``.
-    """
+    A crash leaves ``final_dir`` untouched (the temporary folder is removed). An existing ``final_dir`` is replaced
+    only when ``overwrite`` is true, else ``FileExistsError``."""
     final_dir = os.path.abspath(os.fspath(final_dir))
     if os.path.exists(final_dir) and not overwrite:
         raise FileExistsError(f"{final_dir} already exists; choose another folder or pass --overwrite")
-    parent = os.path.dirname(final_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(final_dir)}-", dir=parent)
+    os.makedirs(os.path.dirname(final_dir), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(final_dir)}-", dir=os.path.dirname(final_dir))
     try:
         yield tmp
         if os.path.exists(final_dir):
@@ -71,3 +69,11 @@ def save_model_folder(model, tokenizer, save_directory: str | os.PathLike, metad
             tokenizer.save_pretrained(tmp)
         atomic_write_json(os.path.join(tmp, metadata_name), metadata)
     return os.fspath(save_directory)
+
+
+def markdown_table(rows: list, columns: list[str] | None = None) -> str:
+    """The one markdown table writer of every report: ``rows`` (lists, or dicts keyed by column) laid out by
+    pandas; cells are written as given (text already formatted is never re-parsed as a number)."""
+    import pandas as pd  # lazy: only where a table is written
+
+    return pd.DataFrame(rows, columns=columns).to_markdown(index=False, disable_numparse=True) + "\n"

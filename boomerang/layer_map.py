@@ -32,9 +32,8 @@ class LayerMapError(BoomerangError):
 class PatchPlan:
     """What a patched model is made of: its layers in order and where embeddings, norm and head come from.
 
-    ``layers`` is a list of ``(source, index)`` pairs, ``source`` being ``"teacher"`` or
-    ``"student"`` and ``index`` the layer's index in that model.
-    """
+    ``layers`` holds ``(source, index)`` pairs: ``source`` is ``"teacher"`` or ``"student"``, ``index`` the layer's
+    index in that model."""
 
     layers: tuple[tuple[str, int], ...]
     embeddings_from: str
@@ -69,25 +68,16 @@ class LayerMap:
         if list(keep) != sorted(set(keep)):
             raise LayerMapError(f"copied_teacher_layers must be strictly increasing, got {list(keep)}")
         if keep[0] != 0:
-            raise LayerMapError(
-                f"copied_teacher_layers must start with teacher layer 0 (got {keep[0]}): student layer 0 "
-                "stands for the block that starts at the teacher's first layer"
-            )
+            raise LayerMapError(f"copied_teacher_layers must start with teacher layer 0 (got {keep[0]}): student "
+                                "layer 0 stands for the block that starts at the teacher's first layer")
         if keep[-1] >= L:
-            raise LayerMapError(
-                f"copied_teacher_layers names teacher layer {keep[-1]} but the teacher has only {L} layers "
-                f"(0..{L - 1}): this student was not made from a teacher of this depth"
-            )
+            raise LayerMapError(f"copied_teacher_layers names teacher layer {keep[-1]} but the teacher has only {L} "
+                                f"layers (0..{L - 1}): this student was not made from a teacher of this depth")
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_recipe(
-        cls,
-        num_teacher_layers: int,
-        first_layers_to_keep: int = 1,
-        alternate_every_n_layers: int = 2,
-        last_layers_to_keep: int = 2,
-    ) -> "LayerMap":
+    def from_recipe(cls, num_teacher_layers: int, first_layers_to_keep: int = 1, alternate_every_n_layers: int = 2,
+                    last_layers_to_keep: int = 2) -> "LayerMap":
         """The paper's construction: keep the first ``f`` layers, then every ``n``-th, then the last ``l``.
 
         The aligned teacher outputs are ``t = f+n-1, f+2n-1, ...`` while ``t <= L-l``; for each such
@@ -98,30 +88,20 @@ class LayerMap:
             if not isinstance(value, int) or value < 0:
                 raise LayerMapError(f"--{name} must be an integer >= 0, got {value!r}")
         if not isinstance(n, int) or n < 1:
-            raise LayerMapError(
-                f"--alternate_every_n_layers must be an integer >= 1, got {n!r} "
-                "(1 keeps every layer, 2 keeps every other layer, ...)"
-            )
+            raise LayerMapError(f"--alternate_every_n_layers must be an integer >= 1, got {n!r} "
+                                "(1 keeps every layer, 2 keeps every other layer, ...)")
         if f + l > L:
-            raise LayerMapError(
-                f"--first_layers_to_keep {f} + --last_layers_to_keep {l} = {f + l} layers, but the teacher "
-                f"has only {L}: lower one of them"
-            )
+            raise LayerMapError(f"--first_layers_to_keep {f} + --last_layers_to_keep {l} = {f + l} layers, but the "
+                                f"teacher has only {L}: lower one of them")
         if f == 0 and n == 1 and l == 0:
             raise LayerMapError("this recipe keeps no layer")
-        pruned: list[int] = []
-        t = f + n - 1
-        while t <= L - l:
-            pruned.extend(range(t - n + 1, t))
-            t += n
-        keep = tuple(i for i in range(L) if i not in set(pruned))
+        pruned = {i for t in range(f + n - 1, L - l + 1, n) for i in range(t - n + 1, t)}
+        keep = tuple(i for i in range(L) if i not in pruned)
         if not keep or keep[0] != 0:
             # f == 0 and n > 1 drops layer 0 itself; the student's first layer would then stand for
             # nothing before it. The paper always keeps layer 0 (f >= 1) — so do we.
-            raise LayerMapError(
-                f"the recipe (first={f}, every={n}, last={l}) drops teacher layer 0; use "
-                "--first_layers_to_keep 1 or more"
-            )
+            raise LayerMapError(f"the recipe (first={f}, every={n}, last={l}) drops teacher layer 0; use "
+                                "--first_layers_to_keep 1 or more")
         return cls(L, keep)
 
     @classmethod
@@ -132,51 +112,37 @@ class LayerMap:
         written by this project (``num_teacher_layers``, the recipe) are used when present.
         """
         if "copied_teacher_layers" not in cfg:
-            raise LayerMapError(
-                f"{STUDENT_CONFIG_NAME} has no 'copied_teacher_layers' (keys: {sorted(cfg)}); "
-                "it must list the teacher layers the student copied"
-            )
+            raise LayerMapError(f"{STUDENT_CONFIG_NAME} has no 'copied_teacher_layers' (keys: {sorted(cfg)}); "
+                                "it must list the teacher layers the student copied")
         keep = tuple(int(i) for i in cfg["copied_teacher_layers"])
         pruned = tuple(int(i) for i in cfg.get("pruned_teacher_layers", ()))
-        if set(keep) & set(pruned):
-            raise LayerMapError(
-                f"{STUDENT_CONFIG_NAME}: layers {sorted(set(keep) & set(pruned))} are listed both as copied and pruned"
-            )
+        if both := set(keep) & set(pruned):
+            raise LayerMapError(f"{STUDENT_CONFIG_NAME}: layers {sorted(both)} are listed both as copied and pruned")
         L = cfg.get("num_teacher_layers")
         if L is None:
             L = len(keep) + len(pruned)
             if sorted(keep + pruned) != list(range(L)):
-                raise LayerMapError(
-                    f"{STUDENT_CONFIG_NAME}: copied and pruned layers together must be 0..L-1 "
-                    f"(got copied={list(keep)}, pruned={list(pruned)})"
-                )
+                raise LayerMapError(f"{STUDENT_CONFIG_NAME}: copied and pruned layers together must be 0..L-1 "
+                                    f"(got copied={list(keep)}, pruned={list(pruned)})")
         if num_teacher_layers is not None and int(L) != num_teacher_layers:
-            raise LayerMapError(
-                f"the student was distilled from a {L}-layer teacher, but the teacher given has "
-                f"{num_teacher_layers} layers: pass the teacher the student was made from"
-            )
+            raise LayerMapError(f"the student was distilled from a {L}-layer teacher, but the teacher given has "
+                                f"{num_teacher_layers} layers: pass the teacher the student was made from")
         return cls(int(L), keep)
 
     @classmethod
     def load(cls, student_dir: str | os.PathLike, num_teacher_layers: int | None = None) -> "LayerMap":
         path = os.path.join(os.fspath(student_dir), STUDENT_CONFIG_NAME)
         if not os.path.isfile(path):
-            raise LayerMapError(
-                f"{path} not found: a boomerang student folder holds {STUDENT_CONFIG_NAME} next to its weights "
-                "(written by `python -m train.init_student` and `train.train`)"
-            )
+            raise LayerMapError(f"{path} not found: a boomerang student folder holds {STUDENT_CONFIG_NAME} next to its "
+                                "weights (written by `python -m train.init_student` and `train.train`)")
         with open(path) as f:
             return cls.from_student_config(json.load(f), num_teacher_layers)
 
     def to_student_config(self, **extra) -> dict:
         """The paper's two keys first (so its code reads our files), then ``num_teacher_layers`` and extras."""
-        cfg = {
-            "pruned_teacher_layers": list(self.pruned_teacher_layers),
-            "copied_teacher_layers": list(self.copied_teacher_layers),
-            "num_teacher_layers": self.num_teacher_layers,
-        }
-        cfg.update(extra)
-        return cfg
+        return {"pruned_teacher_layers": list(self.pruned_teacher_layers),
+                "copied_teacher_layers": list(self.copied_teacher_layers),
+                "num_teacher_layers": self.num_teacher_layers, **extra}
 
     def save(self, student_dir: str | os.PathLike, **extra) -> str:
         path = os.path.join(os.fspath(student_dir), STUDENT_CONFIG_NAME)
@@ -197,8 +163,7 @@ class LayerMap:
     def blocks(self) -> tuple[tuple[int, int], ...]:
         """For each student layer j, the teacher block ``[start, end)`` it stands for."""
         keep = self.copied_teacher_layers
-        ends = keep[1:] + (self.num_teacher_layers,)
-        return tuple(zip(keep, ends))
+        return tuple(zip(keep, keep[1:] + (self.num_teacher_layers,)))
 
     @property
     def multi_layer_blocks(self) -> tuple[int, ...]:
@@ -218,22 +183,18 @@ class LayerMap:
         the last, whose output is only seen through the final norm (the -1 pair).
         """
         keep = self.copied_teacher_layers
-        pairs = [(0, 0)]
-        pairs += [(j + 1, keep[j + 1]) for j in range(self.num_student_layers - 1)]
-        pairs.append((-1, -1))
-        return pairs
+        return [(0, 0)] + [(j + 1, keep[j + 1]) for j in range(self.num_student_layers - 1)] + [(-1, -1)]
 
     # ------------------------------------------------------------------ patching
     def _check_blocks(self, blocks: Iterable[int]) -> tuple[int, ...]:
         blocks = tuple(sorted(set(int(b) for b in blocks)))
-        bad = [b for b in blocks if not 0 <= b < self.num_student_layers]
-        if bad:
-            raise LayerMapError(
-                f"student layers {bad} do not exist: the student has layers 0..{self.num_student_layers - 1}"
-            )
+        n = self.num_student_layers
+        if bad := [b for b in blocks if not 0 <= b < n]:
+            raise LayerMapError(f"student layers {bad} do not exist: the student has layers 0..{n - 1}")
         return blocks
 
-    def plan_blocks(self, blocks: Iterable[int], embeddings_from: str = "student", head_from: str = "student") -> PatchPlan:
+    def plan_blocks(self, blocks: Iterable[int], embeddings_from: str = "student",
+                    head_from: str = "student") -> PatchPlan:
         """The general form: replace the given student layers by their teacher blocks.
 
         Replacing a 1:1 block swaps the student layer for its (identical-position) teacher layer.
@@ -263,18 +224,14 @@ class LayerMap:
         k = num_layers_to_patch
         M = self.multi_layer_blocks
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= len(M):
-            raise LayerMapError(
-                f"num_layers_to_patch must be an integer in 0..{len(M)} for this student "
-                f"({len(M)} multi-layer blocks; {len(M)} gives the full teacher), got {k!r}"
-            )
+            raise LayerMapError(f"num_layers_to_patch must be an integer in 0..{len(M)} for this student "
+                                f"({len(M)} multi-layer blocks; {len(M)} gives the full teacher), got {k!r}")
         n = self.num_student_layers
         if k == len(M):
             return self.plan_blocks(range(n), "teacher", "teacher")
         if patch_first_k_layers:
-            s = M[k]
-            return self.plan_blocks(range(s), "teacher", "student")
-        s = M[-(k + 1)] + 1
-        return self.plan_blocks(range(s, n), "student", "teacher")
+            return self.plan_blocks(range(M[k]), "teacher", "student")
+        return self.plan_blocks(range(M[-(k + 1)] + 1, n), "student", "teacher")
 
     def ladder(self, patch_first_k_layers: bool = False) -> list[PatchPlan]:
         """Every size of one order, from the student's (k=0) to the teacher's (k=max_patch)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import logging
 import os
@@ -259,11 +260,17 @@ def load_shards(model, source, device, name_of=None, via_dtype: torch.dtype | No
 
 
 def load_tokenizer(ref):
-    from transformers import AutoTokenizer, PreTrainedModel  # lazy: heavy, loaded on first use
+    """The tokenizer of a model (name, folder or loaded model), read once per folder and shared by every caller:
+    treat it as read-only, and ``copy.deepcopy`` it before changing it (lm-eval sets a missing pad token)."""
+    path = os.path.realpath(resolve_model_path(getattr(ref, "name_or_path", ref)))
+    return _tokenizer_at(path, os.stat(path).st_mtime_ns)  # files replaced: read again
 
-    if isinstance(ref, PreTrainedModel):
-        ref = ref.name_or_path
-    return AutoTokenizer.from_pretrained(resolve_model_path(ref))
+
+@functools.lru_cache(maxsize=16)
+def _tokenizer_at(path: str, _mtime_ns: int):
+    from transformers import AutoTokenizer  # lazy: heavy, loaded on first use
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")

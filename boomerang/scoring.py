@@ -57,8 +57,7 @@ def nll_and_kl(logits: torch.Tensor, teacher_logprobs: torch.Tensor, targets: to
 class TeacherReference:
     """The teacher's next-token log-probabilities on ``sequences`` (each a [1, T] tensor of token ids).
 
-    Kept in float32 on the CPU: ``sum(T - 1) * vocab * 4`` bytes (25 documents of 512 tokens with a
-    49k vocabulary: 2.5 GB).
+    Kept in float32 on the CPU: ``sum(T - 1) * vocab * 4`` bytes (25 documents of 512 tokens, 49k vocabulary: 2.5 GB).
     """
 
     def __init__(self, teacher, sequences: list[torch.Tensor]):
@@ -100,16 +99,13 @@ class TeacherReference:
 
     def score(self, model) -> Scores:
         """Score a model (one forward pass per sequence)."""
-        nll, kl = [], []
-        for i, logits in enumerate(self._logits(model)):
-            a, b = self.score_logits(i, logits)
-            nll.append(a)
-            kl.append(b)
-        return Scores(nll, kl, self.tokens)
+        pairs = [self.score_logits(i, logits) for i, logits in enumerate(self._logits(model))]
+        return Scores([nll for nll, _ in pairs], [kl for _, kl in pairs], self.tokens)
 
 
 def encode_documents(tokenizer, texts: list[str], max_tokens: int, docs: int | None = None) -> list[torch.Tensor]:
-    """The first ``docs`` texts, each tokenized (no special tokens) and cut to ``max_tokens``; shorter than 2 dropped."""
+    """The first ``docs`` texts, each tokenized (no special tokens) and cut to ``max_tokens``; shorter than 2 dropped.
+    """
     out = []
     for text in texts[:docs] if docs is not None else texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]

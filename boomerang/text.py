@@ -65,8 +65,11 @@ def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
             yield n, obj
 
 
-def _read_file(path: str, text_field: str) -> Iterator[str]:
-    if path.endswith(".txt"):
+def _read_file(path: str, text_field: str, lines: bool = False) -> Iterator[str]:
+    if path.endswith(".txt") and lines:
+        with open(path, encoding="utf-8") as f:
+            yield from (line.strip() for line in f)
+    elif path.endswith(".txt"):
         with open(path, encoding="utf-8") as f:
             block: list[str] = []
             for line in f:
@@ -89,21 +92,22 @@ def _read_file(path: str, text_field: str) -> Iterator[str]:
         yield from table.column(text_field).to_pylist()
 
 
-def read_local_documents(source: str, text_field: str = "text", flag: str = "--dataset") -> list[str]:
-    """Every non-blank document of a local file or folder, in file order."""
+def read_local_documents(source: str, text_field: str = "text", flag: str = "--dataset",
+                         lines: bool = False) -> list[str]:
+    """Every non-blank document of a local file or folder, in file order (``lines``: one a line of a .txt file)."""
     docs = []
     for path in local_files(source, flag):
-        docs.extend(d for d in _read_file(path, text_field) if d and d.strip())
+        docs.extend(d for d in _read_file(path, text_field, lines) if d and d.strip())
     if not docs:
         raise DataError(f"{flag} {source}: no non-empty documents")
     return docs
 
 
 def load_texts(source: str, split: str = "train", text_field: str = "text", dataset_config: str | None = None,
-               flag: str = "--data") -> list[str]:
+               flag: str = "--data", lines: bool = False) -> list[str]:
     """The documents of a local source, or of a ``datasets`` name (``split``, ``dataset_config``) read whole."""
     if is_local(source):
-        return read_local_documents(source, text_field, flag)
+        return read_local_documents(source, text_field, flag, lines)
     try:
         import datasets  # only for hub sources
 

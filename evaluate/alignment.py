@@ -33,30 +33,16 @@ from tqdm.auto import tqdm
 
 from boomerang.cli import fail, setup_logging
 from boomerang.errors import BoomerangError
-from boomerang.io import atomic_write_text
+from boomerang.io import atomic_write_text, markdown_table
 from boomerang.assemble import ModelSource
 from boomerang.families import adapter_for_config, order_name
 from boomerang.layer_map import LayerMap
+from boomerang.scoring import Scores
 from boomerang.models import load_config, load_model, load_tokenizer
+from evaluate.heldout import encode_file as encode_documents  # the held-out text as the diagnosis reads it
 from patching.patch import assemble_plan, check_pair, load_layer_map
-from boomerang.text import DataError, read_local_documents
 
 VARIANTS = ("teacher_embeddings", "student_head")
-
-
-def encode_documents(tokenizer, path: str, docs: int | None, max_tokens: int) -> list[torch.Tensor]:
-    """The first ``docs`` documents of a local file, each cut to its first ``max_tokens`` tokens."""
-    texts = read_local_documents(path, flag="--data")
-    if docs is not None:
-        texts = texts[:docs]
-    out = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
-        if len(ids) >= 2:
-            out.append(torch.tensor([ids]))
-    if not out:
-        raise DataError(f"--data {path}: no document has 2 or more tokens")
-    return out
 
 
 @torch.no_grad()
@@ -79,19 +65,16 @@ def token_perplexity(model, batches: list[torch.Tensor], nll: list[float] | None
 def step_changes(labels: list[str], nlls: list[list[float]], counts: list[int], resamples: int = 2000,
                  seed: int = 0) -> list[dict]:
     """Perplexity ratio of each consecutive pair of models, with a 95% paired bootstrap interval over
-    documents: ``rises`` when the whole interval is above 1, ``falls`` when below, else ``within noise``."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(counts)
-    idx = torch.randint(0, n, (resamples, n), generator=g)
-    tok = torch.tensor(counts, dtype=torch.float64)[idx].sum(1)
+    documents (``paired_comparison``): ``rises`` when the whole interval is above 1, ``falls`` when below, else
+    ``within noise``."""
     out = []
     for i in range(1, len(labels)):
-        a, b = torch.tensor(nlls[i - 1], dtype=torch.float64), torch.tensor(nlls[i], dtype=torch.float64)
-        ratio = math.exp((b.sum() - a.sum()).item() / sum(counts))
-        boot = torch.exp((b[idx].sum(1) - a[idx].sum(1)) / tok)
-        lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        a, b = (Scores(nll, [0.0] * len(counts), counts) for nll in (nlls[i - 1], nlls[i]))
+        c = paired_comparison(a, b, resamples, seed)
+        lo, hi = c["ppl_ci95"]
         verdict = "rises" if lo > 1 else "falls" if hi < 1 else "within noise"
-        out.append({"from": labels[i - 1], "to": labels[i], "ratio": ratio, "ci95": [lo, hi], "verdict": verdict})
+        out.append({"from": labels[i - 1], "to": labels[i], "ratio": c["ppl_ratio"], "ci95": [lo, hi],
+                    "verdict": verdict})
     return out
 
 
@@ -205,32 +188,26 @@ def alignment_report(teacher, student, layer_map: LayerMap, batches: list[torch.
 
 
 def render(report: dict) -> str:
-    lines = [f"# Seam alignment and ladder perplexity: {report['student']} vs {report['teacher']}", "",
-             f"Data: {report['data']} ({report['documents']} documents, {report['tokens']} tokens, "
-             f"each cut to {report['max_tokens']} tokens)."
-             + ("" if report.get("student_ppl") is None else
-                f" Student perplexity {report['student_ppl']:.1f}, teacher {report['teacher_ppl']:.1f}."), "",
-             "## Aligned pairs (student hidden_states index <-> teacher index)", "",
-             "| student | teacher | cosine | relative L2 |", "|---|---|---|---|"]
-    for p in report["pairs"]:
-        lines.append(f"| {p['student_index']} | {p['teacher_index']} | {p['cosine']:.4f} | {p['relative_l2']:.3f} |")
-    variants = report["variants"]
+    ppl = "" if report.get("student_ppl") is None else \
+        f" Student perplexity {report['student_ppl']:.1f}, teacher {report['teacher_ppl']:.1f}."
+    text = (f"# Seam alignment and ladder perplexity: {report['student']} vs {report['teacher']}\n\n"
+            f"Data: {report['data']} ({report['documents']} documents, {report['tokens']} tokens, each cut to "
+            f"{report['max_tokens']} tokens).{ppl}\n\n"
+            "## Aligned pairs (student hidden_states index <-> teacher index)\n\n"
+            + markdown_table([[p["student_index"], p["teacher_index"], f"{p['cosine']:.4f}", f"{p['relative_l2']:.3f}"]
+                              for p in report["pairs"]], ["student", "teacher", "cosine", "relative L2"]))
     if not report["ladder"]:
-        return "\n".join(lines) + "\n"
-    lines += ["", f"## Ladder token perplexity ({report['order']} order)", "",
-              "| " + " | ".join(["k", "depth", "paper plan"] + variants) + " |",
-              "|---|---|---|" + "---|" * len(variants)]
-    for r in report["ladder"]:
-        cells = [str(r["k"]), str(r["depth"]), f"{r['paper']:.1f}"] + ["" if r[v] is None else f"{r[v]:.1f}" for v in variants]
-        lines.append("| " + " | ".join(cells) + " |")
+        return text
+    variants = report["variants"]
+    text += f"\n## Ladder token perplexity ({report['order']} order)\n\n" + markdown_table(
+        [[r["k"], r["depth"], f"{r['paper']:.1f}"] + ["" if r[v] is None else f"{r[v]:.1f}" for v in variants]
+         for r in report["ladder"]], ["k", "depth", "paper plan"] + variants)
     if report.get("steps"):
-        lines += ["", "## Each step along the ladder (paper plan)", "",
-                  "Perplexity ratio of each model to the one before it, with a 95% paired bootstrap interval over "
-                  "documents.", "", "| from | to | ratio | 95% interval | verdict |", "|---|---|---|---|---|"]
-        for st in report["steps"]:
-            lo, hi = st["ci95"]
-            lines.append(f"| {st['from']} | {st['to']} | {st['ratio']:.3f} | {lo:.3f}-{hi:.3f} | {st['verdict']} |")
-    return "\n".join(lines) + "\n"
+        text += ("\n## Each step along the ladder (paper plan)\n\nPerplexity ratio of each model to the one before it, "
+                 "with a 95% paired bootstrap interval over documents.\n\n" + markdown_table(
+                     [[st["from"], st["to"], f"{st['ratio']:.3f}", "{:.3f}-{:.3f}".format(*st["ci95"]), st["verdict"]]
+                      for st in report["steps"]], ["from", "to", "ratio", "95% interval", "verdict"]))
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from boomerang.cli import fail
-from boomerang.io import atomic_write_text
+from boomerang.io import atomic_write_text, markdown_table
 from boomerang.scoring import Scores
 from evaluate.alignment import paired_comparison
 from evaluate.heldout import TASK_NAME
@@ -58,19 +58,18 @@ def fmt_ppl(v: float) -> str:
 
 
 def render(rows: list[dict], ref_label: str, label: str) -> str:
-    lines = [f"| depth | {ref_label} ppl | {label} ppl | ratio [95% CI] | {ref_label} KL | {label} KL | ΔKL [95% CI] | "
-             f"{label} params | parts |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['depth']} | {fmt_ppl(r['ref_ppl'])} | {fmt_ppl(r['ppl'])} | {r['ppl_ratio']:.3f} "
-                     f"[{r['ppl_ci95'][0]:.3f}, {r['ppl_ci95'][1]:.3f}] | {r['ref_kl']:.3f} | {r['kl']:.3f} | "
-                     f"{r['kl_diff']:+.3f} [{r['kl_ci95'][0]:+.3f}, {r['kl_ci95'][1]:+.3f}] | "
-                     f"{r['params'] / 1e6:.1f}M | {r['description']} |")
-    better = sum(verdict(*r["ppl_ci95"], 1.0) == "better" for r in rows)
-    worse = sum(verdict(*r["ppl_ci95"], 1.0) == "worse" for r in rows)
-    lines.append(f"\n{label} against {ref_label}: perplexity better beyond noise at {better} of {len(rows)} depths, "
-                 f"worse at {worse}; KL better at {sum(verdict(*r['kl_ci95'], 0.0) == 'better' for r in rows)}, "
-                 f"worse at {sum(verdict(*r['kl_ci95'], 0.0) == 'worse' for r in rows)}.")
-    return "\n".join(lines) + "\n"
+    table = markdown_table([[r["depth"], fmt_ppl(r["ref_ppl"]), fmt_ppl(r["ppl"]),
+                             f"{r['ppl_ratio']:.3f} [{r['ppl_ci95'][0]:.3f}, {r['ppl_ci95'][1]:.3f}]",
+                             f"{r['ref_kl']:.3f}", f"{r['kl']:.3f}",
+                             f"{r['kl_diff']:+.3f} [{r['kl_ci95'][0]:+.3f}, {r['kl_ci95'][1]:+.3f}]",
+                             f"{r['params'] / 1e6:.1f}M", r["description"]] for r in rows],
+                           ["depth", f"{ref_label} ppl", f"{label} ppl", "ratio [95% CI]", f"{ref_label} KL",
+                            f"{label} KL", "ΔKL [95% CI]", f"{label} params", "parts"])
+    n = {(key, v): sum(verdict(*r[f"{key}_ci95"], one) == v for r in rows)
+         for key, one in (("ppl", 1.0), ("kl", 0.0)) for v in ("better", "worse")}
+    return (f"{table}\n{label} against {ref_label}: perplexity better beyond noise at {n['ppl', 'better']} of "
+            f"{len(rows)} depths, worse at {n['ppl', 'worse']}; KL better at {n['kl', 'better']}, "
+            f"worse at {n['kl', 'worse']}.\n")
 
 
 def main(argv=None) -> str:
@@ -94,10 +93,9 @@ def main(argv=None) -> str:
             fail(f"{d}: no results with held-out scores{f' for curve {curve!r}' if curve else ''}; run the sweep with "
                  "--heldout_kl FILE")
         ladders.append((curve or d, lad))
-    text = ""
     ref_label, ref = ladders[0]
-    for label, lad in ladders[1:]:
-        text += f"## {label} against {ref_label}\n\n" + render(compare_rows(ref, lad, args.resamples), ref_label, label) + "\n"
+    text = "".join(f"## {lab} against {ref_label}\n\n{render(compare_rows(ref, lad, args.resamples), ref_label, lab)}\n"
+                   for lab, lad in ladders[1:])
     if args.out:
         atomic_write_text(args.out, text)
     print(text)

@@ -19,14 +19,20 @@ from boomerang.text import DataError, read_local_documents
 TASK_NAME = "heldout_kl"
 
 
+def encode_file(tokenizer, path: str, docs: int | None, max_tokens: int, flag: str = "--data") -> list:
+    """The first ``docs`` documents of a local file as ``[1, n]`` id tensors, each cut to ``max_tokens`` tokens
+    (those of 2 or more)."""
+    sequences = encode_documents(tokenizer, read_local_documents(path, flag=flag), max_tokens, docs)
+    if not sequences:
+        raise DataError(f"{flag} {path}: no document has 2 or more tokens")
+    return sequences
+
+
 class HeldoutReference:
     task_name = TASK_NAME
 
     def __init__(self, teacher, tokenizer, data_file: str, docs: int | None = None, max_tokens: int = 512):
-        texts = read_local_documents(data_file, flag="--heldout_kl")
-        sequences = encode_documents(tokenizer, texts, max_tokens, docs)
-        if not sequences:
-            raise DataError(f"--heldout_kl {data_file}: no document has 2 or more tokens")
+        sequences = encode_file(tokenizer, data_file, docs, max_tokens, "--heldout_kl")
         self.data_file = os.path.abspath(data_file)
         self.requested_docs = docs
         self.docs = len(sequences)

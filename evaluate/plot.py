@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections import OrderedDict
 
 from boomerang.cli import fail
 from evaluate.results import load_results, metric_columns, sort_records, write_summary
@@ -29,11 +28,11 @@ def plot_records(records: list[dict], out_dir: str, x: str = "total") -> list[st
     import matplotlib  # only where plots are drawn: start-up stays free of it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     records = sort_records(records)
     os.makedirs(out_dir, exist_ok=True)
-    curves: "OrderedDict[str, list[dict]]" = OrderedDict()
+    curves: dict[str, list[dict]] = {}
     for r in records:
         curves.setdefault(r.get("curve") or r.get("method") or "model", []).append(r)
     paths = []

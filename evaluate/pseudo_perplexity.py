@@ -19,12 +19,12 @@ token of the text is scored once. Special tokens (``tokenizer.all_special_ids``,
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from boomerang.text import load_texts as read_texts
 from boomerang.errors import BoomerangError
 
 
@@ -44,9 +44,7 @@ class PseudoPerplexity:
 
     @property
     def pseudo_perplexity(self) -> float:
-        if self.num_tokens == 0:
-            return float("nan")
-        return math.exp(self.nll_sum / self.num_tokens)
+        return math.exp(self.mean_nll)
 
     @property
     def mean_nll(self) -> float:
@@ -54,45 +52,14 @@ class PseudoPerplexity:
 
 
 # ---------------------------------------------------------------------------------------- text
-def load_texts(
-    source: str,
-    num_rows: int | None = None,
-    dataset_config: str | None = None,
-    split: str = "test",
-    column: str = "text",
-) -> list[str]:
-    """The first ``num_rows`` non-blank rows of a local text file (one row a line) or a ``datasets`` dataset.
-
-    ``source`` is a path to a text file, or a dataset name for ``datasets.load_dataset`` (with
-    ``dataset_config``, ``split`` and ``column``), e.g. ``"Salesforce/wikitext"`` with
-    ``"wikitext-2-raw-v1"`` for WikiText-2.
-    """
-    if num_rows is not None and (not isinstance(num_rows, int) or num_rows < 1):
+def load_texts(source: str, num_rows: int | None = None, dataset_config: str | None = None, split: str = "test",
+               column: str = "text") -> list[str]:
+    """The first ``num_rows`` non-blank texts, stripped, of a local source (a .txt file: one text a line) or a
+    ``datasets`` name (``boomerang.text.load_texts``), e.g. ``"Salesforce/wikitext"``, ``"wikitext-2-raw-v1"``."""
+    if num_rows is not None and num_rows < 1:
         raise PseudoPerplexityError(f"num_rows must be a positive integer or None (all rows), got {num_rows!r}")
-    if os.path.isfile(source):
-        with open(source, encoding="utf-8") as f:
-            rows = [line.strip() for line in f]
-    else:
-        looks_local = source.startswith((".", "/", "~")) or source.endswith((".txt", ".text"))
-        if looks_local:
-            raise PseudoPerplexityError(f"text file {source} does not exist")
-        import datasets  # lazy: only for hub data sets
-
-        ds = datasets.load_dataset(source, dataset_config, split=split)
-        if column not in ds.column_names:
-            raise PseudoPerplexityError(f"dataset {source} has no column {column!r} (columns: {ds.column_names})")
-        rows = []
-        for text in ds[column]:  # stop early: WikiText rows are short, but the split may be large
-            if text and text.strip():
-                rows.append(text.strip())
-                if num_rows is not None and len(rows) >= num_rows:
-                    break
-    rows = [r for r in rows if r]
-    if num_rows is not None:
-        rows = rows[:num_rows]
-    if not rows:
-        raise PseudoPerplexityError(f"{source} holds no non-blank text")
-    return rows
+    texts = read_texts(source, split, column, dataset_config, flag="load_texts", lines=True)
+    return [t.strip() for t in texts[:num_rows]]
 
 
 def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
@@ -103,10 +70,8 @@ def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     for i in range(len(full) - len(plain) + 1):
         if full[i : i + len(plain)] == plain:
             return list(full[:i]), list(full[i + len(plain) :])
-    raise PseudoPerplexityError(
-        "cannot tell which special tokens this tokenizer adds around a text (tokenizing with and without "
-        "special tokens gives unrelated ids)"
-    )
+    raise PseudoPerplexityError("cannot tell which special tokens this tokenizer adds around a text (tokenizing "
+                                "with and without special tokens gives unrelated ids)")
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int = 128) -> list[list[int]]:
@@ -116,9 +81,8 @@ def encode_texts(tokenizer, texts: list[str], max_length: int = 128) -> list[lis
     prefix, suffix = _special_affixes(tokenizer)
     room = max_length - len(prefix) - len(suffix)
     if room < 1:
-        raise PseudoPerplexityError(
-            f"max_length {max_length} leaves no room for text after {len(prefix) + len(suffix)} special tokens"
-        )
+        raise PseudoPerplexityError(f"max_length {max_length} leaves no room for text after "
+                                    f"{len(prefix) + len(suffix)} special tokens")
     limit = getattr(tokenizer, "model_max_length", None)
     if limit and limit < 10**9 and max_length > limit:
         raise PseudoPerplexityError(f"max_length {max_length} exceeds the tokenizer's model_max_length {limit}")
@@ -142,17 +106,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def pseudo_perplexity(
-    model: torch.nn.Module,
-    tokenizer,
-    texts: list[str] | None = None,
-    *,
-    sequences: list[list[int]] | None = None,
-    batch_size: int = 64,
-    max_length: int = 128,
-    progress: bool = True,
-    desc: str | None = None,
-) -> PseudoPerplexity:
+def pseudo_perplexity(model: torch.nn.Module, tokenizer, texts: list[str] | None = None, *,
+                      sequences: list[list[int]] | None = None, batch_size: int = 64, max_length: int = 128,
+                      progress: bool = True, desc: str | None = None) -> PseudoPerplexity:
     """Pseudo-perplexity of a masked LM on ``texts`` (or on already-encoded ``sequences``).
 
     All masked copies of all sequences are scored ``batch_size`` at a time (copies of similar
@@ -165,18 +121,16 @@ def pseudo_perplexity(
         raise PseudoPerplexityError(f"batch_size must be a positive integer, got {batch_size!r}")
     mask_id = getattr(tokenizer, "mask_token_id", None)
     if mask_id is None:
-        raise PseudoPerplexityError(
-            "the tokenizer has no mask token: pseudo-perplexity needs a masked-LM tokenizer (BERT, DistilBERT, ...)"
-        )
+        raise PseudoPerplexityError("the tokenizer has no mask token: pseudo-perplexity needs a masked-LM tokenizer "
+                                    "(BERT, DistilBERT, ...)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else mask_id
     if sequences is None:
         sequences = encode_texts(tokenizer, texts, max_length)
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     longest = max((len(s) for s in sequences), default=0)
     if max_pos is not None and longest > max_pos:
-        raise PseudoPerplexityError(
-            f"a sequence has {longest} tokens but the model takes at most {max_pos}: lower max_length"
-        )
+        raise PseudoPerplexityError(f"a sequence has {longest} tokens but the model takes at most {max_pos}: "
+                                    "lower max_length")
     special = set(tokenizer.all_special_ids)
 
     # One item per (sequence, position to mask); longest sequences first so batches pad little.
@@ -185,9 +139,7 @@ def pseudo_perplexity(
     device = _model_device(model)
     nll = torch.zeros(len(sequences), dtype=torch.float64)
 
-    bar = None
-    if progress:
-        bar = tqdm(total=len(items), desc=desc or "pseudo-perplexity", unit="tok", leave=False)
+    bar = tqdm(total=len(items), desc=desc or "pseudo-perplexity", unit="tok", leave=False, disable=not progress)
     was_training = model.training
     model.eval()
     try:
@@ -208,22 +160,9 @@ def pseudo_perplexity(
             picked = logits[torch.arange(len(batch), device=device), positions.to(device)].float()
             token_nll = -torch.log_softmax(picked, dim=-1).gather(1, targets.to(device)[:, None])[:, 0]
             nll.index_add_(0, torch.tensor([s for s, _ in batch]), token_nll.double().cpu())
-            if bar is not None:
-                bar.update(len(batch))
+            bar.update(len(batch))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         model.train(was_training)
-    return PseudoPerplexity(
-        nll_sum=float(nll.sum()), num_tokens=len(items), num_sequences=len(sequences), sequence_nll=nll.tolist()
-    )
+    return PseudoPerplexity(float(nll.sum()), len(items), len(sequences), nll.tolist())
 
-
-__all__ = [
-    "PseudoPerplexity",
-    "PseudoPerplexityError",
-    "encode_texts",
-    "load_texts",
-    "pseudo_perplexity",
-    "scored_positions",
-]

@@ -7,42 +7,32 @@ redone at any time (``python -m evaluate.plot DIR``).
 
 from __future__ import annotations
 
-import csv
-import io
+import glob
 import json
 import math
 import os
 from typing import Iterable
 
-from boomerang.io import atomic_write_text
+from boomerang.io import atomic_write_text, markdown_table
 
 ROLE_ORDER = {"student": 0, "intermediate": 1, "teacher": 2}
 
 
-def load_results(directory: str) -> list[dict]:
-    """The result records of one sweep folder (sorted by parameter count), each with ``_dir`` set."""
-    folder = os.path.join(directory, "results")
+def _read_folder(directory: str, sub: str) -> list[dict]:
     out = []
-    if not os.path.isdir(folder):
-        return out
-    for fn in sorted(os.listdir(folder)):
-        if fn.endswith(".json") and not fn.startswith("."):
-            with open(os.path.join(folder, fn)) as f:
-                rec = json.load(f)
-            rec["_dir"] = os.path.abspath(directory)
-            out.append(rec)
-    return sort_records(out)
+    for path in sorted(glob.glob(os.path.join(directory, sub, "*.json"))):
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def load_results(directory: str) -> list[dict]:
+    """The result records of one sweep folder (``sort_records`` order), each with ``_dir`` set."""
+    return sort_records({**r, "_dir": os.path.abspath(directory)} for r in _read_folder(directory, "results"))
 
 
 def load_failures(directory: str) -> list[dict]:
-    folder = os.path.join(directory, "failures")
-    out = []
-    if os.path.isdir(folder):
-        for fn in sorted(os.listdir(folder)):
-            if fn.endswith(".json") and not fn.startswith("."):
-                with open(os.path.join(folder, fn)) as f:
-                    out.append(json.load(f))
-    return out
+    return _read_folder(directory, "failures")
 
 
 def sort_records(records: Iterable[dict]) -> list[dict]:
@@ -60,6 +50,10 @@ def metric_columns(records: Iterable[dict]) -> list[tuple[str, str]]:
                 if (t, m) not in cols:
                     cols.append((t, m))
     return cols
+
+
+def _metric(r: dict, task: str, metric: str) -> dict:
+    return r.get("metrics", {}).get(task, {}).get(metric, {})
 
 
 def fmt_number(v, digits: int = 4, style: str = "auto") -> str:
@@ -89,68 +83,55 @@ def headline(record: dict) -> str:
 
 
 def _row(r: dict, cols: list[tuple[str, str]]) -> dict:
-    row = {
-        "name": r.get("name"), "curve": r.get("curve"), "method": r.get("method"), "role": r.get("role"),
-        "order": r.get("order"), "k": r.get("num_layers_to_patch"), "depth": r.get("depth"),
-        "params_total": r.get("parameters", {}).get("total"),
-        "params_non_embedding": r.get("parameters", {}).get("non_embedding"),
-    }
+    params = r.get("parameters", {})
+    row = {"name": r.get("name"), "curve": r.get("curve"), "method": r.get("method"), "role": r.get("role"),
+           "order": r.get("order"), "k": r.get("num_layers_to_patch"), "depth": r.get("depth"),
+           "params_total": params.get("total"), "params_non_embedding": params.get("non_embedding")}
     for t, m in cols:
-        e = r.get("metrics", {}).get(t, {}).get(m, {})
-        row[f"{t}/{m}"] = e.get("value")
-        row[f"{t}/{m}_stderr"] = e.get("stderr")
+        row[f"{t}/{m}"] = _metric(r, t, m).get("value")
+        row[f"{t}/{m}_stderr"] = _metric(r, t, m).get("stderr")
     row["eval_time_s"] = r.get("wall_time_s", {}).get("evaluate")
     return row
 
 
 def summary_csv(records: list[dict]) -> str:
+    import pandas as pd  # lazy: only where a table is written
+
     cols = metric_columns(records)
     rows = [_row(r, cols) for r in records]
-    buf = io.StringIO()
-    fields = list(rows[0]) if rows else ["name"]
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buf.getvalue()
+    return pd.DataFrame(rows, columns=None if rows else ["name"], dtype=object).to_csv(index=False, lineterminator="\n")
 
 
-def summary_markdown(records: list[dict], failures: list[dict] | None = None, title: str | None = None) -> str:
+def _cell(e: dict) -> str:
+    return fmt_number(e.get("value")) + ("" if e.get("stderr") is None else f" ± {fmt_number(e['stderr'], 2)}")
+
+
+def summary_markdown(records: list[dict], failures: list[dict] | None = None) -> str:
     cols = metric_columns(records)
-    head = ["point", "curve", "depth", "params (total)", "params (non-emb.)"] + [f"{t} {m}" for t, m in cols]
-    lines = []
-    if title:
-        lines += [f"# {title}", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in records:
-        name = r.get("name", "")
-        if r.get("role") in ("student", "teacher"):
-            name = f"**{name}**"
-        cells = [name, str(r.get("curve", "")), str(r.get("depth", "")),
-                 f"{r.get('parameters', {}).get('total', 0):,}", f"{r.get('parameters', {}).get('non_embedding', 0):,}"]
-        for t, m in cols:
-            e = r.get("metrics", {}).get(t, {}).get(m, {})
-            v, s = e.get("value"), e.get("stderr")
-            cells.append(fmt_number(v) + (f" ± {fmt_number(s, 2)}" if s is not None else ""))
-        lines.append("| " + " | ".join(cells) + " |")
+        name, params = r.get("name", ""), r.get("parameters", {})
+        rows.append([f"**{name}**" if r.get("role") in ("student", "teacher") else name, r.get("curve", ""),
+                     r.get("depth", ""), f"{params.get('total', 0):,}", f"{params.get('non_embedding', 0):,}"]
+                    + [_cell(_metric(r, t, m)) for t, m in cols])
+    text = markdown_table(rows, ["point", "curve", "depth", "params (total)", "params (non-emb.)"]
+                          + [f"{t} {m}" for t, m in cols])
     if records:
-        r0 = records[0]
-        st = r0.get("settings", {})
-        lines += ["", f"limit: {st.get('limit')}, few-shot: {st.get('num_fewshot')}, "
-                      f"max_doc_words: {st.get('max_doc_words')}, lm-eval {r0.get('versions', {}).get('lm_eval')}. "
-                      "± is lm-eval's standard error (none for perplexities)."]
+        st = records[0].get("settings", {})
+        text += (f"\nlimit: {st.get('limit')}, few-shot: {st.get('num_fewshot')}, max_doc_words: "
+                 f"{st.get('max_doc_words')}, lm-eval {records[0].get('versions', {}).get('lm_eval')}. "
+                 "± is lm-eval's standard error (none for perplexities).\n")
     if failures:
-        lines += ["", "Failed points (rerun the same command to retry them):", ""]
-        lines += [f"- {f.get('name')}: {f.get('error')}" for f in failures]
-    return "\n".join(lines) + "\n"
+        text += "\nFailed points (rerun the same command to retry them):\n\n"
+        text += "".join(f"- {f.get('name')}: {f.get('error')}\n" for f in failures)
+    return text
 
 
 def write_summary(directory: str) -> dict:
     """(Re)write ``summary.csv`` and ``summary.md`` of a sweep folder (its plots: ``evaluate.plot``). Returns the
     paths."""
     records = load_results(directory)
-    failures = load_failures(directory)
     out = {"csv": os.path.join(directory, "summary.csv"), "md": os.path.join(directory, "summary.md")}
     atomic_write_text(out["csv"], summary_csv(records))
-    atomic_write_text(out["md"], summary_markdown(records, failures))
+    atomic_write_text(out["md"], summary_markdown(records, load_failures(directory)))
     return out

@@ -44,30 +44,15 @@ from patching.patch import build_intermediate_model
 # The BERT layers DistilBERT's layers were initialized from (Sanh et al., 2019; the distillation script).
 DISTILBERT_COPIED_LAYERS: tuple[int, ...] = (0, 2, 4, 7, 9, 11)
 
-# DistilBERT layer parameter prefix -> BertLayer parameter prefix.
-_LAYER_KEYS: tuple[tuple[str, str], ...] = (
-    ("attention.q_lin.", "attention.self.query."),
-    ("attention.k_lin.", "attention.self.key."),
-    ("attention.v_lin.", "attention.self.value."),
-    ("attention.out_lin.", "attention.output.dense."),
-    ("sa_layer_norm.", "attention.output.LayerNorm."),
-    ("ffn.lin1.", "intermediate.dense."),
-    ("ffn.lin2.", "output.dense."),
-    ("output_layer_norm.", "output.LayerNorm."),
-)
-# DistilBertForMaskedLM non-layer parameter -> BertForMaskedLM parameter(s).
-_OTHER_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("distilbert.embeddings.word_embeddings.weight", ("bert.embeddings.word_embeddings.weight",)),
-    ("distilbert.embeddings.position_embeddings.weight", ("bert.embeddings.position_embeddings.weight",)),
-    ("distilbert.embeddings.LayerNorm.weight", ("bert.embeddings.LayerNorm.weight",)),
-    ("distilbert.embeddings.LayerNorm.bias", ("bert.embeddings.LayerNorm.bias",)),
-    ("vocab_transform.weight", ("cls.predictions.transform.dense.weight",)),
-    ("vocab_transform.bias", ("cls.predictions.transform.dense.bias",)),
-    ("vocab_layer_norm.weight", ("cls.predictions.transform.LayerNorm.weight",)),
-    ("vocab_layer_norm.bias", ("cls.predictions.transform.LayerNorm.bias",)),
-    ("vocab_projector.weight", ("cls.predictions.decoder.weight",)),
-    ("vocab_projector.bias", ("cls.predictions.bias", "cls.predictions.decoder.bias")),
-)
+# DistilBERT parameter prefix -> BERT parameter prefix: within a layer, and outside the layers (DistilBertForMaskedLM
+# -> BertForMaskedLM; the projector's bias is also BERT's cls.predictions.bias)
+_LAYER_KEYS = {"attention.q_lin.": "attention.self.query.", "attention.k_lin.": "attention.self.key.",
+               "attention.v_lin.": "attention.self.value.", "attention.out_lin.": "attention.output.dense.",
+               "sa_layer_norm.": "attention.output.LayerNorm.", "ffn.lin1.": "intermediate.dense.",
+               "ffn.lin2.": "output.dense.", "output_layer_norm.": "output.LayerNorm."}
+_OTHER_KEYS = {"distilbert.embeddings.": "bert.embeddings.", "vocab_transform.": "cls.predictions.transform.dense.",
+               "vocab_layer_norm.": "cls.predictions.transform.LayerNorm.",
+               "vocab_projector.": "cls.predictions.decoder."}
 _DISTILBERT_LAYER_NORM_EPS = 1e-12  # hard-coded in DistilBERT's modules
 
 
@@ -86,9 +71,8 @@ def _require(model_or_config, family: str, role: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- layer map
-def distilbert_layer_map(
-    num_teacher_layers: int = 12, copied_teacher_layers: Sequence[int] = DISTILBERT_COPIED_LAYERS
-) -> LayerMap:
+def distilbert_layer_map(num_teacher_layers: int = 12,
+                         copied_teacher_layers: Sequence[int] = DISTILBERT_COPIED_LAYERS) -> LayerMap:
     """The cross-architecture layer map: DistilBERT layer j stands for BERT block ``[copied[j], copied[j+1])``."""
     return LayerMap(int(num_teacher_layers), tuple(int(i) for i in copied_teacher_layers))
 
@@ -104,52 +88,35 @@ def bert_config_from_distilbert(distil_config, teacher_config=None):
     from transformers import BertConfig  # lazy: transformers takes seconds to import; commands start without it
 
     _require(distil_config, "distilbert", "student")
-    fields = dict(
-        vocab_size=distil_config.vocab_size,
-        hidden_size=distil_config.dim,
-        num_hidden_layers=distil_config.n_layers,
-        num_attention_heads=distil_config.n_heads,
-        intermediate_size=distil_config.hidden_dim,
-        hidden_act=distil_config.activation,
-        max_position_embeddings=distil_config.max_position_embeddings,
-        layer_norm_eps=_DISTILBERT_LAYER_NORM_EPS,
-    )
+    c = distil_config
+    tie = getattr(c, "tie_word_embeddings", True)
+    fields = dict(vocab_size=c.vocab_size, hidden_size=c.dim, num_hidden_layers=c.n_layers,
+                  num_attention_heads=c.n_heads, intermediate_size=c.hidden_dim, hidden_act=c.activation,
+                  max_position_embeddings=c.max_position_embeddings, layer_norm_eps=_DISTILBERT_LAYER_NORM_EPS)
     if teacher_config is None:
-        return BertConfig(
-            **fields,
-            hidden_dropout_prob=distil_config.dropout,
-            attention_probs_dropout_prob=distil_config.attention_dropout,
-            pad_token_id=distil_config.pad_token_id,
-            tie_word_embeddings=getattr(distil_config, "tie_word_embeddings", True),
-        )
+        return BertConfig(**fields, hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.attention_dropout,
+                          pad_token_id=c.pad_token_id, tie_word_embeddings=tie)
     _require(teacher_config, "bert", "teacher")
-    differ = [
-        f"{name} (teacher {getattr(teacher_config, name)!r}, student {value!r})"
-        for name, value in fields.items()
-        if name != "num_hidden_layers" and getattr(teacher_config, name) != value
-    ]
+    differ = [f"{name} (teacher {getattr(teacher_config, name)!r}, student {value!r})" for name, value in fields.items()
+              if name != "num_hidden_layers" and getattr(teacher_config, name) != value]
     if differ:
-        raise EncoderPatchError(
-            "the DistilBERT student and the BERT teacher differ in " + "; ".join(differ)
-            + ": their layers cannot be mixed (DistilBERT computes with layer_norm_eps=1e-12)"
-        )
+        raise EncoderPatchError("the DistilBERT student and the BERT teacher differ in " + "; ".join(differ)
+                                + ": their layers cannot be mixed (DistilBERT computes with layer_norm_eps=1e-12)")
     config = copy.deepcopy(teacher_config)
-    config.num_hidden_layers = distil_config.n_layers
-    config.tie_word_embeddings = getattr(distil_config, "tie_word_embeddings", True)
+    config.num_hidden_layers, config.tie_word_embeddings = c.n_layers, tie
     return config
+
+
+def _renamed(key: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    raise EncoderPatchError(f"unexpected DistilBERT parameter {key!r}")
 
 
 def distilbert_layer_state_to_bert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename one DistilBERT layer's state dict to BertLayer names (tensors are not copied)."""
-    out = {}
-    for key, value in state.items():
-        for old, new in _LAYER_KEYS:
-            if key.startswith(old):
-                out[new + key[len(old):]] = value
-                break
-        else:
-            raise EncoderPatchError(f"unexpected DistilBERT layer parameter {key!r}")
-    return out
+    return {_renamed(key, _LAYER_KEYS): value for key, value in state.items()}
 
 
 def distilbert_layer_to_bert(layer: nn.Module, bert_config) -> nn.Module:
@@ -171,7 +138,7 @@ def distilbert_to_bert(student: nn.Module, teacher_config=None, share: bool = Tr
     embeddings. With ``share`` the result's tensors are the student's own (no memory copy).
     """
     import transformers  # lazy: transformers takes seconds to import; commands start without it
-    from accelerate import init_empty_weights
+    from accelerate import init_empty_weights  # lazy: accelerate only for meta-device builds
 
     _require(student, "distilbert", "student")
     if not hasattr(student, "vocab_projector"):
@@ -184,15 +151,13 @@ def distilbert_to_bert(student: nn.Module, teacher_config=None, share: bool = Tr
     for key, value in params.items():
         if key.startswith(layer_prefix):
             index, rest = key[len(layer_prefix):].split(".", 1)
-            (new_rest, new_value), = distilbert_layer_state_to_bert({rest: value}).items()
-            state[f"bert.encoder.layer.{index}.{new_rest}"] = new_value
-    for old, news in _OTHER_KEYS:
-        for new in news:
-            state[new] = params[old]
+            state[f"bert.encoder.layer.{index}.{_renamed(rest, _LAYER_KEYS)}"] = value
+        else:
+            state[_renamed(key, _OTHER_KEYS)] = value
+    state["cls.predictions.bias"] = params["vocab_projector.bias"]
     word = params["distilbert.embeddings.word_embeddings.weight"]
-    state["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(
-        config.type_vocab_size, config.hidden_size, dtype=word.dtype, device=word.device
-    )
+    state["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(config.type_vocab_size, config.hidden_size,
+                                                                        dtype=word.dtype, device=word.device)
     if not share:
         state = {k: v.detach().clone() for k, v in state.items()}
 
@@ -227,45 +192,40 @@ def _as_bert_student(student: nn.Module, teacher: nn.Module, layer_map: LayerMap
         raise EncoderPatchError(f"the student must be a DistilBERT or BERT model, got a {family} model")
     depth = student.config.num_hidden_layers
     if depth != layer_map.num_student_layers:
-        raise EncoderPatchError(
-            f"the layer map copies {layer_map.num_student_layers} teacher layers but the student has {depth} layers"
-        )
+        raise EncoderPatchError(f"the layer map copies {layer_map.num_student_layers} teacher layers but the student "
+                                f"has {depth} layers")
     student.boomerang_layer_map = layer_map
     return student
 
 
-def _check_teacher(teacher: nn.Module, layer_map: LayerMap) -> None:
+def _teacher_map(teacher: nn.Module, layer_map: LayerMap | None) -> LayerMap:
+    """``layer_map`` (default: DistilBERT's for this teacher's depth), checked against the teacher."""
+    layer_map = layer_map or distilbert_layer_map(teacher.config.num_hidden_layers)
     _require(teacher, "bert", "teacher")
     if teacher.config.num_hidden_layers != layer_map.num_teacher_layers:
-        raise EncoderPatchError(
-            f"the layer map is for a {layer_map.num_teacher_layers}-layer teacher but the teacher has "
-            f"{teacher.config.num_hidden_layers} layers"
-        )
+        raise EncoderPatchError(f"the layer map is for a {layer_map.num_teacher_layers}-layer teacher but the teacher "
+                                f"has {teacher.config.num_hidden_layers} layers")
+    return layer_map
 
 
-def interpolated_encoder(
-    teacher: nn.Module, student: nn.Module, num_layers_to_patch: int, layer_map: LayerMap | None = None
-) -> tuple[nn.Module, PatchPlan]:
+def interpolated_encoder(teacher: nn.Module, student: nn.Module, num_layers_to_patch: int,
+                         layer_map: LayerMap | None = None) -> tuple[nn.Module, PatchPlan]:
     """The ``BertForMaskedLM`` that patches the last ``num_layers_to_patch`` BERT blocks into the student.
 
     ``student`` is a DistilBertForMaskedLM (converted here) or its :func:`distilbert_to_bert`
     conversion (convert once when building many). Tensors are shared with teacher and student.
     """
-    layer_map = layer_map or distilbert_layer_map(teacher.config.num_hidden_layers)
-    _check_teacher(teacher, layer_map)
+    layer_map = _teacher_map(teacher, layer_map)
     student = _as_bert_student(student, teacher, layer_map)
-    model, _, plan = build_intermediate_model(
-        teacher, student, num_layers_to_patch, patch_first_k_layers=False, dtype=None, return_plan=True
-    )
+    model, _, plan = build_intermediate_model(teacher, student, num_layers_to_patch, patch_first_k_layers=False,
+                                              dtype=None, return_plan=True)
     return model, plan
 
 
-def interpolated_encoders(
-    teacher: nn.Module, student: nn.Module, layer_map: LayerMap | None = None
-) -> Iterator[tuple[int, PatchPlan, nn.Module]]:
+def interpolated_encoders(teacher: nn.Module, student: nn.Module,
+                          layer_map: LayerMap | None = None) -> Iterator[tuple[int, PatchPlan, nn.Module]]:
     """Every interpolated model, smallest first: ``(k, plan, model)`` for k = 0 .. max (the teacher)."""
-    layer_map = layer_map or distilbert_layer_map(teacher.config.num_hidden_layers)
-    _check_teacher(teacher, layer_map)
+    layer_map = _teacher_map(teacher, layer_map)
     student = _as_bert_student(student, teacher, layer_map)
     for k in range(layer_map.max_patch + 1):
         model, plan = interpolated_encoder(teacher, student, k, layer_map)
@@ -282,27 +242,11 @@ def pruned_encoder(teacher: nn.Module, layers: Sequence[int]) -> nn.Module:
     return assemble(src, [LayerRef(src, int(i)) for i in layers])
 
 
-def naive_pruned_encoders(
-    teacher: nn.Module, layer_map: LayerMap | None = None
-) -> Iterator[tuple[int, list[int], nn.Module]]:
+def naive_pruned_encoders(teacher: nn.Module,
+                          layer_map: LayerMap | None = None) -> Iterator[tuple[int, list[int], nn.Module]]:
     """The naive-pruning baseline at every interpolated depth: ``(k, kept teacher layers, model)``."""
-    layer_map = layer_map or distilbert_layer_map(teacher.config.num_hidden_layers)
-    _check_teacher(teacher, layer_map)
+    layer_map = _teacher_map(teacher, layer_map)
     for k in range(layer_map.max_patch + 1):
         layers = layer_map.naive_pruning_layers(k)
         yield k, layers, pruned_encoder(teacher, layers)
 
-
-__all__ = [
-    "DISTILBERT_COPIED_LAYERS",
-    "EncoderPatchError",
-    "bert_config_from_distilbert",
-    "distilbert_layer_map",
-    "distilbert_layer_state_to_bert",
-    "distilbert_layer_to_bert",
-    "distilbert_to_bert",
-    "interpolated_encoder",
-    "interpolated_encoders",
-    "naive_pruned_encoders",
-    "pruned_encoder",
-]

@@ -29,6 +29,7 @@ import gc
 import io
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -45,7 +46,7 @@ from boomerang.assemble import (SAFETENSORS_DTYPES, CheckpointSource, LayerRef, 
 from boomerang.cli import fail, parse_with_config, setup_logging
 from boomerang.errors import BoomerangError
 from boomerang.families import FIRST_K, count_parameters, dtype_from_name, patch_order, set_tie
-from boomerang.io import atomic_write_text, save_model_folder
+from boomerang.io import atomic_write_text, markdown_table, save_model_folder
 from boomerang.layer_map import LayerMap, LayerMapError, PatchPlan, format_layers
 from boomerang.models import find_tokenizer, load_model, load_tokenizer, resolve_model_path
 from boomerang.scoring import TeacherReference, fixed_length_sequences
@@ -61,10 +62,11 @@ class PatchError(BoomerangError):
 
 
 # ---------------------------------------------------------------------------------------------- sources
-def _source_path(src: Source) -> str | None:
-    path = getattr(src, "path", None)
-    if path is None and isinstance(src, ModelSource):
-        path = getattr(src.model, "name_or_path", None)
+def _source_path(src) -> str | None:
+    """The folder a source (or loaded model) was read from, if it has one."""
+    if isinstance(src, ModelSource):
+        src = src.model
+    path = getattr(src, "path", None) if isinstance(src, Source) else getattr(src, "name_or_path", None)
     return path if path and os.path.isdir(path) else None
 
 
@@ -75,7 +77,7 @@ class FileReadSource(CheckpointSource):
     touches stays resident (and counted in the process's memory) as long as the file is open, even
     when the tensor is dropped right after a cast to another dtype. Here a tensor is read into
     memory of its own; with ``dtype`` set, floating-point tensors are cast while they are read,
-    a few megabytes at a time, so building a bfloat16 model from float32 checkpoints costs the
+    ``CHUNK`` bytes at a time, so building a bfloat16 model from float32 checkpoints costs the
     bfloat16 result, not the float32 tensors.
     """
 
@@ -84,49 +86,22 @@ class FileReadSource(CheckpointSource):
     def __init__(self, path: str, name: str | None = None, dtype: torch.dtype | None = None):
         super().__init__(path, name)
         self.dtype = dtype
-        self._chunk: torch.Tensor | None = None
-        self._entries: dict[tuple[str, str], tuple] = {}
-        for fn in self._handles:
-            header, data_start = self.layout(fn)
-            for raw, e in header.items():
-                if raw != "__metadata__":
-                    start, end = e["data_offsets"]
-                    self._entries[(fn, raw)] = (e["dtype"], tuple(e["shape"]), data_start + start, end - start)
-
-    @staticmethod
-    def _read_into(f, view: memoryview, what: str) -> None:
-        done = 0
-        while done < len(view):
-            got = f.readinto(view[done:])
-            if not got:
-                raise OSError(f"the checkpoint file is truncated at {what}")
-            done += got
 
     def get(self, key: str) -> torch.Tensor:
         fn, raw = self._where[key]
-        st_dtype, shape, offset, nbytes = self._entries[(fn, raw)]
-        dtype = SAFETENSORS_DTYPES.get(st_dtype)
-        if dtype is None:
-            return super().get(key)
-        target = self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
-        with open(os.path.join(self.path, fn), "rb", buffering=0) as f:
-            f.seek(offset)
-            if target == dtype:
-                buf = torch.empty(nbytes, dtype=torch.uint8)
-                self._read_into(f, memoryview(buf.numpy()), key)
-                return buf.view(dtype).reshape(shape)
-            out = torch.empty(shape, dtype=target)
-            flat = out.view(-1)
-            size = dtype.itemsize
-            per_chunk = self.CHUNK // size
-            if self._chunk is None:  # one buffer for every read: no churn of large temporary allocations
-                self._chunk = torch.empty(self.CHUNK, dtype=torch.uint8)
-            buf = self._chunk
-            for i in range(0, flat.numel(), per_chunk):
-                n = min(per_chunk, flat.numel() - i)
-                self._read_into(f, memoryview(buf.numpy())[: n * size], key)
-                flat[i:i + n] = buf[: n * size].view(dtype)
-            return out
+        entry = self.layout(fn)[0][raw]
+        dtype, shape = SAFETENSORS_DTYPES.get(entry["dtype"]), entry["shape"]
+        cast = self.dtype is not None and dtype is not None and dtype.is_floating_point and dtype != self.dtype
+        if dtype is None or not shape:  # a rare dtype or a scalar: through safetensors
+            t = super().get(key)
+            return t.to(self.dtype) if cast else t
+        if not cast:
+            return self.get_rows(key, 0, shape[0])
+        out = torch.empty(shape, dtype=self.dtype)
+        step = max(1, self.CHUNK // (math.prod(shape[1:]) * dtype.itemsize or 1))  # rows per read
+        for i in range(0, shape[0], step):
+            out[i:i + step] = self.get_rows(key, i, i + step)
+        return out
 
 
 def open_source(ref, role: str, dtype: torch.dtype | None = None) -> Source:
@@ -141,46 +116,24 @@ def open_source(ref, role: str, dtype: torch.dtype | None = None) -> Source:
     try:
         return FileReadSource(path, name=str(ref), dtype=dtype)
     except FileNotFoundError:  # .bin-only folder: no lazy reading possible
-
         log.warning("%s has no safetensors weights: loading the whole %s model", ref, role)
         return as_source(load_model(path, dtype=None), name=str(ref))
 
 
-def _open(ref, role: str, dtype: torch.dtype | None = None) -> tuple[Source, str | None]:
-    src = open_source(ref, role, dtype)
-    return src, _source_path(src)
-
-
 def load_layer_map(student, teacher_depth: int | None = None) -> LayerMap:
-    """The student's layer map, from its folder or from the ``boomerang_layer_map`` attribute of a loaded model."""
-    if isinstance(student, Source):
-        lm = getattr(getattr(student, "model", None), "boomerang_layer_map", None)
-        if lm is not None:
-            return _fit(lm, teacher_depth)
+    """The student's layer map: from its folder, or from the ``boomerang_layer_map`` attribute of a loaded model."""
+    if not isinstance(student, (Source, torch.nn.Module)):
+        return LayerMap.load(resolve_model_path(student), teacher_depth)
+    lm = getattr(student.model if isinstance(student, ModelSource) else student, "boomerang_layer_map", None)
+    if lm is None:
         path = _source_path(student)
         if path is None:
-            raise PatchError("the student source has no folder holding student_config.json")
+            raise PatchError("the student carries no layer map: load it from its folder (which holds "
+                             "student_config.json) or set model.boomerang_layer_map = LayerMap.load(folder)")
         return LayerMap.load(path, teacher_depth)
-    if isinstance(student, torch.nn.Module):
-        lm = getattr(student, "boomerang_layer_map", None)
-        if lm is not None:
-            return _fit(lm, teacher_depth)
-        path = getattr(student, "name_or_path", None)
-        if not path or not os.path.isdir(path):
-            raise PatchError(
-                "the student model carries no layer map: load it from its folder (which holds student_config.json) "
-                "or set model.boomerang_layer_map = LayerMap.load(folder)"
-            )
-        return LayerMap.load(path, teacher_depth)
-    return LayerMap.load(resolve_model_path(student), teacher_depth)
-
-
-def _fit(lm: LayerMap, teacher_depth: int | None) -> LayerMap:
     if teacher_depth is not None and lm.num_teacher_layers != teacher_depth:
-        raise PatchError(
-            f"the student was distilled from a {lm.num_teacher_layers}-layer teacher, but the teacher given has "
-            f"{teacher_depth} layers: pass the teacher the student was made from"
-        )
+        raise PatchError(f"the student was distilled from a {lm.num_teacher_layers}-layer teacher, but the teacher "
+                         f"given has {teacher_depth} layers: pass the teacher the student was made from")
     return lm
 
 
@@ -189,26 +142,29 @@ def check_pair(teacher: Source, student: Source, layer_map: LayerMap) -> None:
     t_cfg, s_cfg = teacher.config, student.config
     if teacher.adapter is not student.adapter:
         raise PatchError(f"teacher is a {teacher.adapter.name} model but the student a {student.adapter.name} model")
-    t_depth = teacher.adapter.num_layers(t_cfg)
-    s_depth = student.adapter.num_layers(s_cfg)
+    t_depth, s_depth = teacher.adapter.num_layers(t_cfg), student.adapter.num_layers(s_cfg)
     if layer_map.num_teacher_layers != t_depth:
-        raise PatchError(
-            f"the student's student_config.json describes a {layer_map.num_teacher_layers}-layer teacher, "
-            f"but {teacher.name} has {t_depth} layers: pass the teacher the student was distilled from"
-        )
+        raise PatchError(f"the student's student_config.json describes a {layer_map.num_teacher_layers}-layer "
+                         f"teacher, but {teacher.name} has {t_depth} layers: pass the teacher the student was "
+                         "distilled from")
     if layer_map.num_student_layers != s_depth:
-        raise PatchError(
-            f"student_config.json lists {layer_map.num_student_layers} copied layers but the student model has "
-            f"{s_depth} layers"
-        )
+        raise PatchError(f"student_config.json lists {layer_map.num_student_layers} copied layers but the student "
+                         f"model has {s_depth} layers")
     for field in ("hidden_size", "vocab_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                   "head_dim"):
         a, b = getattr(t_cfg, field, None), getattr(s_cfg, field, None)
         if a is not None and b is not None and a != b:
-            raise PatchError(
-                f"teacher and student differ in {field} ({a} vs {b}): they are not a boomerang pair "
-                "(the student must be made from this teacher by train.init_student)"
-            )
+            raise PatchError(f"teacher and student differ in {field} ({a} vs {b}): they are not a boomerang pair "
+                             "(the student must be made from this teacher by train.init_student)")
+
+
+def _open_pair(args, dtype) -> tuple[Source, Source, LayerMap]:
+    """The command line's teacher and student sources and layer map, checked; no weights read."""
+    teacher = open_source(args.teacher_model_name_or_path, "teacher", dtype)
+    student = open_source(args.student_model_name_or_path, "student", dtype)
+    layer_map = load_layer_map(student, teacher.adapter.num_layers(teacher.config))
+    check_pair(teacher, student, layer_map)
+    return teacher, student, layer_map
 
 
 # ---------------------------------------------------------------------------------------------- plans
@@ -222,13 +178,12 @@ def plan_for(layer_map: LayerMap, num_layers_to_patch: int | None = None, patch_
     rule the blocks of any last-k or first-k plan (k >= 1) give back that same plan.
     """
     try:
-        if blocks is not None:
-            blocks = sorted(set(int(b) for b in blocks))
-            n = layer_map.num_student_layers
-            emb = embeddings_from or ("teacher" if 0 in blocks else "student")
-            head = head_from or ("teacher" if (n - 1) in blocks else "student")
-            return layer_map.plan_blocks(blocks, emb, head)
-        return layer_map.plan(num_layers_to_patch, patch_first_k_layers)
+        if blocks is None:
+            return layer_map.plan(num_layers_to_patch, patch_first_k_layers)
+        blocks = sorted(set(int(b) for b in blocks))
+        emb = embeddings_from or ("teacher" if 0 in blocks else "student")
+        head = head_from or ("teacher" if (layer_map.num_student_layers - 1) in blocks else "student")
+        return layer_map.plan_blocks(blocks, emb, head)
     except LayerMapError as e:
         raise PatchError(str(e)) from None
 
@@ -236,33 +191,26 @@ def plan_for(layer_map: LayerMap, num_layers_to_patch: int | None = None, patch_
 def _plan_parts(teacher: Source, student: Source, plan: PatchPlan):
     sources = {"teacher": teacher, "student": student}
     layers = [LayerRef(sources[src], i) for src, i in plan.layers]
-    parts = {
-        "embeddings": sources[plan.embeddings_from],
-        "final_norm": sources[plan.final_norm_from],
-        "lm_head": sources[plan.lm_head_from],
-    }
-    base = teacher if plan.lm_head_from == "teacher" else student
-    return base, layers, parts
+    parts = {"embeddings": sources[plan.embeddings_from], "final_norm": sources[plan.final_norm_from],
+             "lm_head": sources[plan.lm_head_from]}
+    return sources[plan.lm_head_from], layers, parts
 
 
 def assemble_plan(teacher: Source, student: Source, plan: PatchPlan, dtype: torch.dtype | None = None):
     """The patched model of ``plan`` from two weight sources."""
-    base, layers, parts = _plan_parts(teacher, student, plan)
-    return assemble(base, layers, parts, dtype=dtype)
+    return assemble(*_plan_parts(teacher, student, plan), dtype=dtype)
 
 
 def plan_config(teacher: Source, student: Source, plan: PatchPlan):
     """The config the patched model of ``plan`` will have (the same rules as ``assemble``), no weights."""
     base, layers, parts = _plan_parts(teacher, student, plan)
     config = base.adapter.config_for_layers(base.config, [(r.source.config, r.index) for r in layers])
-    emb, head = parts["embeddings"], parts["lm_head"]
-    set_tie(config, emb is head and emb.tied())
+    set_tie(config, parts["embeddings"] is parts["lm_head"] and parts["lm_head"].tied())
     return config
 
 
 def count_plan_parameters(teacher: Source, student: Source, plan: PatchPlan) -> dict[str, int]:
     """``count_parameters`` of the patched model, computed on a weightless (meta-device) model."""
-
     config = plan_config(teacher, student, plan)
     model = _empty_model(config, teacher.adapter, None)
     if config.tie_word_embeddings:  # a model built on the meta device is tied only when asked
@@ -270,17 +218,32 @@ def count_plan_parameters(teacher: Source, student: Source, plan: PatchPlan) -> 
     return count_parameters(model, teacher.adapter)
 
 
-_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+def _parse_amount(text, units: dict[str, float], error: str) -> float:
+    """A number with an optional unit (case-insensitive; ``""``: the number as is) times that unit's factor."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in units:
+        raise PatchError(error)
+    return float(m.group(1)) * units[m.group(2).upper()]
 
 
 def parse_param_count(text) -> int:
     """``"100M"`` -> 100_000_000; also ``1.5B``, ``500k``, ``135e6``, ``98765``."""
     if isinstance(text, (int, float)):
         return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMbBgGtT]?)\s*", str(text))
-    if not m:
-        raise PatchError(f"cannot read a parameter count from {text!r}; write e.g. 100M, 1.5B, 500K or 135000000")
-    return int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
+    units = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+    return int(round(_parse_amount(text, units, f"cannot read a parameter count from {text!r}; write e.g. 100M, "
+                                                "1.5B, 500K or 135000000")))
+
+
+def parse_memory_gb(text) -> float:
+    """``"1.5"``, ``"1.5GB"``, ``"1536MB"`` -> GiB (binary units: 1 GB here is 2**30 bytes)."""
+    units = {"": 1, "GB": 1, "GIB": 1, "G": 1, "MB": 1 / 1024, "MIB": 1 / 1024, "M": 1 / 1024}
+    return _parse_amount(text, units, f"--max_memory_gb {text!r}: expected a number of GB such as 0.5, 2 or 512MB")
+
+
+def parse_latency_ms(text) -> float:
+    return _parse_amount(text, {"": 1, "MS": 1, "S": 1000},
+                         f"--max_latency_ms {text!r}: expected milliseconds such as 250 or 250ms (or 0.25s)")
 
 
 def human_count(n: int) -> str:
@@ -298,8 +261,7 @@ def plan_for_target(teacher: Source, student: Source, layer_map: LayerMap, targe
     target = parse_param_count(target_params)
     if kind not in ("total", "non_embedding"):
         raise PatchError(f"kind must be 'total' or 'non_embedding', got {kind!r}")
-    best = None
-    sizes = []
+    best, sizes = None, []
     for k, plan in enumerate(layer_map.ladder(patch_first_k_layers)):
         counts = count_plan_parameters(teacher, student, plan)
         sizes.append(counts[kind])
@@ -308,8 +270,7 @@ def plan_for_target(teacher: Source, student: Source, layer_map: LayerMap, targe
     if best is None:
         raise PatchError(
             f"no patched model has at most {human_count(target)} {kind} parameters: the smallest of this order has "
-            f"{human_count(min(sizes))} ({min(sizes)}); sizes are {', '.join(human_count(s) for s in sizes)}"
-        )
+            f"{human_count(min(sizes))} ({min(sizes)}); sizes are {', '.join(human_count(s) for s in sizes)}")
     return best
 
 
@@ -338,24 +299,23 @@ def build_intermediate_model(
     teacher's (or, for an in-memory teacher, the one saved in the student's folder), ``None`` when
     neither has a folder. Every check runs before any weight is read.
     """
-    given = [x is not None for x in (num_layers_to_patch, blocks, target_params)]
-    if sum(given) != 1:
+    if sum(x is not None for x in (num_layers_to_patch, blocks, target_params)) != 1:
         raise PatchError("give exactly one of num_layers_to_patch, blocks and target_params")
     dtype = dtype_from_name(dtype)
-    teacher, teacher_path = _open(teacher_name_or_path, "teacher", dtype)
+    teacher = open_source(teacher_name_or_path, "teacher", dtype)
     try:
         layer_map = load_layer_map(student_name_or_path, teacher.adapter.num_layers(teacher.config))
     except LayerMapError as e:
         raise PatchError(str(e)) from None
-    if target_params is None:
+    if target_params is None:  # before the student is opened: a .bin-only one is loaded whole
         plan = plan_for(layer_map, num_layers_to_patch, patch_first_k_layers, blocks, embeddings_from, head_from)
-    student, student_path = _open(student_name_or_path, "student", dtype)
+    student = open_source(student_name_or_path, "student", dtype)
     check_pair(teacher, student, layer_map)
     if target_params is not None:
         _, plan, _ = plan_for_target(teacher, student, layer_map, target_params, patch_first_k_layers)
     model = assemble_plan(teacher, student, plan, dtype)
     model.boomerang_plan = plan
-    tokenizer = find_tokenizer(teacher_path, student_path)
+    tokenizer = find_tokenizer(_source_path(teacher), _source_path(student))
     return (model, tokenizer, plan) if return_plan else (model, tokenizer)
 
 
@@ -404,21 +364,12 @@ TABLE_COLUMNS = ["name", "k", "size", "depth", "total_parameters", "non_embeddin
 
 
 def table_row(name: str, info: dict) -> dict:
-    return {
-        "name": name,
-        "k": info.get("num_layers_to_patch"),
-        "size": human_count(info["parameters"]["total"]),
-        "depth": info["depth"],
-        "total_parameters": info["parameters"]["total"],
-        "non_embedding_parameters": info["parameters"]["non_embedding"],
-        "replaced_blocks": format_layers(info["replaced_blocks"]) or "-",
-        "teacher_layers": format_layers([x["teacher_layer"] for x in info["layers"]]),
-    }
-
-
-def table_markdown(rows: list[dict]) -> str:
-    head = "| " + " | ".join(TABLE_COLUMNS) + " |\n|" + "---|" * len(TABLE_COLUMNS) + "\n"
-    return head + "".join("| " + " | ".join(str(r[c]) for c in TABLE_COLUMNS) + " |\n" for r in rows)
+    params = info["parameters"]
+    return {"name": name, "k": info.get("num_layers_to_patch"), "size": human_count(params["total"]),
+            "depth": info["depth"], "total_parameters": params["total"],
+            "non_embedding_parameters": params["non_embedding"],
+            "replaced_blocks": format_layers(info["replaced_blocks"]) or "-",
+            "teacher_layers": format_layers([x["teacher_layer"] for x in info["layers"]])}
 
 
 def table_csv(rows: list[dict]) -> str:
@@ -448,23 +399,6 @@ def plan_of(e: dict) -> PatchPlan:
                      tuple(j for j, c in enumerate(e.get("blocks", [])) if c.startswith("T")))
 
 
-def parse_memory_gb(text) -> float:
-    """``"1.5"``, ``"1.5GB"``, ``"1536MB"`` -> GiB (binary units: 1 GB here is 2**30 bytes)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(GB|GiB|G|MB|MiB|M)?\s*", str(text), flags=re.I)
-    if not m:
-        raise PatchError(f"--max_memory_gb {text!r}: expected a number of GB such as 0.5, 2 or 512MB")
-    v = float(m.group(1))
-    unit = (m.group(2) or "GB").upper()
-    return v / 1024 if unit.startswith("M") else v
-
-
-def parse_latency_ms(text) -> float:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(text), flags=re.I)
-    if not m:
-        raise PatchError(f"--max_latency_ms {text!r}: expected milliseconds such as 250 or 250ms (or 0.25s)")
-    return float(m.group(1)) * (1000.0 if (m.group(2) or "ms").lower() == "s" else 1.0)
-
-
 def entry_memory_bytes(teacher_src, student_src, e: dict, batch_size: int, context_length: int,
                        bytes_per_value: int) -> int:
     """Weights plus the KV cache of ``batch_size`` sequences of ``context_length`` tokens (from the config)."""
@@ -477,54 +411,50 @@ def entry_memory_bytes(teacher_src, student_src, e: dict, batch_size: int, conte
 def measure_latency_ms(model, batch_size: int, context_length: int, repeats: int = 3) -> float:
     """Median wall time of one forward pass over ``batch_size`` x ``context_length`` tokens on the model's device."""
     device = next(model.parameters()).device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     ids = torch.randint(0, model.config.vocab_size, (batch_size, context_length), device=device,
                         generator=torch.Generator(device=device.type).manual_seed(0))
     model(input_ids=ids)  # warm-up
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync()
         t = time.perf_counter()
         model(input_ids=ids)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync()
         times.append((time.perf_counter() - t) * 1000)
     return sorted(times)[len(times) // 2]
 
 
 def check_budget(plan: dict, target_params=None, max_memory_gb=None, max_latency_ms=None) -> dict:
     """Parse the one budget given and check it against the plan's sizes; reads no weights."""
-    given = [x for x in (target_params, max_memory_gb, max_latency_ms) if x is not None]
-    if len(given) != 1:
+    if sum(x is not None for x in (target_params, max_memory_gb, max_latency_ms)) != 1:
         raise PatchError("with --plan give exactly one budget: --target_params N, --max_memory_gb G or "
-                          "--max_latency_ms MS")
-    ladder = plan["ladder"]
-    student = next((e for e in plan["fixed_orders"]["last-k"] if e.get("k") == 0), None)
-    smallest = min(e["params"] for e in ladder)
-    teacher = next(e for e in ladder if e["depth"] == plan["num_teacher_layers"] and all(
-        src == "teacher" for src, _ in e["layers"]) and e["embeddings_from"] == "teacher")
+                         "--max_latency_ms MS")
     if target_params is not None:
+        ladder = plan["ladder"]
+        student = next((e for e in plan["fixed_orders"]["last-k"] if e.get("k") == 0), None)
+        smallest = min(e["params"] for e in ladder)
+        teacher = next(e for e in ladder if e["depth"] == plan["num_teacher_layers"] and all(
+            src == "teacher" for src, _ in e["layers"]) and e["embeddings_from"] == "teacher")
         try:
             n = parse_param_count(target_params)
         except PatchError as e:
             raise PatchError(f"--target_params: {e}") from None
         if n < smallest:
             raise PatchError(f"--target_params {target_params}: below the smallest model of the plan "
-                              f"({smallest:,} parameters{'' if student is None else ', the student side'}); "
-                              "nothing this pair assembles is that small")
+                             f"({smallest:,} parameters{'' if student is None else ', the student side'}); "
+                             "nothing this pair assembles is that small")
         if n >= teacher["params"]:
             raise PatchError(f"--target_params {target_params}: the teacher itself ({teacher['params']:,} parameters) "
-                              "fits this budget; use the teacher, or a smaller budget")
+                             "fits this budget; use the teacher, or a smaller budget")
         return {"kind": "params", "value": n}
     if max_memory_gb is not None:
-        g = parse_memory_gb(max_memory_gb)
-        if g <= 0:
-            raise PatchError(f"--max_memory_gb {max_memory_gb}: must be positive")
-        return {"kind": "memory", "value": g}
-    ms = parse_latency_ms(max_latency_ms)
-    if ms <= 0:
-        raise PatchError(f"--max_latency_ms {max_latency_ms}: must be positive")
-    return {"kind": "latency", "value": ms}
+        flag, text, kind, value = "--max_memory_gb", max_memory_gb, "memory", parse_memory_gb(max_memory_gb)
+    else:
+        flag, text, kind, value = "--max_latency_ms", max_latency_ms, "latency", parse_latency_ms(max_latency_ms)
+    if value <= 0:
+        raise PatchError(f"{flag} {text}: must be positive")
+    return {"kind": kind, "value": value}
 
 
 def choose(plan: dict, budget: dict, teacher_src=None, student_src=None, batch_size: int = 1,
@@ -537,23 +467,19 @@ def choose(plan: dict, budget: dict, teacher_src=None, student_src=None, batch_s
     fits = []
     for e in plan["ladder"]:
         figures = {"params": e["params"]}
-        if budget["kind"] == "params":
-            ok = e["params"] <= budget["value"]
-        elif budget["kind"] == "memory":
-            mem = entry_memory_bytes(teacher_src, student_src, e, batch_size, context_length, bpv)
-            figures["memory_gb"] = mem / 2**30
-            ok = figures["memory_gb"] <= budget["value"]
-        else:
+        if budget["kind"] == "memory":
+            figures["memory_gb"] = entry_memory_bytes(teacher_src, student_src, e, batch_size, context_length,
+                                                      bpv) / 2**30
+        elif budget["kind"] == "latency":
             figures["latency_ms"] = latency_of(e)
-            ok = figures["latency_ms"] <= budget["value"]
-        if ok:
+        if list(figures.values())[-1] <= budget["value"]:  # the figure last added is the one the budget bounds
             fits.append((e["calibration_kl"], -e["params"], e, figures))
     if not fits:
         what = {"params": "parameters", "memory": "GB of weights and KV cache", "latency": "ms"}[budget["kind"]]
         raise PatchError(f"no model of the plan fits {budget['value']:g} {what} (batch {batch_size}, context "
-                          f"{context_length}); the smallest is the first ladder entry ({plan['ladder'][0]['params']:,} "
-                          "parameters)")
-    kl, _, e, figures = min(fits, key=lambda x: (x[0], x[1]))
+                         f"{context_length}); the smallest is the first ladder entry ({plan['ladder'][0]['params']:,} "
+                         "parameters)")
+    _, _, e, figures = min(fits, key=lambda x: x[:2])
     return {**e, "predicted": figures, "budget": budget}
 
 
@@ -589,25 +515,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _existing_matches(folder: str, info: dict) -> bool:
+def _same_model_in(folder: str, info: dict) -> dict | None:
+    """The provenance of a model already in ``folder`` when it is the model ``info`` describes, else None."""
     path = os.path.join(folder, PROVENANCE_NAME)
     if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, "config.json")):
-        return False
+        return None
     with open(path) as f:
         old = json.load(f)
     keys = ("teacher", "student", "layers", "embeddings_from", "lm_head_from", "dtype")
-    return all(old.get(k) == info.get(k) for k in keys)
-
-
-def _exit_cleanly_on_sigterm() -> None:
-    """``kill`` (SIGTERM) unwinds like Ctrl-C, so a half-written model folder is removed, not left behind."""
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return old if all(old.get(k) == info.get(k) for k in keys) else None
 
 
 def main(argv=None) -> list[str]:
-
-
     args = parse_with_config(build_parser(), argv)
     setup_logging()
     if args.plan is not None:
@@ -625,14 +544,11 @@ def main(argv=None) -> list[str]:
         fail(f"--save_directory {args.save_directory} is a file; --all needs a folder")
     try:
         dtype = dtype_from_name(args.dtype)
-        teacher = open_source(args.teacher_model_name_or_path, "teacher", dtype)
-        student = open_source(args.student_model_name_or_path, "student", dtype)
-        layer_map = load_layer_map(student, teacher.adapter.num_layers(teacher.config))
-        check_pair(teacher, student, layer_map)
+        teacher, student, layer_map = _open_pair(args, dtype)
         order = patch_order(teacher.config, args.patch_first_k_layers, args.override_llama_patching)
         first_k = order == FIRST_K
         if args.all:
-            jobs = [(k, plan) for k, plan in enumerate(layer_map.ladder(first_k))]
+            jobs = list(enumerate(layer_map.ladder(first_k)))
         elif args.num_layers_to_patch is not None:
             jobs = [(args.num_layers_to_patch, plan_for(layer_map, args.num_layers_to_patch, first_k))]
         elif args.blocks is not None:
@@ -642,29 +558,27 @@ def main(argv=None) -> list[str]:
                 raise PatchError(f"--blocks {args.blocks!r}: expected comma-separated student layer indices, e.g. 3,7,9")
             jobs = [(None, plan_for(layer_map, blocks=blocks))]
         else:
-            k, plan, _ = plan_for_target(teacher, student, layer_map, args.target_params, first_k, args.target_kind)
-            jobs = [(k, plan)]
+            jobs = [plan_for_target(teacher, student, layer_map, args.target_params, first_k, args.target_kind)[:2]]
     except (BoomerangError, ValueError, FileNotFoundError) as e:  # BoomerangError: every library and stage error
         fail(str(e))
     tokenizer = find_tokenizer(_source_path(teacher), _source_path(student))
-    t_name, s_name = args.teacher_model_name_or_path, args.student_model_name_or_path
     written, rows = [], []
     bar = tqdm(jobs, desc="patching", unit="model", disable=args.no_progress)
     for k, plan in bar:
         counts = count_plan_parameters(teacher, student, plan)
-        job_order = order if k is not None else "blocks"
-        info = provenance(plan, layer_map, t_name, s_name, counts, k, job_order, dtype)
-        name = model_folder_name(plan, k, job_order if k is not None else None)
+        info = provenance(plan, layer_map, args.teacher_model_name_or_path, args.student_model_name_or_path, counts,
+                          k, order if k is not None else "blocks", dtype)
+        name = model_folder_name(plan, k, order if k is not None else None)
         out = os.path.join(args.save_directory, name) if args.all else args.save_directory
         bar.set_postfix_str(f"{name} ({human_count(counts['total'])})")
         if args.all and os.path.exists(out) and not args.overwrite:
-            if _existing_matches(out, info):
-                log.info("%s exists with the same contents: kept (pass --overwrite to rebuild)", out)
-                with open(os.path.join(out, PROVENANCE_NAME)) as f:
-                    rows.append(table_row(name, json.load(f)))
-                written.append(out)
-                continue
-            fail(f"{out} exists and holds a different model; remove it or pass --overwrite")
+            old = _same_model_in(out, info)
+            if old is None:
+                fail(f"{out} exists and holds a different model; remove it or pass --overwrite")
+            log.info("%s exists with the same contents: kept (pass --overwrite to rebuild)", out)
+            rows.append(table_row(name, old))
+            written.append(out)
+            continue
         model = assemble_plan(teacher, student, plan, dtype)
         got = count_parameters(model)
         if got != counts:  # the plan's count and the model's must agree
@@ -676,17 +590,15 @@ def main(argv=None) -> list[str]:
         written.append(out)
         log.info("%s: %d layers, %s parameters -> %s", name, plan.depth, human_count(counts["total"]), out)
     if args.all:
-        atomic_write_text(os.path.join(args.save_directory, "family.md"), table_markdown(rows))
+        atomic_write_text(os.path.join(args.save_directory, "family.md"), markdown_table(rows, TABLE_COLUMNS))
         atomic_write_text(os.path.join(args.save_directory, "family.csv"), table_csv(rows))
-        print(table_markdown(rows))
+        print(markdown_table(rows, TABLE_COLUMNS))
     return written
 
 
 def main_plan(args) -> list[str]:
     """``--plan search.json`` with one budget: build and save the best searched model that fits it."""
-
-    # ---- the budget is checked against the plan before any model is opened
-    try:
+    try:  # the budget is checked against the plan before any model is opened
         if os.path.exists(args.save_directory) and not args.overwrite:
             raise PatchError(f"--save_directory {args.save_directory} already exists; choose another folder or pass "
                              "--overwrite")
@@ -695,44 +607,28 @@ def main_plan(args) -> list[str]:
         plan = load_plan(args.plan)
         budget = check_budget(plan, args.target_params, args.max_memory_gb, args.max_latency_ms)
         dtype = dtype_from_name(args.dtype) or torch.float32
-        teacher = open_source(args.teacher_model_name_or_path, "teacher", dtype)
-        student = open_source(args.student_model_name_or_path, "student", dtype)
-        layer_map = load_layer_map(student, teacher.adapter.num_layers(teacher.config))
-        check_pair(teacher, student, layer_map)
+        teacher, student, layer_map = _open_pair(args, dtype)
         if list(layer_map.copied_teacher_layers) != plan.get("copied_teacher_layers"):
             raise PatchError(f"--plan {args.plan} was searched for a student with copied layers "
                              f"{plan.get('copied_teacher_layers')}, this one has {list(layer_map.copied_teacher_layers)}")
+        chosen = choose(plan, budget, teacher, student, args.batch_size, args.context_length, dtype,
+                        lambda e: measure_latency_ms(assemble_plan(teacher, student, plan_of(e), dtype),
+                                                     args.batch_size, args.context_length))
     except (BoomerangError, ValueError, FileNotFoundError) as e:  # BoomerangError: every library and stage error
-        fail(str(e))
-    measured_latency: dict[int, float] = {}
-
-    def latency_of(e):
-        key = id(e)
-        if key not in measured_latency:
-            m = assemble_plan(teacher, student, plan_of(e), dtype)
-            measured_latency[key] = measure_latency_ms(m, args.batch_size, args.context_length)
-            del m
-        return measured_latency[key]
-
-    try:
-        chosen = choose(plan, budget, teacher, student, args.batch_size, args.context_length, dtype, latency_of)
-    except PatchError as e:
         fail(str(e))
     pplan = plan_of(chosen)
     model = assemble_plan(teacher, student, pplan, dtype)
     counts = count_parameters(model)
     measured = {"params": counts["total"], "calibration_kl": calibration_kl(model, teacher, plan)}
-    bpv = torch.finfo(dtype).bits // 8
     if budget["kind"] == "memory":
-        weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
-        kv = teacher.adapter.kv_cache_bytes(model.config, args.batch_size, args.context_length, bpv)
-        measured["memory_gb"] = (weights + kv) / 2**30
+        kv = teacher.adapter.kv_cache_bytes(model.config, args.batch_size, args.context_length,
+                                            torch.finfo(dtype).bits // 8)
+        measured["memory_gb"] = (model.get_memory_footprint(return_buffers=False) + kv) / 2**30
     if budget["kind"] == "latency":
         measured["latency_ms"] = measure_latency_ms(model, args.batch_size, args.context_length)
     info = provenance(pplan, layer_map, args.teacher_model_name_or_path, args.student_model_name_or_path, counts,
                       None, "searched", dtype)
-    info["search"] = {k: v for k, v in chosen.items() if k != "layers"}
-    info["search"]["plan"] = os.path.abspath(args.plan)
+    info["search"] = {**{k: v for k, v in chosen.items() if k != "layers"}, "plan": os.path.abspath(args.plan)}
     info["measured"] = measured
     tokenizer = find_tokenizer(_source_path(teacher), _source_path(student))
     save_patched_model(model, tokenizer, args.save_directory, info, overwrite=args.overwrite)
@@ -744,20 +640,17 @@ def main_plan(args) -> list[str]:
 
 def calibration_kl(model, teacher: Source, plan: dict) -> float | None:
     """The built model's KL from the teacher on the plan's own calibration data (None when the data is gone)."""
-
     cal = plan.get("calibration") or {}
-    if not cal.get("data") or not os.path.exists(cal["data"]) or not isinstance(teacher, ModelSource) and \
-            _source_path(teacher) is None:
+    t_path = _source_path(teacher)
+    if not cal.get("data") or not os.path.exists(cal["data"]) or (not isinstance(teacher, ModelSource)
+                                                                   and t_path is None):
         return None
-
-    tok = load_tokenizer(_source_path(teacher))
-    ids = fixed_length_sequences(tok, read_local_documents(cal["data"], flag="--calibration_data"), cal["samples"],
-                                 cal["seq_len"])
-    t_model = teacher.model if isinstance(teacher, ModelSource) else load_model(_source_path(teacher), dtype=torch.float32)
-    ref = TeacherReference(t_model, [r[None] for r in ids])
-    return ref.score(model).kl_per_token
+    ids = fixed_length_sequences(load_tokenizer(t_path), read_local_documents(cal["data"], flag="--calibration_data"),
+                                 cal["samples"], cal["seq_len"])
+    t_model = teacher.model if isinstance(teacher, ModelSource) else load_model(t_path, dtype=torch.float32)
+    return TeacherReference(t_model, [r[None] for r in ids]).score(model).kl_per_token
 
 
 if __name__ == "__main__":
-    _exit_cleanly_on_sigterm()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill unwinds like Ctrl-C: no half-written folder is left
     main()

@@ -41,7 +41,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -83,21 +83,18 @@ class Candidate:
     def depth(self) -> int:
         return sum(len(b) for b in self.blocks)
 
+    def at(self, j: int, block: Layers) -> "Candidate":
+        """This candidate with ``block`` at position ``j``."""
+        return Candidate(self.blocks[:j] + (block,) + self.blocks[j + 1:], self.embeddings_from, self.head_from)
+
     def plan(self) -> PatchPlan:
         replaced = tuple(j for j, b in enumerate(self.blocks) if any(src == "teacher" for src, _ in b))
         return PatchPlan(self.layers, self.embeddings_from, self.head_from, self.head_from, replaced)
 
     def codes(self) -> list[str]:
         """Per position: ``S``, ``T``, ``-`` (dropped) or ``T[4]`` (part of the teacher block: its layer 4)."""
-        out = []
-        for b in self.blocks:
-            if not b:
-                out.append("-")
-            elif b[0][0] == "student":
-                out.append("S")
-            else:
-                out.append(f"T[{format_layers([i for _, i in b])}]")
-        return out
+        return ["-" if not b else "S" if b[0][0] == "student" else f"T[{format_layers([i for _, i in b])}]"
+                for b in self.blocks]
 
     def describe(self, full_blocks: list[Layers]) -> str:
         codes = ["T" if b == full and b and b[0][0] == "teacher" else c
@@ -164,22 +161,18 @@ class SearchSpace:
     def moves(self, cand: Candidate):
         """Every candidate one change away: one position's option, or the embeddings' or head's source."""
         for j, opts in enumerate(self.options):
-            for o in opts:
-                if o != cand.blocks[j]:
-                    yield Candidate(cand.blocks[:j] + (o,) + cand.blocks[j + 1:], cand.embeddings_from, cand.head_from)
+            yield from (cand.at(j, o) for o in opts if o != cand.blocks[j])
         other = {"student": "teacher", "teacher": "student"}
-        yield Candidate(cand.blocks, other[cand.embeddings_from], cand.head_from)
-        yield Candidate(cand.blocks, cand.embeddings_from, other[cand.head_from])
+        yield replace(cand, embeddings_from=other[cand.embeddings_from])
+        yield replace(cand, head_from=other[cand.head_from])
 
     def toward_teacher(self, cand: Candidate):
         """The changes greedy may make: a position to its whole teacher block, embeddings or head to the teacher's."""
-        for j, full in enumerate(self.full_blocks):
-            if cand.blocks[j] != full:
-                yield Candidate(cand.blocks[:j] + (full,) + cand.blocks[j + 1:], cand.embeddings_from, cand.head_from)
+        yield from (cand.at(j, full) for j, full in enumerate(self.full_blocks) if cand.blocks[j] != full)
         if cand.embeddings_from != "teacher":
-            yield Candidate(cand.blocks, "teacher", cand.head_from)
+            yield replace(cand, embeddings_from="teacher")
         if cand.head_from != "teacher":
-            yield Candidate(cand.blocks, cand.embeddings_from, "teacher")
+            yield replace(cand, head_from="teacher")
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -251,11 +244,11 @@ class Scorer:
         logits = self._run(cand)
         kl = sum(self.reference.score_logits(i, logits[i, :-1])[1] for i in range(logits.shape[0]))
         self.scores[cand] = kl / sum(self.reference.tokens)
-        self.stats["models_scored"] += 1
-        if self.stats["models_scored"] % 25 == 0:
-            log.info("%d models scored (%d of %d layer passes reused from the prefix cache)",
-                     self.stats["models_scored"], self.stats["layers_reused"],
-                     self.stats["layers_reused"] + self.stats["layers_run"])
+        st = self.stats
+        st["models_scored"] += 1
+        if st["models_scored"] % 25 == 0:
+            log.info("%d models scored (%d of %d layer passes reused from the prefix cache)", st["models_scored"],
+                     st["layers_reused"], st["layers_reused"] + st["layers_run"])
         return self.scores[cand]
 
 
@@ -321,12 +314,6 @@ def beam(space: SearchSpace, score: Scorer, width: int, seeds: list[Candidate]) 
     return [c for d in sorted(by_depth) for c in sorted(by_depth[d], key=lambda c: (score(c), c.codes()))[:width]]
 
 
-def fixed_order_candidates(space: SearchSpace) -> dict[str, list[tuple[int, Candidate]]]:
-    lm = space.layer_map
-    return {order: [(k, space.from_plan(lm.plan(k, order == "first-k"))) for k in range(lm.max_patch + 1)]
-            for order in ("last-k", "first-k")}
-
-
 def entry(space: SearchSpace, score: Scorer, cand: Candidate, **extra) -> dict:
     plan = cand.plan()
     return {"params": space.params(cand), "depth": cand.depth, "calibration_kl": score(cand),
@@ -356,7 +343,8 @@ def run_search(teacher, student, layer_map: LayerMap, calibration: torch.Tensor,
 
     note(space.student_candidate(), "student")
     note(space.teacher_candidate(), "teacher")
-    fixed = fixed_order_candidates(space)
+    fixed = {order: [(k, space.from_plan(layer_map.plan(k, order == "first-k")))
+                     for k in range(layer_map.max_patch + 1)] for order in ("last-k", "first-k")}
     for order, cands in fixed.items():
         for _, c in cands:
             note(c, order)
@@ -366,10 +354,8 @@ def run_search(teacher, student, layer_map: LayerMap, calibration: torch.Tensor,
     if beam_width > 0:
         for c in beam(space, score, beam_width, list(found)):
             found.setdefault(c, set()).add("beam")
-    best: dict[int, Candidate] = {}
-    for c in score.scores:
-        if c.depth and (c.depth not in best or (score(c), space.params(c)) < (score(best[c.depth]), space.params(best[c.depth]))):
-            best[c.depth] = c
+    best = {d: min((c for c in score.scores if c.depth == d), key=lambda c: (score(c), space.params(c)))
+            for d in {c.depth for c in score.scores if c.depth}}  # per depth: the lowest KL, then the fewest parameters
     # found_by: the searches whose answer holds it (a fixed order, greedy's path, the beam), or "scored" for a
     # candidate only met as a neighbour
     ladder = [entry(space, score, best[d], found_by=sorted(found.get(best[d], {"scored"}))) for d in sorted(best)]

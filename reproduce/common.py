@@ -13,8 +13,6 @@ from boomerang.io import atomic_write_text
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = "embedded:smollm2-135m"
 MC_TASKS = ("arc_easy", "piqa", "boolq", "openbook_qa", "copa")
-# chance level of each multiple-choice task: 1 / number of choices (arc_easy has 4 choices on most items; see
-# chance_levels() for the value measured on the items used)
 ALIGN_TOKENS = 512  # each held-out document cut to this many tokens for the seam alignment and held-out KL
 
 
@@ -22,17 +20,27 @@ def default_data_dir() -> str:
     return os.environ.get("BOOMERANG_DATA") or os.path.join(os.path.dirname(REPO), "shared", "data")
 
 
+def read_json(path: str, default=None):
+    """The JSON in ``path``, or ``default`` where there is no such file."""
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_jsonl(path: str) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def check_data(data_dir: str) -> dict[str, str]:
     """The data files of the main job, or a clear error naming the setting and what is missing."""
     if not os.path.isdir(data_dir):
         fail(f"data folder {data_dir} not found. Pass --data_dir DIR or set BOOMERANG_DATA to a folder holding "
              "corpus/brown_train.jsonl, corpus/brown_heldout.jsonl and tasks/*.jsonl (see ../shared/data/README.md)")
-    files = {
-        "train": os.path.join(data_dir, "corpus", "brown_train.jsonl"),
-        "heldout": os.path.join(data_dir, "corpus", "brown_heldout.jsonl"),
-    }
-    for t in MC_TASKS:
-        files[t] = os.path.join(data_dir, "tasks", f"{t}.jsonl")
+    files = {"train": os.path.join(data_dir, "corpus", "brown_train.jsonl"),
+             "heldout": os.path.join(data_dir, "corpus", "brown_heldout.jsonl"),
+             **{t: os.path.join(data_dir, "tasks", f"{t}.jsonl") for t in MC_TASKS}}
     missing = [p for p in files.values() if not os.path.isfile(p)]
     if missing:
         fail(f"the data folder {data_dir} lacks {', '.join(missing)}; pass --data_dir (or BOOMERANG_DATA) "
@@ -42,12 +50,8 @@ def check_data(data_dir: str) -> dict[str, str]:
 
 def chance_levels(files: dict[str, str], limit: int | None) -> dict[str, float]:
     """Expected accuracy of a uniform guess on the first ``limit`` items of each multiple-choice task."""
-    out = {}
-    for t in MC_TASKS:
-        with open(files[t]) as f:
-            items = [json.loads(line) for line in f if line.strip()][:limit]
-        out[t] = sum(1 / len(it["choices"]) for it in items) / len(items)
-    return out
+    items = {t: read_jsonl(files[t])[:limit] for t in MC_TASKS}
+    return {t: sum(1 / len(it["choices"]) for it in items[t]) / len(items[t]) for t in MC_TASKS}
 
 
 def heldout_subset(src: str, n_docs: int | None, out_dir: str) -> str:
@@ -63,11 +67,8 @@ def heldout_subset(src: str, n_docs: int | None, out_dir: str) -> str:
 
 @contextlib.contextmanager
 def stage(name: str, timings: dict, ledger: str | None = None):
-    """Print a stage's start and end, and record its wall time in ``timings``.
-
-    ``ledger``: a JSON file that keeps each stage's time across runs of a resumable job: the time of
-    every run adds up until the stage completes once; later runs (which find it done) add nothing.
-    """
+    """Print a stage's start and end, and record its wall time in ``timings``. ``ledger``: a JSON file that keeps
+    each stage's time across runs of a resumable job, summed until the stage completes once."""
     start = time.time()
     print(f"\n=== {name} ===", flush=True)
     done = False
@@ -77,10 +78,7 @@ def stage(name: str, timings: dict, ledger: str | None = None):
     finally:
         timings[name] = round(time.time() - start, 1)
         if ledger is not None:
-            book = {}
-            if os.path.isfile(ledger):
-                with open(ledger) as f:
-                    book = json.load(f)
+            book = read_json(ledger, {})
             entry = book.setdefault(name, {"seconds": 0.0, "complete": False, "runs": 0})
             if not entry["complete"]:
                 entry["seconds"] = round(entry["seconds"] + timings[name], 1)
@@ -96,20 +94,15 @@ def is_finished(student_dir: str) -> bool:
 
 
 def distill(student_dir: str, config: str, settings: dict) -> None:
-    """Distill a student into ``student_dir`` with ``train.train`` (fresh, resumed, or already finished).
-
-    ``config``: the training preset (YAML); ``settings``: the flags that differ from it (``{"max_steps":
-    120, "use_kl_loss": False, ...}``). A finished student is left alone; an interrupted run resumes from
-    its newest checkpoint; a folder that died before its first checkpoint starts again.
-    """
+    """Distill a student into ``student_dir`` with ``train.train``: ``config`` (YAML) with the flags ``settings``
+    changed. A finished student is left alone; an interrupted run resumes from its newest checkpoint."""
     if is_finished(student_dir):
         print(f"student already distilled in {student_dir}: reused", flush=True)
         return
     from train import train as train_mod  # loads only when a student must be distilled (train imports transformers)
 
-    argv = ["--config", config, "--save_directory", student_dir]
-    for key, value in settings.items():
-        argv += [f"--{key}", str(value)]
+    argv = ["--config", config, "--save_directory", student_dir] + [x for k, v in settings.items()
+                                                                     for x in (f"--{k}", str(v))]
     ckpt_dir = os.path.join(student_dir, "checkpoints")
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
         argv.append("--resume")
@@ -124,8 +117,7 @@ def training_log(student_dir: str) -> dict:
     path = os.path.join(student_dir, "log.jsonl")
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
+    recs = read_jsonl(path)
     steps = [r for r in recs if "loss" in r]
     evals = [r for r in recs if "eval_ce" in r]
     out = {"steps": steps[-1]["step"] if steps else 0,

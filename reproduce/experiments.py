@@ -31,7 +31,6 @@ runs/experiments-cpu): ``seed-<S>/students/<name>/``, ``seed-<S>/eval/<sweep>/``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -39,24 +38,24 @@ import torch
 
 from boomerang.cli import fail, read_config, setup_logging
 from boomerang.families import adapter_for, adapter_for_config
-from boomerang.io import atomic_write_json, atomic_write_text
+from boomerang.io import atomic_write_json, atomic_write_text, markdown_table
 from boomerang.layer_map import LayerMap, LayerMapError
 from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
 from boomerang.scoring import Scores
 from evaluate.alignment import paired_comparison, step_changes
-from evaluate.baselines import build_family, family_points
+from baselines.family import build_family
+from evaluate.baselines import family_points
 from evaluate.compare import fmt_ppl
 from evaluate.evaluate import SweepPoint, boomerang_points, run_sweep
 from evaluate.heldout import HeldoutReference
 from evaluate.results import load_results
 from patching.patch import load_layer_map
 from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, chance_levels, check_data, default_data_dir,
-                              distill, heldout_subset, is_finished, stage, training_log)
-from reproduce.main_job import check_student_settings, student_settings, train_settings
+                              distill, heldout_subset, read_json, stage, training_log)
+from reproduce.main_job import check_student_settings, distill_student, student_settings
 
 CONFIG = "configs/smollm2-135m-cpu.yaml"
-# Each student: the settings that differ from CONFIG, and what it is for. Same-size students are added
-# per depth by same_size_students().
+# Each student: the settings that differ from CONFIG, and what it is for (same-size ones: same_size_students()).
 STUDENTS = {
     "full": ({}, "all three loss terms (the main job's student)"),
     "random-init": ({"random_initialization": True}, "claim 1: random initialization, full loss"),
@@ -95,7 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
 def same_size_students(teacher_depth: int, base: dict, depths) -> dict[str, tuple[dict, str]]:
     """For each depth d: the layer map (f, n, l) whose student holds exactly the teacher layers of the
     untrained last-k interpolated model of depth d (same f and n as the base student, l found by search)."""
-
     f, n, l0 = base["first_layers_to_keep"], base["alternate_every_n_layers"], base["last_layers_to_keep"]
     full = LayerMap.from_recipe(teacher_depth, f, n, l0)
     by_depth = {full.plan(k).depth: list(full.naive_pruning_layers(k)) for k in range(full.max_patch)}
@@ -117,24 +115,13 @@ def same_size_students(teacher_depth: int, base: dict, depths) -> dict[str, tupl
     return out
 
 
-def _students(spec: str, known: dict) -> list[str]:
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [s for s in names if s not in known]
-    if bad or not names:
-        fail(f"--students: unknown {bad or spec!r}; choose from {', '.join(known)}")
-    return list(dict.fromkeys(names))  # in the order given: students are distilled and evaluated in that order
-
-
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging()
-
-
     config = args.config if os.path.isabs(args.config) else os.path.join(REPO, args.config)
     if not os.path.isfile(config):
         fail(f"--config {args.config}: no such file")
     base = read_config(config)
-
     try:
         teacher_path = resolve_model_path(args.teacher_model_name_or_path)
         t_cfg = load_config(teacher_path)
@@ -145,7 +132,12 @@ def main(argv=None) -> dict:
     except ValueError:
         fail(f"--same_size_depths {args.same_size_depths!r}: expected comma-separated integers such as 20,23,26")
     known = {**STUDENTS, **same_size_students(adapter_for_config(t_cfg).num_layers(t_cfg), base, depths)}
-    names = _students(",".join(known) if args.students == "all" else args.students, known)
+    spec = ",".join(known) if args.students == "all" else args.students
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [s for s in names if s not in known]
+    if bad or not names:
+        fail(f"--students: unknown {bad or spec!r}; choose from {', '.join(known)}")
+    names = list(dict.fromkeys(names))  # in the order given: students are distilled and evaluated in that order
     out = os.path.abspath(args.output_dir or os.path.join(REPO, "runs", "experiments-cpu"))
     main_dir = os.path.abspath(args.main_dir or os.path.join(REPO, "runs", "main-cpu"))
     files = check_data(os.path.abspath(args.data_dir or default_data_dir()))
@@ -167,14 +159,11 @@ def main(argv=None) -> dict:
     # a folder never mixes settings: what each student was asked to be is recorded, and checked on a rerun
     plan = {n: {**common, **known[n][0]} for n in names}
     plan_path = os.path.join(seed_dir, "students.json")
-    if os.path.isfile(plan_path):
-        with open(plan_path) as f:
-            old = json.load(f)
-        clash = [n for n in names if n in old and old[n] != plan[n]]
-        if clash:
-            fail(f"{seed_dir} holds students {clash} made with other settings ({plan_path}); "
-                 "pass another --output_dir")
-        plan = {**old, **plan}
+    old = read_json(plan_path, {})
+    clash = [n for n in names if n in old and old[n] != plan[n]]
+    if clash:
+        fail(f"{seed_dir} holds students {clash} made with other settings ({plan_path}); pass another --output_dir")
+    plan = {**old, **plan}
     atomic_write_json(plan_path, plan)
 
     timings: dict[str, float] = {}
@@ -188,9 +177,7 @@ def main(argv=None) -> dict:
     for n in names:  # each student is distilled, then evaluated at once, and the report rewritten
         with stage(f"distill {n}", timings, ledger):
             if n == "full" and reuse_main:
-                if not is_finished(student_dirs[n]):
-                    atomic_write_json(os.path.join(main_dir, "student_settings.json"), wanted)
-                distill(student_dirs[n], config, train_settings(wanted, files))
+                distill_student(main_dir, wanted, files, config)
             else:
                 distill(student_dirs[n], config, plan[n])
         ev.student(n, student_dirs[n])
@@ -209,15 +196,13 @@ class Evaluator:
     """Scores students against the teacher's held-out log-probabilities (computed once, on first use)."""
 
     def __init__(self, args, teacher_path, files, seed_dir, timings, ledger):
-        self.args, self.teacher_path, self.files, self.timings, self.ledger = args, teacher_path, files, timings, ledger
-        self.eval_dir = os.path.join(seed_dir, "eval")
-        self.seed_dir = seed_dir
+        self.args, self.teacher_path, self.files, self.seed_dir = args, teacher_path, files, seed_dir
+        self.timings, self.ledger = timings, ledger
         self._teacher = self._reference = self._tok = None
 
     def _setup(self):
         if self._reference is not None:
             return
-
         self._teacher = load_model(self.teacher_path, dtype=torch.float32)
         self._tok = load_tokenizer(self.teacher_path)
         heldout = heldout_subset(self.files["heldout"], self.args.heldout_docs, self.seed_dir)
@@ -232,20 +217,21 @@ class Evaluator:
         return s
 
     def _sweep(self, name, points, tasks=None, **kw):
-        return run_sweep(points, os.path.join(self.eval_dir, name), tasks, reference=self._reference, device="cpu",
-                         **kw)
+        return run_sweep(points, os.path.join(self.seed_dir, "eval", name), tasks, reference=self._reference,
+                         device="cpu", **kw)
+
+    def _same_point(self, n, model, **meta):
+        return SweepPoint(n.replace("-", "_"), lambda: (model, self._tok), {
+            "method": "distilled at this size", "curve": "distilled at this size", "role": "intermediate",
+            "student_kind": n, **meta})
 
     def student(self, n, student_dir):
         """A ladder student: every size in last-k order; a same-size student: itself, at its depth."""
-
         self._setup()
         with stage(f"evaluate {n}", self.timings, self.ledger):
             student = self._load(student_dir)
             if n.startswith("same-"):
-                self._sweep("same-size", [SweepPoint(n.replace("-", "_"), lambda: (student, self._tok), {
-                    "method": "distilled at this size", "curve": "distilled at this size", "role": "intermediate",
-                    "student_kind": n, "student": student_dir})])
-                return
+                return self._sweep("same-size", [self._same_point(n, student, student=student_dir)])
             pts = boomerang_points(self._teacher, student, None, False, dtype=torch.float32,
                                    teacher_name=self.args.teacher_model_name_or_path, student_name=student_dir,
                                    curve=f"boomerang: {n}")
@@ -255,7 +241,6 @@ class Evaluator:
 
     def naive(self, full_dir):
         """Naive pruning (the teacher's layers, not distilled) at every depth of the ladder."""
-
         with stage("evaluate naive pruning", self.timings, self.ledger):
             lm = self._load(full_dir).boomerang_layer_map
             entries = build_family("naive", self._teacher, lm, list(range(lm.max_patch)), False)
@@ -265,7 +250,6 @@ class Evaluator:
 
     def multiple_choice(self, n, full_dir):
         """Claim 3 on the multiple-choice tasks: the same-size student and the interpolated model of its depth."""
-
         with stage(f"multiple choice {n}", self.timings, self.ledger):
             full = self._load(full_dir)
             same = self._load(os.path.join(self.seed_dir, "students", n))
@@ -274,11 +258,8 @@ class Evaluator:
             ks = [k for k in range(lm.max_patch) if lm.plan(k, False).depth == d]
             pts = boomerang_points(self._teacher, full, ks, False, dtype=torch.float32, include_endpoints=False,
                                    curve="boomerang: full")
-            pts.append(SweepPoint(n.replace("-", "_"), lambda: (same, self._tok), {
-                "method": "distilled at this size", "curve": "distilled at this size", "role": "intermediate",
-                "student_kind": n}))
             tasks = [f"{t}=local_mc:{self.files[t]}" for t in MC_TASKS]
-            self._sweep("mc", pts, tasks, limit=self.args.mc_limit, batch_size=8)
+            self._sweep("mc", pts + [self._same_point(n, same)], tasks, limit=self.args.mc_limit, batch_size=8)
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -288,14 +269,7 @@ def _load(seed_dir: str, sweep: str) -> list[dict]:
 
 def _by_depth(records: list[dict]) -> dict:
     """Records of a ladder keyed by depth (the student itself under "student")."""
-    out = {}
-    for r in records:
-        out["student" if r.get("role") == "student" else int(r["depth"])] = r
-    return out
-
-
-def _scores(r):
-    return Scores.from_dict(r["heldout_scores"])
+    return {"student" if r.get("role") == "student" else int(r["depth"]): r for r in records}
 
 
 def _ppl(r) -> str:
@@ -308,34 +282,34 @@ def _kl(r) -> str:
 
 def _cmp(a, b, resamples: int) -> str:
     """b against a: perplexity ratio b/a and KL difference b - a, each with a 95% paired bootstrap interval."""
-
-    c = paired_comparison(_scores(a), _scores(b), resamples=resamples)
+    c = paired_comparison(Scores.from_dict(a["heldout_scores"]), Scores.from_dict(b["heldout_scores"]),
+                          resamples=resamples)
     return (f"{c['ppl_ratio']:.2f} [{c['ppl_ci95'][0]:.2f}, {c['ppl_ci95'][1]:.2f}] | "
             f"{c['kl_diff']:+.3f} [{c['kl_ci95'][0]:+.3f}, {c['kl_ci95'][1]:+.3f}]")
 
 
 def _rises(ladder: dict) -> list[str]:
     """Steps along a ladder (student, then every depth) where perplexity rises beyond noise."""
-
-    keys = ["student"] + sorted(k for k in ladder if k != "student")
-    keys = [k for k in keys if k in ladder]
+    keys = (["student"] if "student" in ladder else []) + sorted(k for k in ladder if k != "student")
     recs = [ladder[k] for k in keys]
     steps = step_changes([str(k) for k in keys], [r["heldout_scores"]["document_nll"] for r in recs],
                          recs[0]["heldout_scores"]["document_tokens"])
     return [f"{s['from']}->{s['to']} (x{s['ratio']:.2f})" for s in steps if s["verdict"] == "rises"]
 
 
-def _plot(curves: dict[str, list[dict]], path: str, title: str) -> None:
-    """x = total parameters, y = held-out perplexity (log); one line per curve, teacher and students marked."""
+def _plot(curves: dict[str, dict], out: str, claim: int, seed: int, title: str) -> list[str]:
+    """x = total parameters, y = held-out perplexity (log); one line per curve (records by depth; empty ones left
+    out), teacher and students marked.
+    Drawn into OUT/claim<claim>-seed<seed>.png; returns the report lines that show it."""
     import matplotlib  # only where plots are drawn: start-up stays free of it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
-    for i, (label, recs) in enumerate(curves.items()):
+    for i, (label, recs) in enumerate((k, v) for k, v in curves.items() if v):
         pts = sorted(((r["parameters"]["total"], r["metrics"]["heldout_kl"]["token_perplexity"]["value"], r)
-                      for r in recs), key=lambda p: p[0])
+                      for r in recs.values()), key=lambda p: p[0])
         line = [p for p in pts if p[2].get("role") not in ("teacher", "student")]
         style = "s" if len(line) <= 3 else "-o"
         ax.plot([p[0] for p in line], [p[1] for p in line], style, color=f"C{i}", ms=5 if style == "-o" else 8,
@@ -345,18 +319,17 @@ def _plot(curves: dict[str, list[dict]], path: str, title: str) -> None:
                 ax.plot([x], [y], "D", color=f"C{i}", mfc="none", ms=8, mew=1.5)
             if r.get("role") == "teacher":
                 ax.plot([x], [y], "*", color="gold", mec="black", ms=14, label="teacher", zorder=5)
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters (total)")
-    ax.set_ylabel("held-out token perplexity (lower is better)")
+    ax.set(yscale="log", xlabel="parameters (total)", ylabel="held-out token perplexity (lower is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.ticklabel_format(axis="x", style="sci", scilimits=(6, 6))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    name = f"claim{claim}-seed{seed}.png"
+    fig.savefig(os.path.join(out, name + ".tmp.png"))
     plt.close(fig)
-    os.replace(tmp, path)
+    os.replace(os.path.join(out, name + ".tmp.png"), os.path.join(out, name))
+    return ["", f"![claim {claim}]({name})", ""]
 
 
 def write_report(out: str, timings: dict, total_s: float, files: dict, args) -> str:
@@ -370,18 +343,13 @@ def write_report(out: str, timings: dict, total_s: float, files: dict, args) -> 
     facts: dict = {"seeds": {}}
     for seed in seeds:
         sd = os.path.join(out, f"seed-{seed}")
-        ladders = {n: _by_depth(_load(sd, f"ladder-{n}")) for n in LADDERS}
-        ladders = {n: v for n, v in ladders.items() if v}
+        ladders = {n: v for n in LADDERS if (v := _by_depth(_load(sd, f"ladder-{n}")))}
         full = ladders.get("full")
         if full is None and seed != args.seed:
             continue
         lines += [f"## Seed {seed}", ""]
-        # training: the same tokens for every student
-        with open(os.path.join(sd, "students.json")) as f:
-            plan = json.load(f)
-        lines += ["| student | settings changed | steps | tokens trained on | final held-out CE | folder |",
-                  "|---|---|---|---|---|---|"]
-        tok_counts = {}
+        plan = read_json(os.path.join(sd, "students.json"))  # training: the same tokens for every student
+        table, tok_counts = [], {}
         for n in plan:
             folder = (os.path.join(args.main_dir or os.path.join(REPO, "runs", "main-cpu"), "student")
                       if n == "full" and seed == 0 and not os.path.isdir(os.path.join(sd, "students", n))
@@ -392,105 +360,91 @@ def write_report(out: str, timings: dict, total_s: float, files: dict, args) -> 
                                 if k not in ("teacher_model_name_or_path", "dataset", "eval_dataset", "max_steps",
                                              "seed")) or "none"
             ce = f"{tl['eval_ce']:.4f}" if tl.get("eval_ce") is not None else ""
-            lines.append(f"| {n} | {changed} | {tl.get('steps', '')} | {tl.get('tokens') or ''} | {ce} | "
-                         f"{os.path.relpath(folder, REPO)} |")
-        lines.append("")
+            table.append([n, changed, tl.get("steps", ""), tl.get("tokens") or "", ce, os.path.relpath(folder, REPO)])
+        lines += [markdown_table(table, ["student", "settings changed", "steps", "tokens trained on",
+                                         "final held-out CE", "folder"])]
         facts["seeds"][seed] = {"tokens": tok_counts}
         if full is None:
             continue
-        depths = sorted(k for k in full if k != "student")
+        depths = [d for d in ["student"] + sorted(k for k in full if k != "student")
+                  if d in full and full[d].get("role") != "teacher"]  # the student, then every depth but the teacher's
         naive = _by_depth(_load(sd, "naive"))
-        # claim 1
         if "random-init" in ladders or naive:
             rnd = ladders.get("random-init", {})
-            lines += ["### Claim 1: initialization and distillation are both necessary", "",
-                      "| depth | params | boomerang ppl | KL | random-init ppl | KL | random / boomerang: ppl ratio [CI] | "
-                      "ΔKL [CI] | naive ppl | KL | naive / boomerang: ppl ratio [CI] | ΔKL [CI] |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-            for d in ["student"] + depths:
-                b = full.get(d)
-                if b is None or b.get("role") == "teacher":
-                    continue
+            lines += ["### Claim 1: initialization and distillation are both necessary", ""]
+            table = []
+            for d in depths:
+                b = full[d]
                 row = [str(d), f"{b['parameters']['total'] / 1e6:.1f}M", _ppl(b), _kl(b)]
                 r = rnd.get(d)
                 row += [_ppl(r), _kl(r), *_cmp(b, r, args.resamples).split(" | ")] if r else ["", "", "", ""]
                 nv = naive.get(d) if d != "student" else None
                 row += [_ppl(nv), _kl(nv), *_cmp(b, nv, args.resamples).split(" | ")] if nv else ["", "", "", ""]
-                lines.append("| " + " | ".join(row) + " |")
-            if "teacher" in [r.get("role") for r in full.values()]:
-                t = next(r for r in full.values() if r.get("role") == "teacher")
+                table.append(row)
+            lines.append(markdown_table(table, ["depth", "params", "boomerang ppl", "KL", "random-init ppl", "KL",
+                                                "random / boomerang: ppl ratio [CI]", "ΔKL [CI]", "naive ppl", "KL",
+                                                "naive / boomerang: ppl ratio [CI]", "ΔKL [CI]"]))
+            t = next((r for r in full.values() if r.get("role") == "teacher"), None)
+            if t is not None:
                 lines.append(f"\nTeacher: perplexity {_ppl(t)}, KL 0.")
-            curves = {"boomerang (full loss)": list(full.values())}
-            if rnd:
-                curves["random init, distilled"] = list(rnd.values())
-            if naive:
-                curves["naive pruning (not distilled)"] = list(naive.values())
-            _plot(curves, os.path.join(out, f"claim1-seed{seed}.png"), "Claim 1: initialization and distillation")
-            lines += ["", f"![claim 1](claim1-seed{seed}.png)", ""]
-        # claim 2
+            curves = {"boomerang (full loss)": full, "random init, distilled": rnd,
+                      "naive pruning (not distilled)": naive}
+            lines += _plot(curves, out, 1, seed, "Claim 1: initialization and distillation")
         abl = [n for n in ("ce", "ce-kl", "ce-cos") if n in ladders]
         if abl:
             lines += ["### Claim 2: the cosine loss makes interpolation stable", "",
-                      "Perplexity (KL) at every size, and each ablation against the full loss: ppl ratio [CI].", "",
-                      "| depth | full | " + " | ".join(abl) + " | " + " | ".join(f"{n} / full [CI]" for n in abl) + " |",
-                      "|---|---|" + "---|" * (2 * len(abl))]
-            for d in ["student"] + depths:
-                b = full.get(d)
-                if b is None or b.get("role") == "teacher":
-                    continue
+                      "Perplexity (KL) at every size, and each ablation against the full loss: ppl ratio [CI].", ""]
+            table = []
+            for d in depths:
+                b = full[d]
                 row = [str(d), f"{_ppl(b)} ({_kl(b)})"]
                 row += [f"{_ppl(ladders[n][d])} ({_kl(ladders[n][d])})" if d in ladders[n] else "" for n in abl]
                 row += [_cmp(b, ladders[n][d], args.resamples).split(" | ")[0] if d in ladders[n] else "" for n in abl]
-                lines.append("| " + " | ".join(row) + " |")
+                table.append(row)
+            lines.append(markdown_table(table, ["depth", "full", *abl, *(f"{n} / full [CI]" for n in abl)]))
             lines += ["", "Rises beyond noise along each ladder (student, then every added block):", ""]
             for n in ["full"] + abl:
                 rises = _rises(ladders[n])
                 facts["seeds"][seed].setdefault("rises", {})[n] = rises
                 lines.append(f"- {n}: {len(rises)} ({', '.join(rises) or 'none'})")
-            curves = {f"boomerang: {n}": list(ladders[n].values()) for n in ["full"] + abl}
-            _plot(curves, os.path.join(out, f"claim2-seed{seed}.png"), "Claim 2: loss ablations, every size")
-            lines += ["", f"![claim 2](claim2-seed{seed}.png)", ""]
-        # claim 3
+            lines += _plot({f"boomerang: {n}": ladders[n] for n in ["full"] + abl}, out, 2, seed,
+                           "Claim 2: loss ablations, every size")
         same = {int(r["depth"]): r for r in _load(sd, "same-size")}
         if same:
-            lines += ["### Claim 3: interpolated models against students distilled at that size", "",
-                      "| depth | interpolated ppl (KL) | params | distilled ppl (KL) | params | distilled / interpolated: "
-                      "ppl ratio [CI] | ΔKL [CI] |", "|---|---|---|---|---|---|---|"]
+            lines += ["### Claim 3: interpolated models against students distilled at that size", ""]
+            table = []
             for d, s in sorted(same.items()):
                 b = full.get(d)
                 if b is None:
                     continue
-                lines.append(f"| {d} | {_ppl(b)} ({_kl(b)}) | {b['parameters']['total'] / 1e6:.1f}M | {_ppl(s)} "
-                             f"({_kl(s)}) | {s['parameters']['total'] / 1e6:.1f}M | {_cmp(b, s, args.resamples)} |")
+                table.append([d, f"{_ppl(b)} ({_kl(b)})", f"{b['parameters']['total'] / 1e6:.1f}M",
+                              f"{_ppl(s)} ({_kl(s)})", f"{s['parameters']['total'] / 1e6:.1f}M",
+                              *_cmp(b, s, args.resamples).split(" | ")])
+            lines.append(markdown_table(table, ["depth", "interpolated ppl (KL)", "params", "distilled ppl (KL)",
+                                                "params", "distilled / interpolated: ppl ratio [CI]", "ΔKL [CI]"]))
             mc = _load(sd, "mc")
             if mc:
                 chance = chance_levels(files, args.mc_limit)
                 lines += ["", f"Multiple-choice accuracy ({args.mc_limit} items per task; ± lm-eval's standard "
-                              "error; chance = the mean of 1/choices over the items):", "",
-                          "| model | depth | " + " | ".join(f"{t} (chance {chance[t]:.2f})" for t in MC_TASKS)
-                          + " | mean |", "|---|---|" + "---|" * (len(MC_TASKS) + 1)]
+                              "error; chance = the mean of 1/choices over the items):", ""]
+                table = []
                 for r in sorted(mc, key=lambda r: (int(r["depth"]), r["curve"])):
                     accs = [r["metrics"][t]["acc"] for t in MC_TASKS]
                     mean = sum(a["value"] for a in accs) / len(accs)
-                    lines.append(f"| {r['curve']} | {r['depth']} | "
-                                 + " | ".join(f"{a['value']:.3f} ± {a['stderr']:.3f}" for a in accs)
-                                 + f" | {mean:.3f} |")
-            curves = {"boomerang (full loss)": list(full.values()), "distilled at that size": list(same.values())}
-            if naive:
-                curves["naive pruning"] = list(naive.values())
-            _plot(curves, os.path.join(out, f"claim3-seed{seed}.png"), "Claim 3: interpolated vs distilled at that size")
-            lines += ["", f"![claim 3](claim3-seed{seed}.png)", ""]
+                    table.append([r["curve"], r["depth"], *(f"{a['value']:.3f} ± {a['stderr']:.3f}" for a in accs),
+                                  f"{mean:.3f}"])
+                head = ["model", "depth", *(f"{t} (chance {chance[t]:.2f})" for t in MC_TASKS), "mean"]
+                lines.append(markdown_table(table, head))
+            curves = {"boomerang (full loss)": full, "distilled at that size": same, "naive pruning": naive}
+            lines += _plot(curves, out, 3, seed, "Claim 3: interpolated vs distilled at that size")
     lines += ["## Time", ""]
     for seed in seeds:
-        ledger = os.path.join(out, f"seed-{seed}", "stage_times.json")
-        if os.path.isfile(ledger):
-            with open(ledger) as f:
-                book = json.load(f)
+        book = read_json(os.path.join(out, f"seed-{seed}", "stage_times.json"))
+        if book is not None:
             total = sum(e["seconds"] for e in book.values())
-            lines.append(f"Seed {seed}, each stage's wall time summed over the runs that worked on it: "
-                         + ", ".join(f"{k} {e['seconds']:.0f} s" + ("" if e["complete"] else " (unfinished)")
-                                     for k, e in book.items()) + f"; total {total / 60:.1f} min.")
-            lines.append("")
+            lines += [f"Seed {seed}, each stage's wall time summed over the runs that worked on it: "
+                      + ", ".join(f"{k} {e['seconds']:.0f} s" + ("" if e["complete"] else " (unfinished)")
+                                  for k, e in book.items()) + f"; total {total / 60:.1f} min.", ""]
     lines += ["This run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
               + f"; total {total_s / 60:.1f} min.", ""]
     text = "\n".join(lines) + "\n"

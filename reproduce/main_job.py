@@ -35,14 +35,16 @@ import torch
 from baselines.laco import DEFAULT_THRESHOLDS
 from boomerang.cli import fail, read_config, setup_logging
 from boomerang.families import FIRST_K, adapter_for, dtype_from_name, patch_order
-from boomerang.io import atomic_write_json, atomic_write_text
+from boomerang.io import atomic_write_json, atomic_write_text, markdown_table
 from boomerang.layer_map import LayerMapError
 from boomerang.models import load_config, load_model, load_tokenizer, resolve_model_path
 from boomerang.scoring import fixed_length_sequences
 from boomerang.text import read_local_documents
 from evaluate.alignment import alignment_report, encode_documents
 from evaluate.alignment import render as render_alignment
-from evaluate.baselines import build_family, calibration_batches, family_points, load_texts
+from baselines.family import build_family, calibration_batches
+from boomerang.text import load_texts
+from evaluate.baselines import family_points
 from evaluate.compare import compare_rows, ladder_by_depth
 from evaluate.compare import render as render_comparison
 from evaluate.evaluate import boomerang_points, plan_points, run_sweep
@@ -51,34 +53,25 @@ from evaluate.results import fmt_number
 from patching.patch import load_layer_map, load_plan
 from patching.search import SEARCH_FILE, run_search
 from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, check_data, default_data_dir, distill,
-                              heldout_subset, is_finished, stage)
+                              heldout_subset, is_finished, read_json, stage)
 from train.init_student import plan_student
 
 log = logging.getLogger("boomerang.main_job")
 
 # Each preset: the training config and its overrides, and what the sweep evaluates.
 PRESETS = {
-    "cpu": {
-        "train_config": "configs/smollm2-135m-cpu.yaml",
-        "ppl_docs": 25,  # held-out documents for perplexity
-        "max_doc_words": 300,  # ... each cut to its first N words (~400 tokens)
-        "mc_limit": 40,  # items per multiple-choice task (100 made the sweep ~56 min on 2 cores)
-        "baselines": ["naive"],
-        "dtype": "float32",
-        "eval_batch_size": "8",
-        "search": {"samples": 16, "seq_len": 128, "beam_width": 1},
-    },
-    "gpu": {
-        "train_config": "configs/smollm2-135m.yaml",
-        "ppl_docs": None,  # all 50 held-out documents, whole
-        "max_doc_words": None,
-        "mc_limit": None,  # every item
-        "baselines": ["naive", "shortgpt", "laco"],
-        "dtype": "bfloat16",
-        "eval_batch_size": "auto",
-        "search": {"samples": 32, "seq_len": 256, "beam_width": 2},
-    },
+    "cpu": {"train_config": "configs/smollm2-135m-cpu.yaml",
+            "ppl_docs": 25, "max_doc_words": 300,  # held-out documents for perplexity, each cut to ~400 tokens
+            "mc_limit": 40,  # items per multiple-choice task (100 made the sweep ~56 min on 2 cores)
+            "baselines": ["naive"], "dtype": "float32", "eval_batch_size": "8",
+            "search": {"samples": 16, "seq_len": 128, "beam_width": 1}},
+    "gpu": {"train_config": "configs/smollm2-135m.yaml",
+            "ppl_docs": None, "max_doc_words": None, "mc_limit": None,  # all 50 held-out documents, whole; every item
+            "baselines": ["naive", "shortgpt", "laco"], "dtype": "bfloat16", "eval_batch_size": "auto",
+            "search": {"samples": 32, "seq_len": 256, "beam_width": 2}},
 }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reproduce.main_job", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,57 +100,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_layer_map(text: str) -> tuple[int, int, int]:
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        fail(f"--layer_map {text!r}: expected three integers F,N,L (first layers kept, every N-th after them, "
-             "last layers kept), e.g. 1,2,2 (the paper's) or 2,2,1")
-    return int(parts[0]), int(parts[1]), int(parts[2])
-
-
 def student_settings(preset: dict, args) -> dict:
     """What the distilled student depends on: the teacher, the training config, the layer map and the steps."""
     cfg = read_config(os.path.join(REPO, preset["train_config"]))  # the base chain resolved: only values count
-    layer_map = (_parse_layer_map(args.layer_map) if args.layer_map else
-                 (cfg["first_layers_to_keep"], cfg["alternate_every_n_layers"], cfg["last_layers_to_keep"]))
+    layer_map = [cfg["first_layers_to_keep"], cfg["alternate_every_n_layers"], cfg["last_layers_to_keep"]]
+    if args.layer_map:
+        layer_map = [p.strip() for p in args.layer_map.split(",")]
+        if len(layer_map) != 3 or not all(p.isdigit() for p in layer_map):
+            fail(f"--layer_map {args.layer_map!r}: expected three integers F,N,L (first layers kept, every N-th after "
+                 "them, last layers kept), e.g. 1,2,2 (the paper's) or 2,2,1")
+        layer_map = [int(p) for p in layer_map]
     return {"teacher": args.teacher_model_name_or_path, "train_config": preset["train_config"],
             # the hash of the parsed settings, so that editing a comment of the config changes nothing
             # (the default recipe, "improved", is left out: students made before the setting existed still match)
             "train_config_sha256": hashlib.sha256(json.dumps(
                 {k: v for k, v in cfg.items() if not (k == "recipe" and v == "improved")},
                 sort_keys=True).encode()).hexdigest()[:16],
-            "layer_map": list(layer_map),
+            "layer_map": layer_map,
             "max_steps": args.max_steps if args.max_steps is not None else cfg["max_steps"]}
 
 
-def train_settings(wanted: dict, files: dict) -> dict:
-    """The flags the main job's distillation adds to its preset: teacher, data, layer map, steps."""
+def distill_student(out: str, wanted: dict, files: dict, config: str) -> None:
+    """Distill the main job's student into OUT/student, its settings recorded first for check_student_settings."""
+    if not is_finished(os.path.join(out, "student")):
+        atomic_write_json(os.path.join(out, "student_settings.json"), wanted)
     f, n, l = wanted["layer_map"]
-    return {"teacher_model_name_or_path": wanted["teacher"], "dataset": files["train"], "eval_dataset": files["heldout"],
-            "first_layers_to_keep": f, "alternate_every_n_layers": n, "last_layers_to_keep": l,
-            "max_steps": wanted["max_steps"]}
+    distill(os.path.join(out, "student"), config, {
+        "teacher_model_name_or_path": wanted["teacher"], "dataset": files["train"], "eval_dataset": files["heldout"],
+        "first_layers_to_keep": f, "alternate_every_n_layers": n, "last_layers_to_keep": l,
+        "max_steps": wanted["max_steps"]})
 
 
 def check_student_settings(out: str, student_dir: str, wanted: dict) -> None:
-    """Refuse, before any work, to reuse or resume a student that was made with other settings.
-
-    A finished student says how it was made in its student_config.json; an interrupted run is described by
-    OUTPUT_DIR/student_settings.json, written when its distillation starts.
-    """
-    found, source = None, None
-    cfg_path = os.path.join(student_dir, "student_config.json")
-    settings_path = os.path.join(out, "student_settings.json")
-    if os.path.isfile(settings_path):
-        with open(settings_path) as f:
-            found, source = json.load(f), settings_path
-    elif os.path.isfile(cfg_path):  # a student from a version of the main job that wrote no settings file
-        with open(cfg_path) as f:
-            sc = json.load(f)
+    """Refuse, before any work, to reuse or resume a student that was made with other settings, as told by
+    OUTPUT_DIR/student_settings.json (written when its distillation starts), else by its student_config.json."""
+    source = os.path.join(out, "student_settings.json")
+    found = read_json(source)
+    if found is None and os.path.isfile(os.path.join(student_dir, "student_config.json")):
+        source = os.path.join(student_dir, "student_config.json")  # from a main job that wrote no settings file
+        sc = read_json(source)
         recipe = sc.get("recipe") or {}
         found = {"teacher": sc.get("teacher_model_name_or_path"),
                  "layer_map": [recipe.get("first_layers_to_keep"), recipe.get("alternate_every_n_layers"),
                                recipe.get("last_layers_to_keep")], "max_steps": sc.get("trained_steps")}
-        source = cfg_path
     if found is None:
         return
     # (a student without a settings file cannot say which config made it: those keys are skipped)
@@ -171,7 +156,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging()
     preset_name = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
-    preset = dict(PRESETS[preset_name])
+    preset = PRESETS[preset_name]
     wanted = student_settings(preset, args)
     map_tag = "" if wanted["layer_map"] == [1, 2, 2] else "-map" + "".join(str(v) for v in wanted["layer_map"])
     out = os.path.abspath(args.output_dir or os.path.join(REPO, "runs", f"main-{preset_name}{map_tag}"))
@@ -193,26 +178,20 @@ def main(argv=None) -> dict:
     t_start = time.time()
     print(f"boomerang main job: preset {preset_name}, output {out}, data {data_dir}", flush=True)
 
-    # 1. the teacher
-    with stage("teacher", timings):
+    with stage("teacher", timings):  # 1.
         teacher_path = resolve_model_path(args.teacher_model_name_or_path)
         cfg = load_config(teacher_path)
         print(f"teacher {args.teacher_model_name_or_path}: {cfg.num_hidden_layers} layers ({teacher_path})")
-        # the patch order: the rule every command follows (first-k for Llama teachers, last-k for the others,
-        # unless asked); the family's own order is swept into OUTPUT_DIR, the other into OUTPUT_DIR/<order>
+        # the teacher family's own order is swept into OUTPUT_DIR, the other into OUTPUT_DIR/<order>
         order = patch_order(cfg, args.patch_first_k_layers, args.override_llama_patching)
-        first_k = order == FIRST_K
         results_dir = out if order == patch_order(cfg) else os.path.join(out, order)
         eval_dir = os.path.join(results_dir, "eval")
         print(f"patch order: {order}; results in {results_dir}")
-        calibration_ids = None
+        calibration_ids, cal = None, preset["search"]
         if not args.no_search and not os.path.isfile(os.path.join(out, "search", SEARCH_FILE)):
-            # the search's calibration text is checked here, before the distillation, not after it
-            cal = preset["search"]
-            try:
-                calibration_ids = fixed_length_sequences(load_tokenizer(teacher_path),
-                                                         read_local_documents(files["train"]), cal["samples"],
-                                                         cal["seq_len"], data_flag=files["train"])
+            try:  # the search's calibration text is checked here, before the distillation, not after it
+                calibration_ids = fixed_length_sequences(load_tokenizer(teacher_path), read_local_documents(
+                    files["train"]), cal["samples"], cal["seq_len"], data_flag=files["train"])
             except ValueError as e:
                 fail(f"the searched ladder of preset {preset_name!r} calibrates on {cal['samples']} documents of "
                      f"{cal['seq_len']} tokens: {e}. Add training documents, or pass --no_search")
@@ -224,19 +203,15 @@ def main(argv=None) -> dict:
             print(f"student: layer map {tuple(wanted['layer_map'])}, {planned.num_student_layers} layers, "
                   f"copied teacher layers {list(planned.copied_teacher_layers)}")
 
-    # 2. distillation (train.train decides: fresh, resume, or already finished)
-    with stage("distillation", timings):
-        if args.skip_training:
-            if not is_finished(student_dir):
-                fail(f"--skip_training: no finished student in {student_dir}")
-            print(f"student already distilled in {student_dir}: reused")
+    with stage("distillation", timings):  # 2. fresh, resumed, or already finished
+        if not args.skip_training:
+            distill_student(out, wanted, files, os.path.join(REPO, preset["train_config"]))
+        elif not is_finished(student_dir):
+            fail(f"--skip_training: no finished student in {student_dir}")
         else:
-            if not is_finished(student_dir):
-                atomic_write_json(os.path.join(out, "student_settings.json"), wanted)
-            distill(student_dir, os.path.join(REPO, preset["train_config"]), train_settings(wanted, files))
+            print(f"student already distilled in {student_dir}: reused")
 
-    # 3. the sweep: boomerang (in the chosen order) and the baselines at the same sizes, one folder
-    with stage("evaluation sweep", timings):
+    with stage("evaluation sweep", timings):  # 3. boomerang and the baselines at the same sizes, one folder
         dtype = dtype_from_name(preset["dtype"])
         os.makedirs(eval_dir, exist_ok=True)
         heldout = heldout_subset(files["heldout"], ppl_docs, out)
@@ -250,9 +225,8 @@ def main(argv=None) -> dict:
         # the baselines calibrate on the float32 teacher, as their standalone command does; sizes are evaluated
         # in the preset's dtype (a second copy only when that dtype differs)
         teacher_eval = teacher if dtype == torch.float32 else load_model(teacher_path, dtype=dtype)
-
         reference = HeldoutReference(teacher, tok, heldout, None, ALIGN_TOKENS)  # held-out KL of every point
-        points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=first_k, dtype=dtype,
+        points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=order == FIRST_K, dtype=dtype,
                                   teacher_name=args.teacher_model_name_or_path, student_name=student_dir,
                                   curve="boomerang")
         batches = laco_batches = calibration = None
@@ -261,33 +235,25 @@ def main(argv=None) -> dict:
             batches = calibration_batches(texts, tok, 32, 256, 8)
             laco_batches = calibration_batches(texts, tok, 8, 128, 8)
             calibration = {"data": files["train"], "samples": 32, "seq_len": 256}
-        laco_options = {"merge_widths": [2, 3], "thresholds": None, "refine_steps": 2, "interval": 2,
-                        "lowest_layer": 1, "samples": 8, "seq_len": 128}
-        if "laco" in baselines:
-            laco_options["thresholds"] = list(DEFAULT_THRESHOLDS)
-        # Baselines at every interpolated size (the teacher and the student's own depth-16 point included).
-        for method in baselines:
-            entries = build_family(method, teacher, layer_map, ks[:-1], first_k, batches,
-                                   laco_batches, os.path.join(results_dir, "baselines"), laco_options, calibration)
-            points += family_points(method, entries, args.teacher_model_name_or_path, student_dir, order,
-                                    lambda: tok, None, dtype=dtype,
-                                    listing_directory=os.path.join(results_dir, "baselines"))
+        laco_options = {"merge_widths": [2, 3], "thresholds": list(DEFAULT_THRESHOLDS) if "laco" in baselines else None,
+                        "refine_steps": 2, "interval": 2, "lowest_layer": 1, "samples": 8, "seq_len": 128}
+        bdir = os.path.join(results_dir, "baselines")
+        for method in baselines:  # at every interpolated size (the teacher and the student's own depth included)
+            entries = build_family(method, teacher, layer_map, ks[:-1], order == FIRST_K, batches, laco_batches, bdir,
+                                   laco_options, calibration)
+            points += family_points(method, entries, args.teacher_model_name_or_path, student_dir, order, lambda: tok,
+                                    None, dtype=dtype, listing_directory=bdir)
         records = run_sweep(points, eval_dir, tasks, limit=mc_limit, batch_size=preset["eval_batch_size"],
-                            max_doc_words=preset["max_doc_words"], common_metadata={"preset": preset_name, "dtype": preset["dtype"]},
-                            reference=reference)
+                            max_doc_words=preset["max_doc_words"],
+                            common_metadata={"preset": preset_name, "dtype": preset["dtype"]}, reference=reference)
 
-    # 3b. the searched ladder: the best model the pair assembles at every depth (patching.search), calibrated on
-    #     the training split, evaluated on the held-out text like every other point
-    search_dir = os.path.join(out, "search")  # (its search.json was looked for in stage 1)
-    searched = []
+    searched = []  # 3b. the searched ladder (patching.search), evaluated on the held-out text like every other point
     if not args.no_search:
         with stage("search", timings):
-            searched = searched_ladder(search_dir, teacher, student, layer_map, tok, files["train"], reference, preset,
-                                       args, student_dir, dtype, calibration_ids)
+            searched = searched_ladder(os.path.join(out, "search"), teacher, student, layer_map, tok, files["train"],
+                                       reference, cal, args, student_dir, dtype, calibration_ids)
 
-    # 4. seam alignment: how closely the student's hidden states match the teacher's at the aligned
-    #    pairs, i.e. at every seam a patched size has (evaluate.alignment has the full diagnosis)
-    with stage("alignment", timings):
+    with stage("alignment", timings):  # 4. student vs teacher hidden states at every seam a patched size has
         align_batches = encode_documents(tok, heldout, None, ALIGN_TOKENS)
         # pairs only: the sweep has measured every size's perplexity already (on its own cut of the documents)
         alignment = alignment_report(teacher_eval, student, layer_map, align_batches,
@@ -296,20 +262,17 @@ def main(argv=None) -> dict:
         atomic_write_json(os.path.join(results_dir, "alignment.json"), alignment)
         atomic_write_text(os.path.join(results_dir, "alignment.md"), render_alignment(alignment))
 
-    # 5. the report
-    with stage("report", timings):
+    with stage("report", timings):  # 5.
         report = write_report(results_dir, eval_dir, records, timings, preset_name, time.time() - t_start, alignment,
                               order, searched)
     print(report, flush=True)
     return {"output_dir": out, "timings": timings}
 
 
-def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, reference, preset, args, student_dir,
+def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, reference, cal, args, student_dir,
                     dtype, ids=None) -> list[dict]:
     """Run the search once (its search.json is reused by a rerun) and score its ladder against the teacher."""
-
     path = os.path.join(search_dir, SEARCH_FILE)
-    cal = preset["search"]
     if not os.path.isfile(path):
         if ids is None:
             ids = fixed_length_sequences(tok, read_local_documents(train_file), cal["samples"], cal["seq_len"])
@@ -318,10 +281,9 @@ def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, re
             search_student = load_model(student_dir, dtype=torch.float32)  # as the float32 teacher it is paired with
         result = run_search(teacher, search_student, layer_map, ids, beam_width=cal["beam_width"])
         del search_student
-        result = {"teacher": args.teacher_model_name_or_path, "student": student_dir,
-                  "calibration": {"data": train_file, "samples": cal["samples"], "seq_len": cal["seq_len"]},
-                  "dtype": "float32", **result}
-        atomic_write_json(path, result)
+        calibration = {"data": train_file, "samples": cal["samples"], "seq_len": cal["seq_len"]}
+        atomic_write_json(path, {"teacher": args.teacher_model_name_or_path, "student": student_dir,
+                                 "calibration": calibration, "dtype": "float32", **result})
     plan = load_plan(path)
     c = plan["cost"]
     print(f"search: {len(plan['ladder'])} depths, {c['models_scored']} models scored in {c['wall_time_s']:.0f} s")
@@ -337,34 +299,28 @@ def _value(r: dict, task: str, metric: str):
 def comparison(records: list[dict]) -> tuple[str, dict]:
     """Boomerang vs every baseline at each depth: held-out perplexity and mean multiple-choice accuracy."""
     by: dict[str, dict[int, dict]] = {}
-    student = None
+    student = None  # the distilled student itself (the k=0 model takes the teacher's last layers and head)
     for r in records:
         if r.get("role") == "student":
-            student = r  # the distilled student itself (the k=0 model takes the teacher's last layers and head)
-            continue
-        by.setdefault(r.get("method"), {})[int(r["depth"])] = r
+            student = r
+        else:
+            by.setdefault(r.get("method"), {})[int(r["depth"])] = r
     boom = by.get("boomerang", {})
     methods = [m for m in ("naive", "shortgpt", "laco") if m in by]
 
     def acc(r):
-        vals = [_value(r, t, "acc") for t in MC_TASKS]
-        vals = [v for v in vals if v is not None]
+        vals = [v for v in (_value(r, t, "acc") for t in MC_TASKS) if v is not None]
         return sum(vals) / len(vals) if vals else None
 
     head = ["depth", "params", "boomerang ppl"] + [f"{m} ppl" for m in methods] + ["boomerang acc"] + [f"{m} acc" for m in methods]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    if student is not None:
-        lines.append("| " + " | ".join([f"{student['depth']} (student)", f"{student['parameters']['total'] / 1e6:.1f}M",
-                                        fmt_number(_value(student, "brown_heldout", "token_perplexity"), 1, "f")]
-                                       + [""] * len(methods) + [fmt_number(acc(student), 3, "f")] + [""] * len(methods)) + " |")
+    rows = []
     facts = {"monotone": True, "rises": [], "boomerang_beats": {m: [] for m in methods}}
-    chain = []  # the ladder in the order blocks are added: the student, then k = 0 .. teacher
-    if student is not None:
-        chain.append((f"{student['depth']} (student)", _value(student, "brown_heldout", "token_perplexity")))
-    for d in sorted(boom):
-        r = boom[d]
+    # the ladder in the order blocks are added: the student (no baseline columns), then k = 0 .. teacher
+    ladder = ([(f"{student['depth']} (student)", student, None)] if student is not None else []) + [
+        (str(d) + (" (teacher)" if boom[d].get("role") == "teacher" else ""), boom[d], d) for d in sorted(boom)]
+    chain = []
+    for label, r, d in ladder:
         ppl = _value(r, "brown_heldout", "token_perplexity")
-        label = str(d) + (" (teacher)" if r.get("role") == "teacher" else "")
         chain.append((label, ppl))
         row = [label, f"{r['parameters']['total'] / 1e6:.1f}M", fmt_number(ppl, 1, "f")]
         for m in methods:
@@ -373,15 +329,14 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
             row.append(fmt_number(bp, 1, "f"))
             if b is not None and ppl is not None and bp is not None:
                 facts["boomerang_beats"][m].append((d, ppl < bp, round(bp / ppl, 2)))
-        row.append(fmt_number(acc(r), 3, "f"))
-        row += [fmt_number(acc(by[m][d]), 3, "f") if d in by[m] else "" for m in methods]
-        lines.append("| " + " | ".join(row) + " |")
+        row += [fmt_number(acc(r), 3, "f")] + [fmt_number(acc(by[m][d]), 3, "f") if d in by[m] else "" for m in methods]
+        rows.append(row)
     chain = [(label, v) for label, v in chain if v is not None]
     for (a, pa), (b, pb) in zip(chain, chain[1:]):
         if pb > pa:
             facts["monotone"] = False
             facts["rises"].append((a, b, round(pa, 2), round(pb, 2), round(100 * (pb / pa - 1), 1)))
-    return "\n".join(lines) + "\n", facts
+    return markdown_table(rows, head), facts
 
 
 def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, preset: str, total_s: float,

@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from baselines import BaselineError, load_baseline_metadata, prune_to_layers
+from baselines import BaselineError, prune_to_layers
+from baselines.family import load_baseline_metadata
 from baselines.laco import (LacoSearch, build_from_slots, build_laco_model, initial_slots, merge_slots,
                             rdsc_merge_states, rdsc_merge_tensors, replay)
 from baselines.naive import build_naive_pruning_model

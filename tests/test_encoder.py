@@ -9,6 +9,7 @@ import torch
 
 import tiny_models
 from boomerang.families import count_parameters
+from boomerang.text import DataError
 from evaluate.pseudo_perplexity import (
     PseudoPerplexityError,
     encode_texts,
@@ -275,10 +276,10 @@ def test_load_texts_from_a_local_file(tmp_path):
     path.write_text("first line\n\n   \nsecond line\nthird\n")
     assert load_texts(str(path)) == ["first line", "second line", "third"]
     assert load_texts(str(path), num_rows=2) == ["first line", "second line"]
-    with pytest.raises(PseudoPerplexityError, match="does not exist"):
+    with pytest.raises(DataError, match="no such file"):  # read by boomerang.text, the one text reader
         load_texts(str(tmp_path / "missing.txt"))
     (tmp_path / "blank.txt").write_text("\n\n")
-    with pytest.raises(PseudoPerplexityError, match="no non-blank"):
+    with pytest.raises(DataError, match="no non-empty"):
         load_texts(str(tmp_path / "blank.txt"))
 
 

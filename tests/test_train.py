@@ -18,7 +18,7 @@ WORDS = ("the a of and to in is was he it that for on with as his by at be this 
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("train")
     teacher = save_tiny_model(str(root / "teacher"), TINY_DECODERS["llama"](8))
     r = random.Random(0)
@@ -26,7 +26,6 @@ def setup(tmp_path_factory):
         with open(root / name, "w") as f:
             for _ in range(n):
                 f.write(json.dumps({"text": " ".join(r.choice(WORDS) for _ in range(r.randint(3, 40)))}) + "\n")
-    torch.set_num_threads(1)
     return root, teacher
 
 

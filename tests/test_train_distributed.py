@@ -38,7 +38,7 @@ def torchrun(*argv, timeout=300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, one_thread):
     """A tiny Llama teacher wide enough (hidden 64, MLP 256) that tensor bytes, not per-tensor file overhead,
     make up its checkpoints; and a small corpus."""
     root = tmp_path_factory.mktemp("dist")
@@ -50,7 +50,6 @@ def world(tmp_path_factory):
     with open(root / "train.jsonl", "w") as f:
         for _ in range(80):
             f.write(json.dumps({"text": " ".join(r.choice(WORDS) for _ in range(r.randint(3, 40)))}) + "\n")
-    torch.set_num_threads(1)
     return root, teacher
 
 

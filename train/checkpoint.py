@@ -14,14 +14,16 @@ are done (``boomerang.io.atomic_directory``): a crash mid-write never leaves a h
 file system every process sees (one node: any folder; several nodes: a shared one).
 
 Resuming reads the same checkpoint on any number of processes: DCP reshards model and optimizer states to the
-new processes' shards (each process reads only the pieces it holds), and a single process without FSDP reads
-whole tensors into its plain model. Checkpoints of the earlier format (``model.pt``, ``optimizer.pt``, full
-state dicts) are still read.
+new processes' shards, and a single process without FSDP reads whole tensors into its plain model. Checkpoints of
+the earlier format (``model.pt``, ``optimizer.pt``, ``rng.pt``: whole state dicts) are still read.
+
+torch.distributed.checkpoint takes seconds to import: only runs that save or resume import it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -48,15 +50,10 @@ class CheckpointError(RuntimeError):
 
 
 def list_checkpoints(save_directory: str) -> list[str]:
-    root = os.path.join(save_directory, CKPT_DIR)
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        m = _STEP_RE.match(name)
-        if m and os.path.isfile(os.path.join(root, name, "state.json")):
-            found.append((int(m.group(1)), os.path.join(root, name)))
-    return [p for _, p in sorted(found)]
+    """The complete checkpoints (``step-N`` folders holding state.json), oldest first."""
+    found = glob.glob(os.path.join(glob.escape(save_directory), CKPT_DIR, "step-*", "state.json"))
+    steps = {os.path.dirname(p): _STEP_RE.match(os.path.basename(os.path.dirname(p))) for p in found}
+    return sorted((d for d, m in steps.items() if m), key=lambda d: int(steps[d].group(1)))
 
 
 def latest_checkpoint(save_directory: str) -> str | None:
@@ -70,11 +67,6 @@ def _distributed() -> bool:
 
 def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
 
 
 def rng_state() -> dict:
@@ -96,19 +88,18 @@ def model_state(model, fsdp: bool) -> dict:
     """The whole (unsharded) model state on CPU; under FSDP a collective whose result only rank 0 keeps."""
     if not fsdp:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # torch.distributed.checkpoint takes seconds to import: only runs that save or resume pay for it
+    # lazy: DCP only for sharded (FSDP) runs
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _train_state(model, optimizer) -> dict:
-    """Model and optimizer state keyed by parameter names: this process's shards under FSDP (DTensors), whole
-    tensors otherwise. Also the template ``dcp.load`` fills in place."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict  # slow import, as in model_state
+    """Model and optimizer state by parameter name: this process's shards under FSDP (DTensors), whole tensors
+    otherwise. Also the template ``dcp.load`` fills in place."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict  # lazy: DCP only for sharded (FSDP) runs
 
-    model_sd, optimizer_sd = get_state_dict(model, optimizer)
-    return {"model": model_sd, "optimizer": optimizer_sd}
+    return dict(zip(("model", "optimizer"), get_state_dict(model, optimizer)))
 
 
 @contextlib.contextmanager
@@ -120,23 +111,22 @@ def _single_process_quiet():
 
 
 def save_checkpoint(save_directory: str, step: int, model, optimizer, scheduler, data_position: int,
-                    fsdp: bool, save_total_limit: int = 1, extra: dict | None = None) -> str:
+                    save_total_limit: int = 1, extra: dict | None = None) -> str:
     """Write ``checkpoints/step-XXXXXX`` atomically; every process writes its own shards (a collective under
-    torchrun: every rank must call). ``fsdp`` is unused (the state dicts tell) and kept for callers."""
-    import torch.distributed.checkpoint as dcp  # slow import, as in model_state
+    torchrun: every rank must call)."""
+    import torch.distributed.checkpoint as dcp  # lazy: DCP only for sharded (FSDP) runs
 
     path = os.path.join(save_directory, CKPT_DIR, f"step-{step:06d}")
     rank = _rank()
-    staging = atomic_directory(path, overwrite=True) if rank == 0 else contextlib.nullcontext()
-    with staging as tmp:
+    with atomic_directory(path, overwrite=True) if rank == 0 else contextlib.nullcontext() as tmp:
         if _distributed():  # rank 0 made the temporary folder; every process writes into it
-            box = [tmp]
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box := [tmp], src=0)
             tmp = box[0]
         with _single_process_quiet():
             dcp.save(_train_state(model, optimizer), checkpoint_id=tmp)
         torch.save(rng_state(), os.path.join(tmp, f"rng-{rank}.pt"))
-        _barrier()  # every process's files are in place before the folder becomes step-N
+        if _distributed():
+            dist.barrier()  # every process's files are in place before the folder becomes step-N
         if rank == 0:
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({"format": FORMAT, "step": step, "data_position": data_position,
@@ -144,7 +134,8 @@ def save_checkpoint(save_directory: str, step: int, model, optimizer, scheduler,
     if rank == 0:
         for old in list_checkpoints(save_directory)[:-max(1, save_total_limit)]:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    if _distributed():
+        dist.barrier()
     return path
 
 
@@ -152,10 +143,25 @@ def load_checkpoint(path: str, model, optimizer, scheduler, fsdp: bool) -> dict:
     """Restore model, optimizer, scheduler and this rank's RNG; returns ``state.json``'s dict."""
     with open(os.path.join(path, "state.json")) as f:
         state = json.load(f)
-    if os.path.isfile(os.path.join(path, "model.pt")):
-        _load_full_state_dicts(path, model, optimizer, fsdp)
+    if os.path.isfile(os.path.join(path, "model.pt")):  # the earlier format: whole state dicts, read by every process
+        log.warning("%s is a checkpoint of the earlier format (whole state dicts): every process reads all of it; "
+                    "checkpoints written from now on are sharded", path)
+        msd = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
+        osd = torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=False)
+        if fsdp:
+            # lazy: DCP only for sharded (FSDP) runs
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            set_model_state_dict(model, msd, options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+        else:
+            model.load_state_dict(msd)
+            optimizer.load_state_dict(osd)
+        rngs = torch.load(os.path.join(path, "rng.pt"), weights_only=False)
+        set_rng_state(rngs[_rank()] if _rank() < len(rngs) else rngs[0])
     elif os.path.isfile(os.path.join(path, ".metadata")):
-        import torch.distributed.checkpoint as dcp  # slow imports, as in model_state
+        import torch.distributed.checkpoint as dcp  # lazy: DCP only for sharded (FSDP) runs
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         sd = _train_state(model, optimizer)
@@ -166,9 +172,9 @@ def load_checkpoint(path: str, model, optimizer, scheduler, fsdp: bool) -> dict:
                      if k.startswith("model.")}
             wanted = {"model." + k for k in sd["model"]}
             if saved != wanted:
-                extra, missing = sorted(saved - wanted), sorted(wanted - saved)
                 raise CheckpointError(f"{path}: its model does not fit this run's student (only in the checkpoint: "
-                                      f"{extra[:4]}, only in the student: {missing[:4]})")
+                                      f"{sorted(saved - wanted)[:4]}, only in the student: "
+                                      f"{sorted(wanted - saved)[:4]})")
             with _single_process_quiet():
                 dcp.load(sd, checkpoint_id=path)
         except Exception as e:
@@ -176,8 +182,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, fsdp: bool) -> dict:
             raise CheckpointError(f"{detail}. A checkpoint resumes only the run that wrote it (same teacher, layer "
                                   "recipe and flags); use --overwrite to start again") from e
         set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
-        rank = _rank()
-        mine = os.path.join(path, f"rng-{rank}.pt")
+        mine = os.path.join(path, f"rng-{_rank()}.pt")
         # More processes than wrote it: the new ones take rank 0's RNG state.
         set_rng_state(torch.load(mine if os.path.isfile(mine) else os.path.join(path, "rng-0.pt"),
                                  weights_only=False))
@@ -187,24 +192,3 @@ def load_checkpoint(path: str, model, optimizer, scheduler, fsdp: bool) -> dict:
                               "--overwrite to start again")
     scheduler.load_state_dict(state["scheduler"])
     return state
-
-
-def _load_full_state_dicts(path: str, model, optimizer, fsdp: bool) -> None:
-    """The earlier format: whole state dicts that rank 0 wrote; every process reads all of them."""
-    log.warning("%s is a checkpoint of the earlier format (whole state dicts): every process reads all of it; "
-                "checkpoints written from now on are sharded", path)
-    msd = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
-    osd = torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=False)
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,  # slow
-                                                             set_optimizer_state_dict)
-
-        opts = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(model, msd, options=opts)
-        set_optimizer_state_dict(model, optimizer, osd, options=opts)
-    else:
-        model.load_state_dict(msd)
-        optimizer.load_state_dict(osd)
-    rngs = torch.load(os.path.join(path, "rng.pt"), weights_only=False)
-    rank = _rank()
-    set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])

@@ -1,26 +1,23 @@
 """Training data: documents -> tokens (EOS after each document) -> packed or padded sequences.
 
 Sources (``--dataset`` / ``--eval_dataset``):
-  * a local file: ``.txt`` (documents separated by blank lines), ``.jsonl``/``.json`` (one object a
-    line, text in ``--text_field``, default ``text``), ``.parquet`` (column ``--text_field``);
+  * a local file: ``.txt`` (documents separated by blank lines), ``.jsonl``/``.json`` (one object a line, text in
+    ``--text_field``, default ``text``), ``.parquet`` (column ``--text_field``);
   * a local folder: every such file inside it (recursively), in sorted order;
   * otherwise a Hugging Face dataset name, read with ``datasets.load_dataset(..., streaming=True)``.
 
-Each sequence is a dict of ``input_ids`` [S] and ``doc_ids`` [S] (a document number per token, -1 for
-padding). From ``doc_ids`` come the position ids (restarting at every document), the attention that keeps
-documents apart and the loss mask, so no attention and no loss term crosses a document. Attention
-(``packed_attention``, ``model_inputs``): on GPU transformers separates the documents from the restarting
-position ids (a FlexAttention block mask, flash-attention varlen lengths, or its own sdpa mask); on CPU, and for
-models or attention implementations that cannot, our dense block-diagonal 4D mask is passed instead.
+Each sequence is a dict of ``input_ids`` [S] and ``doc_ids`` [S] (a document number per token, -1 for padding).
+From ``doc_ids`` come the position ids (restarting at every document), the attention that keeps documents apart
+(``packed_attention``, ``model_inputs``) and the loss mask, so no attention and no loss term crosses a document.
 
-Packing (default): documents are concatenated with EOS and cut into full ``max_length`` sequences
-(a document can continue in the next sequence, where it counts as a new document). ``packing=False``
-is the paper's recipe: one document per sequence, truncated to ``max_length`` and right-padded.
+Packing (default): documents are concatenated with EOS and cut into full ``max_length`` sequences (a document can
+continue in the next sequence, where it counts as a new document). ``packing=False`` is the paper's recipe: one
+document per sequence, truncated to ``max_length`` and right-padded.
 
-Order is deterministic: local documents are shuffled per epoch with ``seed`` (epochs repeat as needed);
-a streamed dataset is read in its own order (repeated when exhausted). The trainer takes global
-batches of ``global_batch`` sequences from this single stream and gives rank r its slice, so 1 or N
-processes see the same data; resuming skips the sequences already consumed.
+Order is deterministic: local documents are shuffled per epoch with ``seed`` (epochs repeat as needed); a streamed
+dataset is read in its own order (repeated when exhausted). The trainer takes global batches of ``global_batch``
+sequences from this single stream and gives rank r its slice, so 1 or N processes see the same data; resuming
+skips the sequences already consumed.
 """
 
 from __future__ import annotations
@@ -38,29 +35,28 @@ from boomerang.families import UnsupportedModelError, adapter_for_config
 from boomerang.text import DataError, check_source, is_local, read_local_documents  # noqa: F401
 
 
+def _text_of(row: dict, text_field: str, source: str, flag: str) -> str:
+    if row.get(text_field) is None:
+        raise DataError(f"{flag} {source}: rows have no field {text_field!r} (fields: {sorted(row)}); "
+                        "set --text_field")
+    return row[text_field]
+
+
 def document_stream(source: str, split: str = "train", text_field: str = "text", seed: int = 0,
                     shuffle: bool = True, repeat: bool = True, flag: str = "--dataset") -> Iterator[str]:
     """Documents of ``source`` in a deterministic order (shuffled per epoch for local data)."""
-    if is_local(source):
-        docs = read_local_documents(source, text_field, flag)
-        epoch = 0
-        while True:
+    docs = read_local_documents(source, text_field, flag) if is_local(source) else None
+    for epoch in itertools.count():
+        if docs is not None:
             order = list(range(len(docs)))
             if shuffle:
                 random.Random(seed * 1_000_003 + epoch).shuffle(order)
-            for i in order:
-                yield docs[i]
-            epoch += 1
-            if not repeat:
-                return
-    import datasets  # slow to import; only hub datasets need it
+            yield from (docs[i] for i in order)
+        else:
+            import datasets  # slow to import; only hub datasets need it
 
-    while True:
-        ds = datasets.load_dataset(source, split=split, streaming=True)
-        for row in ds:
-            text = _text_of(row, text_field, source, flag)
-            if text.strip():
-                yield text
+            rows = datasets.load_dataset(source, split=split, streaming=True)
+            yield from (t for t in (_text_of(r, text_field, source, flag) for r in rows) if t.strip())
         if not repeat:
             return
 
@@ -78,48 +74,42 @@ def token_documents(docs: Iterable[str], tokenizer, batch: int = 64) -> Iterator
 
 def sequences(token_docs: Iterable[list[int]], max_length: int, packing: bool = True,
               pad_token_id: int = 0) -> Iterator[dict]:
-    """Packed (or padded) sequences: dicts of ``input_ids`` and ``doc_ids`` (LongTensor [max_length])."""
+    """Packed (or padded) sequences: dicts of ``input_ids`` and ``doc_ids`` (LongTensor [max_length]).
+    A last partial packed sequence is dropped (training streams repeat; eval streams are long enough)."""
     if max_length < 2:
         raise DataError(f"--max_length must be >= 2, got {max_length}")
-    if not packing:
-        for ids in token_docs:
+    ids_buf, doc_buf = [], []
+    for doc, ids in enumerate(token_docs):
+        if not packing:
             n = min(len(ids), max_length)
             yield {"input_ids": torch.tensor(ids[:n] + [pad_token_id] * (max_length - n), dtype=torch.long),
                    "doc_ids": torch.tensor([0] * n + [-1] * (max_length - n), dtype=torch.long)}
-        return
-    ids_buf: list[int] = []
-    doc_buf: list[int] = []
-    doc = 0
-    for ids in token_docs:
+            continue
         ids_buf.extend(ids)
         doc_buf.extend([doc] * len(ids))
-        doc += 1
         while len(ids_buf) >= max_length:
             yield {"input_ids": torch.tensor(ids_buf[:max_length]), "doc_ids": torch.tensor(doc_buf[:max_length])}
             ids_buf, doc_buf = ids_buf[max_length:], doc_buf[max_length:]
-    # A last partial sequence is dropped (training streams repeat; eval streams are long enough).
 
 
-class _Stream:
-    """A resumable stream of sequences (dicts of tensors): ``position`` counts those handed out so far."""
+class Stream:
+    """A resumable stream of sequences (dicts of tensors): ``position`` counts those handed out so far;
+    ``exhausted`` (formatted with ``position``) is the DataError's message when it runs out."""
 
-    position = 0
-    _it: Iterator[dict]
-
-    def _exhausted(self) -> DataError:
-        return DataError("the dataset ran out of sequences")
-
-    def skip(self, n: int) -> None:
-        for _ in range(n):
-            self.next()
+    def __init__(self, items: Iterator[dict], exhausted: str = "the dataset ran out of sequences"):
+        self._it, self._exhausted, self.position = items, exhausted, 0
 
     def next(self) -> dict:
         try:
             item = next(self._it)
         except StopIteration:
-            raise self._exhausted() from None
+            raise DataError(self._exhausted.format(position=self.position)) from None
         self.position += 1
         return item
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            self.next()
 
     def take(self, n: int) -> dict:
         """``n`` sequences stacked into a batch: each field of shape [n, S]."""
@@ -127,7 +117,7 @@ class _Stream:
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-class SequenceStream(_Stream):
+class SequenceStream(Stream):
     """The improved recipe's sequences (packed or padded): ``input_ids`` and ``doc_ids``."""
 
     def __init__(self, source: str, tokenizer, max_length: int, packing: bool = True, split: str = "train",
@@ -135,40 +125,29 @@ class SequenceStream(_Stream):
                  flag: str = "--dataset"):
         requested_packed_attention()  # a bad $BOOMERANG_PACKED_ATTENTION fails with the data checks, before models load
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._it = sequences(
-            token_documents(document_stream(source, split, text_field, seed, shuffle, repeat, flag), tokenizer),
-            max_length, packing, pad,
-        )
+        docs = document_stream(source, split, text_field, seed, shuffle, repeat, flag)
+        super().__init__(sequences(token_documents(docs, tokenizer), max_length, packing, pad))
 
 
 def position_ids_from_docs(doc_ids: torch.Tensor) -> torch.Tensor:
     """Positions restarting at 0 at the start of every document (padding counts on from its run)."""
-    B, S = doc_ids.shape
-    idx = torch.arange(S, device=doc_ids.device).expand(B, S)
+    idx = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
     start = torch.ones_like(doc_ids, dtype=torch.bool)
     start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    first = torch.where(start, idx, torch.zeros_like(idx))
-    first = torch.cummax(first, dim=1).values
-    return idx - first
+    return idx - torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), dim=1).values
 
 
 def document_attention_mask(doc_ids: torch.Tensor, dtype: torch.dtype, sliding_window: int | None = None) -> torch.Tensor:
     """Additive 4D mask [B, 1, S, S]: 0 where query i may attend key j (j <= i, same document), else -inf-ish.
-
-    Padding tokens attend only to themselves (no row is fully masked, so no NaN); their outputs
-    are excluded from every loss term. Works with the sdpa and eager attention implementations.
-    """
-    B, S = doc_ids.shape
-    ids = doc_ids.clone()
-    pad = ids < 0
-    # Make every padding token its own document.
-    ids[pad] = -1 - torch.arange(S, device=ids.device).expand(B, S)[pad]
-    same = ids[:, :, None] == ids[:, None, :]
-    causal = torch.ones(S, S, dtype=torch.bool, device=ids.device).tril()
+    Padding tokens attend only to themselves (no row is fully masked, so no NaN); their outputs are excluded from
+    every loss term. Works with the sdpa and eager attention implementations."""
+    S = doc_ids.shape[1]
+    ids = torch.where(doc_ids < 0, -1 - torch.arange(S, device=doc_ids.device), doc_ids)
+    allowed = torch.ones(S, S, dtype=torch.bool, device=ids.device).tril()
     if sliding_window:  # key j visible from query i only when i - j < window (Hugging Face's convention)
-        causal = causal & ~torch.ones(S, S, dtype=torch.bool, device=ids.device).tril(-sliding_window)
-    allowed = same & causal
-    mask = torch.zeros(B, 1, S, S, dtype=dtype, device=ids.device)
+        allowed = allowed & ~torch.ones(S, S, dtype=torch.bool, device=ids.device).tril(-sliding_window)
+    allowed = allowed & (ids[:, :, None] == ids[:, None, :])  # every padding token is its own document
+    mask = torch.zeros(doc_ids.shape[0], 1, S, S, dtype=dtype, device=ids.device)
     return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
 
@@ -186,7 +165,7 @@ def _library_packing(attn: str) -> str | None:
     """Why the installed transformers cannot separate packed documents from ``position_ids`` under the
     attention implementation ``attn``, or None when it can."""
     try:  # older transformers have no masking_utils: checked here, not at import
-        from transformers import masking_utils
+        from transformers import masking_utils  # lazy: only for families whose masks transformers builds
     except ImportError:
         return "this transformers has no masking_utils"
     if not hasattr(masking_utils, "find_packed_sequence_indices"):
@@ -215,17 +194,14 @@ def packed_attention(device, config, attn_implementation: str | None = None, req
 
     ``position_ids``: positions restart at 0 at every document and no mask is passed; transformers finds the
     documents from the positions (masking_utils.find_packed_sequence_indices) and builds what the attention
-    implementation needs: a FlexAttention BlockMask (flex_attention), varlen sequence lengths with no mask
-    (flash_attention_*: ``model_inputs`` passes them), a boolean mask (sdpa, eager). No [B, 1, S, S] mask of
-    ours is built, and a row holding one document runs with no mask at all (SDPA's causal kernels).
-    ``dense_mask``: our additive block-diagonal 4D mask (``document_attention_mask``), which every
-    implementation that takes a 4D mask follows.
+    implementation needs: a FlexAttention BlockMask, flash-attention varlen lengths (``model_inputs`` passes
+    them), a boolean mask (sdpa, eager). ``dense_mask``: our additive block-diagonal 4D mask
+    (``document_attention_mask``), which every implementation that takes a 4D mask follows.
 
-    ``requested`` (default: $BOOMERANG_PACKED_ATTENTION, else ``auto``): ``auto`` chooses ``position_ids`` on
-    CUDA, or for a flash-attention implementation (which takes no 4D mask), when the family and the installed
-    transformers support it, else ``dense_mask`` (the CPU fallback). Asking for ``position_ids`` where it is not
-    supported is a DataError. The choice is logged once per (device, family, attention implementation).
-    """
+    ``requested`` (default: $BOOMERANG_PACKED_ATTENTION, else ``auto``): ``auto`` chooses ``position_ids`` on CUDA,
+    or for a flash-attention implementation (which takes no 4D mask), when the family and the installed transformers
+    support it, else ``dense_mask`` (the CPU fallback). Asking for ``position_ids`` where it is not
+    supported is a DataError. The choice is logged once per (device, family, attention implementation)."""
     requested = requested_packed_attention(requested)
     attn = attn_implementation or getattr(config, "_attn_implementation", None) or "eager"
     device_type = torch.device(device).type
@@ -235,12 +211,10 @@ def packed_attention(device, config, attn_implementation: str | None = None, req
         family = None
     why_not = (f"family {family or type(config).__name__} is not among {', '.join(POSITION_IDS_FAMILIES)}"
                if family not in POSITION_IDS_FAMILIES else _library_packing(attn))
-    if requested == "position_ids" and why_not:
-        raise DataError(f"{PACKED_ATTENTION_ENV}=position_ids: {why_not}; use dense_mask or auto")
-    if requested == "dense_mask":
-        choice, reason = "dense_mask", f"{PACKED_ATTENTION_ENV}=dense_mask"
-    elif requested == "position_ids":
-        choice, reason = "position_ids", f"{PACKED_ATTENTION_ENV}=position_ids"
+    if requested != "auto":
+        if requested == "position_ids" and why_not:
+            raise DataError(f"{PACKED_ATTENTION_ENV}=position_ids: {why_not}; use dense_mask or auto")
+        choice, reason = requested, f"{PACKED_ATTENTION_ENV}={requested}"
     elif why_not:
         if attn.startswith("flash_attention"):
             raise DataError(f"attention {attn!r} takes no 4D mask and {why_not}: packed documents cannot be "
@@ -250,11 +224,9 @@ def packed_attention(device, config, attn_implementation: str | None = None, req
         choice, reason = "position_ids", f"{attn} on {device_type}: transformers builds the document masks"
     else:
         choice, reason = "dense_mask", f"{device_type}: the dense mask is the CPU fallback"
-    key = (device_type, family, attn, choice)
-    if key not in _logged_choices:
-        _logged_choices.add(key)
-        logging.getLogger("boomerang.data").info("packed attention: %s (%s; %s, %s)", choice, reason,
-                                                 family, attn)
+    if (device_type, family, attn, choice) not in _logged_choices:
+        _logged_choices.add((device_type, family, attn, choice))
+        logging.getLogger("boomerang.data").info("packed attention: %s (%s; %s, %s)", choice, reason, family, attn)
     return choice
 
 
@@ -262,14 +234,10 @@ def model_inputs(batch: dict, device, mask_dtype: torch.dtype, config=None, atte
     """Keyword arguments for a Hugging Face causal LM: ids, per-document positions and attention.
 
     ``attention``: ``"position_ids"`` or ``"dense_mask"``; default: ``packed_attention(device, config)``.
-    position_ids: no ``attention_mask`` and ``use_cache=False`` (transformers separates the documents from the
-    positions, and only when there is no cache); for a
-    flash-attention implementation the varlen sequence lengths (``cu_seq_lens_q``/``_k``, ``max_length_q``/``_k``)
-    as transformers derives them from the positions, since its own derivation only covers batch size 1.
-    dense_mask: for a model with sliding-window layers (``config.layer_types`` holding ``"sliding_attention"``)
-    the mask is a dict per layer type, as Hugging Face models accept, so the window is kept; a config with
-    ``sliding_window`` and no ``layer_types`` (Mistral) slides in every layer.
-    """
+    position_ids: no ``attention_mask``; for flash attention the varlen sequence lengths as transformers derives them
+    from the positions (its own derivation only covers batch size 1). dense_mask: for a model with sliding-window
+    layers (``config.layer_types`` holding ``"sliding_attention"``) a dict of masks per layer type, as Hugging Face
+    models accept; a config with ``sliding_window`` and no ``layer_types`` (Mistral) slides in every layer."""
     doc_ids = batch["doc_ids"].to(device)
     position_ids = position_ids_from_docs(doc_ids)
     inputs = {"input_ids": batch["input_ids"].to(device), "position_ids": position_ids}
@@ -285,14 +253,11 @@ def model_inputs(batch: dict, device, mask_dtype: torch.dtype, config=None, atte
         return inputs
     if attention != "dense_mask":
         raise DataError(f"model_inputs: attention must be 'position_ids' or 'dense_mask', got {attention!r}")
-    mask = document_attention_mask(doc_ids, mask_dtype)
-    layer_types = set(getattr(config, "layer_types", None) or ())
+    layer_types = getattr(config, "layer_types", None) or ()
     window = getattr(config, "sliding_window", None)
-    if not layer_types and window:  # every layer slides (e.g. Mistral)
-        mask = document_attention_mask(doc_ids, mask_dtype, window)
-    elif "sliding_attention" in layer_types and window:
-        mask = {"full_attention": mask,
-                "sliding_attention": document_attention_mask(doc_ids, mask_dtype, window)}
+    mask = document_attention_mask(doc_ids, mask_dtype, None if layer_types else window)  # no layer_types: all slide
+    if window and "sliding_attention" in layer_types:
+        mask = {"full_attention": mask, "sliding_attention": document_attention_mask(doc_ids, mask_dtype, window)}
     inputs["attention_mask"] = mask
     return inputs
 
@@ -311,23 +276,11 @@ def paper_documents(source: str, split: str = "train", text_field: str = "text",
 
     if is_local(source):
         docs = read_local_documents(source, text_field, flag)
-        ds = datasets.IterableDataset.from_generator(_rows, gen_kwargs={"docs": docs, "field": text_field})
+        ds = datasets.IterableDataset.from_generator(lambda: ({text_field: d} for d in docs))
     else:
         ds = datasets.load_dataset(source, split=split, streaming=True)
     for row in ds.skip(skip).shuffle(buffer_size=buffer_size, seed=seed):
         yield _text_of(row, text_field, source, flag)
-
-
-def _text_of(row: dict, text_field: str, source: str, flag: str) -> str:
-    if row.get(text_field) is None:
-        raise DataError(f"{flag} {source}: rows have no field {text_field!r} (fields: {sorted(row)}); "
-                        "set --text_field")
-    return row[text_field]
-
-
-def _rows(docs, field):
-    for d in docs:
-        yield {field: d}
 
 
 def paper_sequence(tokenizer, text: str, max_length: int) -> dict:
@@ -340,22 +293,17 @@ def paper_sequence(tokenizer, text: str, max_length: int) -> dict:
     ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
     input_ids = torch.full((max_length,), eos, dtype=torch.long)
     input_ids[:len(ids)] = torch.tensor(ids, dtype=torch.long)
-    attention = torch.zeros(max_length, dtype=torch.long)
-    attention[:len(ids)] = 1
-    labels = input_ids.masked_fill(input_ids == eos, -100)
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    return {"input_ids": input_ids, "attention_mask": (torch.arange(max_length) < len(ids)).long(),
+            "labels": input_ids.masked_fill(input_ids == eos, -100)}
 
 
-class PaperStream(_Stream):
+class PaperStream(Stream):
     """The paper's sequences (``paper_documents`` + ``paper_sequence``): ``input_ids``, ``attention_mask``, ``labels``."""
 
     def __init__(self, source: str, tokenizer, max_length: int, split: str = "train", text_field: str = "text",
                  seed: int = 0, skip: int = PAPER_SKIP, buffer_size: int = PAPER_SHUFFLE_BUFFER,
                  flag: str = "--dataset"):
         docs = paper_documents(source, split, text_field, seed, skip, buffer_size, flag)
-        self._it = (paper_sequence(tokenizer, text, max_length) for text in docs)
-        self._flag, self._skip = flag, skip
-
-    def _exhausted(self) -> DataError:
-        return DataError(f"{self._flag}: the paper's stream ran out of documents after {self.position} (it skips the "
-                         f"first {self._skip}; lower --paper_skip_documents for a small dataset)")
+        super().__init__((paper_sequence(tokenizer, text, max_length) for text in docs),
+                         f"{flag}: the paper's stream ran out of documents after {{position}} (it skips the first "
+                         f"{skip}; lower --paper_skip_documents for a small dataset)")

@@ -20,8 +20,8 @@ import torch
 from boomerang.assemble import LayerRef, as_source, assemble
 from boomerang.cli import fail, parse_with_config, setup_logging
 from boomerang.families import adapter_for_config, dtype_from_name
-from boomerang.io import atomic_directory
-from boomerang.layer_map import LayerMap, LayerMapError
+from boomerang.io import save_model_folder
+from boomerang.layer_map import STUDENT_CONFIG_NAME, LayerMap, LayerMapError
 from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
 
 log = logging.getLogger("boomerang.init_student")
@@ -30,21 +30,17 @@ log = logging.getLogger("boomerang.init_student")
 def plan_student(teacher_config, first_layers_to_keep: int = 1, alternate_every_n_layers: int = 2,
                  last_layers_to_keep: int = 2) -> LayerMap:
     """The layer map for a teacher config (checks the family and the recipe; loads no weights)."""
-    adapter = adapter_for_config(teacher_config)
-    return LayerMap.from_recipe(
-        adapter.num_layers(teacher_config), first_layers_to_keep, alternate_every_n_layers, last_layers_to_keep
-    )
+    return LayerMap.from_recipe(adapter_for_config(teacher_config).num_layers(teacher_config), first_layers_to_keep,
+                                alternate_every_n_layers, last_layers_to_keep)
 
 
 def init_student(teacher, layer_map: LayerMap, random_initialization: bool = False,
                  dtype: torch.dtype | None = None, seed: int = 0):
-    """Build the student model from ``teacher`` (a loaded model or a local model folder).
+    """Build the student model from ``teacher`` (a loaded model, a local model folder or a ``LayerSource``).
 
-    Copied layers, embeddings, final norm and head are the teacher's (tensors shared with an
-    in-memory teacher; call ``.clone()``-free code safely: the student is trained as a new model
-    after ``save_pretrained``/reload, or pass a folder to read weights lazily). With
-    ``random_initialization`` the student has the same shape and freshly initialized weights.
-    """
+    Copied layers, embeddings, final norm and head are the teacher's (tensors shared with an in-memory teacher:
+    copy the student before training it beside that teacher). With ``random_initialization`` the student has the
+    same shape and freshly initialized weights."""
     src = as_source(teacher)
     n_teacher = src.adapter.num_layers(src.config)
     if n_teacher != layer_map.num_teacher_layers:
@@ -52,10 +48,7 @@ def init_student(teacher, layer_map: LayerMap, random_initialization: bool = Fal
     student = assemble(src, [LayerRef(src, t) for t in layer_map.copied_teacher_layers], dtype=dtype)
     if random_initialization:
         torch.manual_seed(seed)
-        fresh = type(student)(student.config)  # real tensors, the family's own initialization
-        if dtype is not None:
-            fresh = fresh.to(dtype)
-        student = fresh.eval()
+        student = type(student)(student.config).to(dtype).eval()  # real tensors, the family's own initialization
     return student
 
 
@@ -71,12 +64,8 @@ def teacher_key(student_key: str, layer_map: LayerMap, layer_prefix: str) -> str
 def save_student(student, tokenizer, layer_map: LayerMap, save_directory: str, overwrite: bool = False,
                  **provenance) -> str:
     """Write the student folder atomically: weights, config, tokenizer and ``student_config.json``."""
-    with atomic_directory(save_directory, overwrite=overwrite) as tmp:
-        student.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        layer_map.save(tmp, **provenance)
-    return save_directory
+    return save_model_folder(student, tokenizer, save_directory, STUDENT_CONFIG_NAME,
+                             layer_map.to_student_config(**provenance), overwrite)
 
 
 def provenance_of(args) -> dict:
@@ -112,8 +101,7 @@ def main(argv=None) -> str:
     try:
         dtype = dtype_from_name(args.dtype)
         teacher_path = resolve_model_path(args.teacher_model_name_or_path)
-        config = load_config(teacher_path)
-        layer_map = plan_student(config, args.first_layers_to_keep, args.alternate_every_n_layers,
+        layer_map = plan_student(load_config(teacher_path), args.first_layers_to_keep, args.alternate_every_n_layers,
                                  args.last_layers_to_keep)
     except (ModelNotFoundError, LayerMapError, ValueError) as e:
         fail(str(e))

@@ -8,10 +8,9 @@ Every term is averaged over the *valid* positions only: a position is valid when
 and its next token belongs to the same document (``valid_positions``). The same mask is used by
 all three terms, so packing documents together or padding them changes no term.
 
-All functions return *sums* over valid positions (``reduction="sum"``); the trainer divides by the
-number of valid positions of the whole optimizer step (all micro-batches, all ranks), which makes
-gradient accumulation and data parallelism exact: 8 sequences in one micro-batch, 2 x 4, or 4
-processes x 2 give the same update.
+All functions return *sums* over valid positions; the trainer divides by the number of valid positions of the
+whole optimizer step (all micro-batches, all ranks), which makes gradient accumulation and data parallelism
+exact: 8 sequences in one micro-batch, 2 x 4, or 4 processes x 2 give the same update.
 
 The vocabulary terms (CE and KL) are computed ``chunk_size`` positions at a time under activation
 checkpointing: only one chunk's fp32 probabilities exist at a time, in the forward and in the backward
@@ -48,11 +47,8 @@ class LossConfig:
 
 
 def valid_positions(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Bool mask [B, S]: position i counts when it and position i+1 hold tokens of the same document.
-
-    ``doc_ids`` is [B, S] with a document number per token and -1 for padding. The last position of
-    a row never counts (its next token is not in the row).
-    """
+    """Bool mask [B, S]: position i counts when it and position i+1 hold tokens of the same document
+    (``doc_ids``: a document number per token, -1 for padding). The last position of a row never counts."""
     same = (doc_ids[:, :-1] == doc_ids[:, 1:]) & (doc_ids[:, :-1] >= 0)
     return torch.cat([same, torch.zeros_like(same[:, :1])], dim=1)
 
@@ -63,20 +59,17 @@ def next_token_labels(input_ids: torch.Tensor, valid: torch.Tensor, ignore_index
     return labels.masked_fill(~valid, ignore_index)
 
 
-def _vocab_terms(s_logits, t_logits, labels, T: float, want_ce: bool, want_kl: bool):
-    """Sums over rows of CE and KL(teacher || student) at temperature T, computed in fp32.
-
-    ``s_logits``/``t_logits``: [N, V] (only valid rows are passed); ``labels``: [N].
-    """
-    zero = s_logits.new_zeros((), dtype=torch.float32)
-    s = s_logits.float()
-    ce = F.cross_entropy(s, labels, reduction="sum") if want_ce else zero
-    kl = zero
-    if want_kl:
-        log_q = F.log_softmax(s / T, dim=-1)
-        log_p = F.log_softmax(t_logits.float() / T, dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum()
-    return ce, kl
+def _vocab_chunk(s, t, y, T: float, want_ce: bool, want_kl: bool):
+    """(CE sum, KL sum) in fp32 over rows of student logits ``s`` [N, V], teacher logits ``t`` and labels ``y``."""
+    s = s.float()
+    zero = s.new_zeros(())
+    ce = F.cross_entropy(s, y, reduction="sum") if want_ce else zero
+    if not want_kl:
+        return ce, zero
+    # Teacher and student share the tokenizer; some checkpoints pad the embedding matrix differently.
+    log_q = F.log_softmax(s[:, :t.shape[-1]] / T, dim=-1)
+    log_p = F.log_softmax(t.float() / T, dim=-1)
+    return ce, (log_p.exp() * (log_p - log_q)).sum()
 
 
 def vocab_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
@@ -88,59 +81,34 @@ def vocab_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
     log-probabilities exist for one chunk at a time (also in the backward pass). 0: dense.
     """
     V = student_logits.shape[-1]
-    flat_valid = valid.reshape(-1)
-    idx = flat_valid.nonzero(as_tuple=True)[0]
+    idx = valid.reshape(-1).nonzero(as_tuple=True)[0]
     s = student_logits.reshape(-1, V).index_select(0, idx)
-    t = teacher_logits.reshape(-1, teacher_logits.shape[-1]).index_select(0, idx) if want_kl else None
-    if want_kl and t.shape[-1] != V:
-        # Teacher and student share the tokenizer; some checkpoints pad the embedding matrix differently.
-        n = min(V, t.shape[-1])
-        s_kl_cols, t = n, t[:, :n]
-    else:
-        s_kl_cols = V
+    t = teacher_logits.reshape(-1, teacher_logits.shape[-1]).index_select(0, idx)[:, :V] if want_kl else None
     y = labels.reshape(-1).index_select(0, idx)
-    total_ce = student_logits.new_zeros((), dtype=torch.float32)
-    total_kl = student_logits.new_zeros((), dtype=torch.float32)
+    ce = kl = student_logits.new_zeros((), dtype=torch.float32)
     n = s.shape[0]
     if n == 0:
-        return total_ce + 0.0 * student_logits.sum(), total_kl
-
-    def run(s_c, t_c, y_c):
-        ce, _ = _vocab_terms(s_c, None, y_c, T, want_ce, False)
-        kl = _vocab_terms(s_c[:, :s_kl_cols], t_c, y_c, T, False, True)[1] if want_kl else ce.new_zeros(())
-        return ce, kl
-
-    step = n if chunk_size <= 0 else chunk_size
-    for start in range(0, n, step):
-        sl = slice(start, start + step)
-        t_c = t[sl] if want_kl else None
-        if chunk_size > 0 and torch.is_grad_enabled() and s.requires_grad:
-            ce, kl = checkpoint(run, s[sl], t_c, y[sl], use_reentrant=False)
-        else:
-            ce, kl = run(s[sl], t_c, y[sl])
-        total_ce = total_ce + ce
-        total_kl = total_kl + kl
-    return total_ce, total_kl
+        return ce + 0.0 * student_logits.sum(), kl
+    step = chunk_size if chunk_size > 0 else n
+    chunked = chunk_size > 0 and torch.is_grad_enabled() and s.requires_grad
+    for i in range(0, n, step):
+        part = (s[i:i + step], t[i:i + step] if want_kl else None, y[i:i + step], T, want_ce, want_kl)
+        c, k = checkpoint(_vocab_chunk, *part, use_reentrant=False) if chunked else _vocab_chunk(*part)
+        ce, kl = ce + c, kl + k
+    return ce, kl
 
 
 def cosine_loss_sum(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor],
                     valid: torch.Tensor) -> torch.Tensor:
-    """Sum over valid positions of the *mean over pairs* of (1 - cosine similarity).
-
-    Multiplying by ``cosine_loss_weight`` gives the paper's weighting: ``cosine_loss_weight / #pairs``
-    for each pair.
-    """
+    """Sum over valid positions of the *mean over pairs* of (1 - cosine similarity); times
+    ``cosine_loss_weight`` it is the paper's weighting, ``cosine_loss_weight / #pairs`` for each pair."""
     if len(student_hidden) != len(teacher_hidden) or not student_hidden:
         raise ValueError(f"need matching non-empty lists of hidden states, got {len(student_hidden)} "
                          f"and {len(teacher_hidden)}")
     m = valid.reshape(-1)
-    total = None
-    for hs, ht in zip(student_hidden, teacher_hidden):
-        hs = hs.reshape(-1, hs.shape[-1])[m].float()
-        ht = ht.reshape(-1, ht.shape[-1])[m].float()
-        d = (1.0 - F.cosine_similarity(hs, ht, dim=-1, eps=1e-8)).sum()
-        total = d if total is None else total + d
-    return total / len(student_hidden)
+    return sum((1.0 - F.cosine_similarity(hs.reshape(-1, hs.shape[-1])[m].float(),
+                                          ht.reshape(-1, ht.shape[-1])[m].float(), dim=-1, eps=1e-8)).sum()
+               for hs, ht in zip(student_hidden, teacher_hidden)) / len(student_hidden)
 
 
 @dataclass
@@ -184,11 +152,9 @@ def distillation_loss(cfg: LossConfig, student_logits, teacher_logits, student_h
                       input_ids, doc_ids) -> LossTerms:
     """Weighted loss *sum* over valid positions (see the module docstring) and its unweighted terms."""
     valid = valid_positions(doc_ids)
-    labels = next_token_labels(input_ids, valid)
-    ce, kl = vocab_losses(student_logits, teacher_logits, labels, valid, cfg.T, cfg.use_cross_entropy,
-                          cfg.use_kl_loss, cfg.kl_chunk_size)
-    cos = (cosine_loss_sum(student_hidden, teacher_hidden, valid) if cfg.use_cosine_loss
-           else ce.new_zeros(()))
+    ce, kl = vocab_losses(student_logits, teacher_logits, next_token_labels(input_ids, valid), valid, cfg.T,
+                          cfg.use_cross_entropy, cfg.use_kl_loss, cfg.kl_chunk_size)
+    cos = cosine_loss_sum(student_hidden, teacher_hidden, valid) if cfg.use_cosine_loss else ce.new_zeros(())
     return LossTerms.weighted(cfg, ce, kl, cos, int(valid.sum()))
 
 
@@ -207,8 +173,7 @@ def paper_loss(cfg: LossConfig, student_logits, teacher_logits, student_hidden, 
     targets).
     """
     V = student_logits.shape[-1]
-    zero = student_logits.new_zeros((), dtype=torch.float32)
-    ce = kl = cos = zero
+    ce = kl = cos = student_logits.new_zeros((), dtype=torch.float32)
     y = labels[:, 1:].reshape(-1)
     if cfg.use_cross_entropy:
         ce = F.cross_entropy(student_logits[:, :-1].reshape(-1, V).float(), y, ignore_index=-100)

@@ -16,6 +16,7 @@ pairs of (1 - cos); see train/losses.py. The student starts as a copy of the tea
 
 Output in --save_directory: the final student (save_pretrained + tokenizer + student_config.json,
 ready for patching.patch.build_intermediate_model), log.jsonl, checkpoints/ (for --resume).
+Boolean flags take --flag, --flag true or --flag false.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import get_scheduler
 
@@ -49,7 +51,7 @@ from boomerang.models import (ModelNotFoundError, empty_model, load_config, load
 from train import checkpoint as ckpt
 from train.data import PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, check_source, model_inputs
 from train.init_student import init_student, plan_student, provenance_of, save_student, teacher_key
-from train.losses import LossConfig, LossTerms, distillation_loss, paper_loss, valid_positions
+from train.losses import LossConfig, LossTerms, distillation_loss, next_token_labels, paper_loss, valid_positions
 
 log = logging.getLogger("boomerang.train")
 
@@ -57,115 +59,107 @@ log = logging.getLogger("boomerang.train")
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
                     "B200": 2250.0, "GH200": 989.0}
 
+# The flags by --help group: (name, default[, help[, type or list of choices]]); the type is the default's.
+FLAGS = {
+    "models": [
+        ("teacher_model_name_or_path", None, "hub name, local folder, or embedded:smollm2-135m", str),
+        ("save_directory", None, "output folder (student, log.jsonl, checkpoints/)", str),
+        ("first_layers_to_keep", 1), ("alternate_every_n_layers", 2), ("last_layers_to_keep", 2),
+        ("random_initialization", False, "student of the same shape, fresh weights"),
+        ("teacher_dtype", "auto", "auto (bfloat16 with --bf16 on GPU, else float32)"),
+        ("attn_implementation", "sdpa", "sdpa or eager (a per-document 4D mask is used)"),
+    ],
+    "recipe": [
+        ("recipe", "improved", "improved (default): packed documents, every loss term a mean over real tokens of the "
+         "global batch, exact accumulation. paper: exactly the paper's code (padded documents, KL over every "
+         "position, the sum of micro-batch means, warmup from 0, its data order); docs/training.md",
+         ["improved", "paper"]),
+        ("paper_skip_documents", PAPER_SKIP,
+         "with --recipe paper: documents skipped before the shuffle buffer (the paper's 50000)"),
+        ("paper_shuffle_buffer", PAPER_SHUFFLE_BUFFER, "with --recipe paper: the shuffle buffer (the paper's 100000)"),
+    ],
+    "data": [
+        ("dataset", "EleutherAI/the_pile_deduplicated",
+         "Hugging Face dataset name (streamed) or a local .txt/.jsonl/.parquet file or folder"),
+        ("dataset_split", "train"),
+        ("eval_dataset", None, "held-out data (same forms as --dataset); none: no eval", str),
+        ("eval_split", "validation"), ("text_field", "text"), ("max_length", 2048, "tokens per sequence"),
+        ("no_packing", False, "one document per sequence, truncated and padded (the paper's recipe)"),
+        ("eval_sequences", 32, "held-out sequences per evaluation"),
+    ],
+    "loss": [
+        ("use_cross_entropy", True), ("use_kl_loss", True), ("kl_loss_weight", 0.1), ("T", 1.0, "KL temperature"),
+        ("use_cosine_loss", True), ("cosine_loss_weight", 2.0, "split evenly over the aligned pairs"),
+        ("kl_chunk_size", 1024, "positions per CE/KL chunk; 0 = dense"),
+    ],
+    "optimization": [
+        ("max_steps", 500), ("per_device_train_batch_size", 2), ("gradient_accumulation_steps", 256),
+        ("global_batch_size", None, "sequences per optimizer step; when set, gradient_accumulation_steps is derived "
+         "from it and the number of processes (so 1 or N processes train on the same batches)", int),
+        ("per_device_eval_batch_size", 8), ("learning_rate", 3e-4), ("adam_beta1", 0.9), ("adam_beta2", 0.95),
+        ("adam_epsilon", 1e-8), ("weight_decay", 0.1),
+        ("lr_scheduler_type", "cosine", "", ["cosine", "linear", "constant"]),
+        ("warmup_ratio", 0.01), ("max_grad_norm", 1.0), ("seed", 0),
+    ],
+    "hardware": [
+        ("device", "auto", "auto, cpu or cuda"),
+        ("bf16", True, "bf16 mixed precision (GPU only; CPU runs in float32)"),
+        ("fsdp", "auto", "FSDP2 sharding of student and teacher; auto = on when run by torchrun with >1 process",
+         ["auto", "on", "off"]),
+        ("fsdp_config", None, "the paper's Hugging Face Trainer FSDP file; not read here (FSDP2 wraps every decoder "
+         "layer, found through the family adapter): giving it is an error that says which flags to use", str),
+        ("gradient_checkpointing", False, "activation checkpointing in the student"),
+        ("peak_tflops", None, "accelerator peak for MFU (default: by GPU name)", float),
+        ("num_threads", None, "torch CPU threads", int),
+    ],
+    "output": [
+        ("logging_steps", 5), ("eval_steps", 10), ("save_steps", 100, "checkpoint every N steps (0: only at the end)"),
+        ("save_total_limit", 1), ("resume", False, "continue from the newest checkpoint in --save_directory"),
+        ("overwrite", False, "delete an existing --save_directory first"),
+        ("report_to", "none", "", ["none", "tensorboard", "wandb"]), ("run_name", None, "", str),
+        ("stop_at_step", None, "stop after this step as if interrupted (the schedule still follows --max_steps); "
+         "for tests", int),
+    ],
+}
+
 
 def str2bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("1", "true", "yes", "y", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+    if str(v).lower() not in ("1", "true", "yes", "y", "on", "0", "false", "no", "n", "off"):
+        raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+    return str(v).lower() in ("1", "true", "yes", "y", "on")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    B = dict(type=str2bool, nargs="?", const=True)
-    g = p.add_argument_group("models")
-    g.add_argument("--teacher_model_name_or_path", required=False, default=None,
-                   help="hub name, local folder, or embedded:smollm2-135m")
-    g.add_argument("--save_directory", default=None, help="output folder (student, log.jsonl, checkpoints/)")
-    g.add_argument("--first_layers_to_keep", type=int, default=1)
-    g.add_argument("--alternate_every_n_layers", type=int, default=2)
-    g.add_argument("--last_layers_to_keep", type=int, default=2)
-    g.add_argument("--random_initialization", **B, default=False, help="student of the same shape, fresh weights")
-    g.add_argument("--teacher_dtype", default="auto", help="auto (bfloat16 with --bf16 on GPU, else float32)")
-    g.add_argument("--attn_implementation", default="sdpa", help="sdpa or eager (a per-document 4D mask is used)")
-    g = p.add_argument_group("recipe")
-    g.add_argument("--recipe", default="improved", choices=["improved", "paper"],
-                   help="improved (default): packed documents, every loss term a mean over real tokens of the global "
-                        "batch, exact accumulation. paper: exactly the paper's code (padded documents, KL over every "
-                        "position, the sum of micro-batch means, warmup from 0, its data order); docs/training.md")
-    g.add_argument("--paper_skip_documents", type=int, default=PAPER_SKIP,
-                   help="with --recipe paper: documents skipped before the shuffle buffer (the paper's 50000)")
-    g.add_argument("--paper_shuffle_buffer", type=int, default=PAPER_SHUFFLE_BUFFER,
-                   help="with --recipe paper: the shuffle buffer (the paper's 100000)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="EleutherAI/the_pile_deduplicated",
-                   help="Hugging Face dataset name (streamed) or a local .txt/.jsonl/.parquet file or folder")
-    g.add_argument("--dataset_split", default="train")
-    g.add_argument("--eval_dataset", default=None, help="held-out data (same forms as --dataset); none: no eval")
-    g.add_argument("--eval_split", default="validation")
-    g.add_argument("--text_field", default="text")
-    g.add_argument("--max_length", type=int, default=2048, help="tokens per sequence")
-    g.add_argument("--no_packing", **B, default=False,
-                   help="one document per sequence, truncated and padded (the paper's recipe)")
-    g.add_argument("--eval_sequences", type=int, default=32, help="held-out sequences per evaluation")
-    g = p.add_argument_group("loss")
-    g.add_argument("--use_cross_entropy", **B, default=True)
-    g.add_argument("--use_kl_loss", **B, default=True)
-    g.add_argument("--kl_loss_weight", type=float, default=0.1)
-    g.add_argument("--T", type=float, default=1.0, help="KL temperature")
-    g.add_argument("--use_cosine_loss", **B, default=True)
-    g.add_argument("--cosine_loss_weight", type=float, default=2.0, help="split evenly over the aligned pairs")
-    g.add_argument("--kl_chunk_size", type=int, default=1024, help="positions per CE/KL chunk; 0 = dense")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--max_steps", type=int, default=500)
-    g.add_argument("--per_device_train_batch_size", type=int, default=2)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=256)
-    g.add_argument("--global_batch_size", type=int, default=None,
-                   help="sequences per optimizer step; when set, gradient_accumulation_steps is derived from it "
-                        "and the number of processes (so 1 or N processes train on the same batches)")
-    g.add_argument("--per_device_eval_batch_size", type=int, default=8)
-    g.add_argument("--learning_rate", type=float, default=3e-4)
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.95)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--weight_decay", type=float, default=0.1)
-    g.add_argument("--lr_scheduler_type", default="cosine", choices=["cosine", "linear", "constant"])
-    g.add_argument("--warmup_ratio", type=float, default=0.01)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("hardware")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    g.add_argument("--bf16", **B, default=True, help="bf16 mixed precision (GPU only; CPU runs in float32)")
-    g.add_argument("--fsdp", default="auto", choices=["auto", "on", "off"],
-                   help="FSDP2 sharding of student and teacher; auto = on when run by torchrun with >1 process")
-    g.add_argument("--fsdp_config", default=None,
-                   help="the paper's Hugging Face Trainer FSDP file; not read here (FSDP2 wraps every decoder layer, "
-                        "found through the family adapter): giving it is an error that says which flags to use")
-    g.add_argument("--gradient_checkpointing", **B, default=False, help="activation checkpointing in the student")
-    g.add_argument("--peak_tflops", type=float, default=None, help="accelerator peak for MFU (default: by GPU name)")
-    g.add_argument("--num_threads", type=int, default=None, help="torch CPU threads")
-    g = p.add_argument_group("output")
-    g.add_argument("--logging_steps", type=int, default=5)
-    g.add_argument("--eval_steps", type=int, default=10)
-    g.add_argument("--save_steps", type=int, default=100, help="checkpoint every N steps (0: only at the end)")
-    g.add_argument("--save_total_limit", type=int, default=1)
-    g.add_argument("--resume", **B, default=False, help="continue from the newest checkpoint in --save_directory")
-    g.add_argument("--overwrite", **B, default=False, help="delete an existing --save_directory first")
-    g.add_argument("--report_to", default="none", choices=["none", "tensorboard", "wandb"])
-    g.add_argument("--run_name", default=None)
-    g.add_argument("--stop_at_step", type=int, default=None,
-                   help="stop after this step as if interrupted (the schedule still follows --max_steps); for tests")
+    for group, flags in FLAGS.items():
+        g = p.add_argument_group(group)
+        for name, default, help_, kind in ((*f, "", None)[:4] for f in flags):
+            kind = kind or type(default)
+            kw = (dict(choices=kind) if isinstance(kind, list) else
+                  dict(type=str2bool, nargs="?", const=True) if kind is bool else dict(type=kind))
+            g.add_argument(f"--{name}", default=default, help=help_ or None, **kw)
     return p
 
 
 # ----------------------------------------------------------------------------- distributed helpers
-def dist_setup(device_arg: str):
+def dist_setup(args):
+    """(rank, world, device, fsdp); a process group under torchrun with several processes, or for --fsdp on."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device_arg == "auto" else device_arg.startswith("cuda")
-    if device_arg.startswith("cuda") and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         fail("--device cuda: no CUDA device is available; use --device cpu")
-    rank, local = 0, 0
-    if world > 1:
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    return rank, world, device
+    fsdp = args.fsdp == "on" or (args.fsdp == "auto" and world > 1)
+    if world > 1 and not fsdp:
+        fail("several processes need --fsdp on (or auto)")
+    use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
+    rank, local = (int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else (0, 0)
+    if use_cuda and world > 1:
+        torch.cuda.set_device(local)
+    if fsdp and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # one process with --fsdp on: torchrun sets these
+        os.environ.setdefault("MASTER_PORT", "29512")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return rank, world, torch.device(f"cuda:{local}" if use_cuda else "cpu"), fsdp
 
 
 def all_sum(values: list[float], device) -> list[float]:
@@ -178,17 +172,13 @@ def all_sum(values: list[float], device) -> list[float]:
 
 def shard(model, mp_policy, device_type: str):
     """FSDP2: each decoder layer is one unit, the rest (embeddings, norm, head) the root unit."""
-    # FSDP only: one-process runs never load these
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh  # FSDP only: one-process runs never load these
+    from torch.distributed.fsdp import fully_shard  # lazy: FSDP only with several processes
 
-    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    kw = {"mesh": mesh}
-    if mp_policy is not None:
-        kw["mp_policy"] = mp_policy
-    for layer in adapter_for(model).get_layers(model):
-        fully_shard(layer, **kw)
-    fully_shard(model, **kw)
+    kw = {"mesh": init_device_mesh(device_type, (dist.get_world_size(),))}
+    kw.update({"mp_policy": mp_policy} if mp_policy else {})
+    for module in [*adapter_for(model).get_layers(model), model]:
+        fully_shard(module, **kw)
     return model
 
 
@@ -211,18 +201,16 @@ def lr_scheduler(args, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
 
 
 def param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Weight decay on matrices only (not on norms and biases)."""
+    ps = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def flops_per_token(student, teacher, seq: int) -> float:
     """~6 N_student + 2 N_teacher (N: non-embedding parameters plus the LM-head matmul) plus attention."""
     def n_matmul(model):
-        c = count_parameters(model)
-        return c["non_embedding"] + model.config.vocab_size * model.config.hidden_size
+        return count_parameters(model)["non_embedding"] + model.config.vocab_size * model.config.hidden_size
 
     def attn(cfg, passes):  # QK^T and AV: 2 matmuls x 2 FLOPs x layers x hidden x (causal) seq/2
         return passes * 2 * 2 * adapter_for(cfg).num_layers(cfg) * cfg.hidden_size * seq / 2
@@ -230,52 +218,29 @@ def flops_per_token(student, teacher, seq: int) -> float:
     return 6 * n_matmul(student) + attn(student.config, 3) + 2 * n_matmul(teacher) + attn(teacher.config, 1)
 
 
-def check_output_directory(args) -> str | None:
-    """Decide at start what happens to --save_directory; returns the checkpoint to resume, if any."""
-    d = args.save_directory
-    if not os.path.exists(d) or (os.path.isdir(d) and not os.listdir(d)):
-        return None
-    if args.overwrite:
-        return None
-    if args.resume:
-        last = ckpt.latest_checkpoint(d)
-        if last is None:
-            if os.path.isfile(os.path.join(d, "student_config.json")):
-                fail(f"--save_directory {d} holds a finished student and no checkpoint: nothing to resume. "
-                     "Use another folder, or --overwrite to train again")
-            fail(f"--resume: --save_directory {d} holds no checkpoint (checkpoints/step-*); "
-                 "use --overwrite to start again")
-        return last
-    fail(f"--save_directory {d} already exists. Pass --resume to continue its run, --overwrite to replace it, "
-         "or choose another folder")
-
-
 class Reporter:
     """log.jsonl (always) plus TensorBoard or W&B when asked for; rank 0 only."""
 
     def __init__(self, args, active: bool, resume_step: int | None):
-        self.active = active
+        self.active, self.tb, self.wandb = active, None, None
         self.path = os.path.join(args.save_directory, "log.jsonl")
-        self.tb = self.wandb = None
         if not active:
             return
         os.makedirs(args.save_directory, exist_ok=True)
         if resume_step is not None and os.path.isfile(self.path):
-            # Drop records from after the checkpoint: they are about to be produced again.
-            with open(self.path) as f:
+            with open(self.path) as f:  # drop records from after the checkpoint: they are produced again
                 keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(keep))
         elif os.path.isfile(self.path):
             os.unlink(self.path)
         if args.report_to == "tensorboard":  # optional packages, imported only when asked for
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: only with --report_to tensorboard
 
             self.tb = SummaryWriter(os.path.join(args.save_directory, "tensorboard"))
         elif args.report_to == "wandb":
-            import wandb
+            import wandb  # optional: only with --report_to wandb
 
-            self.wandb = wandb.init(project="boomerang", name=args.run_name, config=vars(args),
-                                    resume="allow")
+            self.wandb = wandb.init(project="boomerang", name=args.run_name, config=vars(args), resume="allow")
 
     def write(self, record: dict) -> None:
         if not self.active:
@@ -298,35 +263,6 @@ class Reporter:
             self.wandb.finish()
 
 
-def write_final_student(student, fsdp: bool, tokenizer, layer_map, save_directory: str, provenance: dict,
-                        is_main: bool) -> None:
-    """Write the student into --save_directory (files moved in one by one, config files last)."""
-    if fsdp:
-        sd = ckpt.model_state(student, fsdp=True)
-        if is_main:  # the gathered tensors become the parameters of a model built on the meta device
-            model = empty_model(copy.deepcopy(student.config), torch.float32)
-            missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-            model.tie_weights()
-            missing = [k for k in missing if not (adapter_for(model).is_tied(model) and "lm_head" in k)]
-            missing += [n for n, p in model.named_parameters() if p.is_meta and n not in missing]
-            if missing or unexpected:
-                raise RuntimeError(f"final state dict mismatch: missing={missing} unexpected={unexpected}")
-            student = model
-    if not is_main:
-        return
-    tmp = os.path.join(save_directory, ".final-student")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_student(student, tokenizer, layer_map, tmp, overwrite=True, **provenance)
-    last = ("config.json", "student_config.json")
-    names = sorted(os.listdir(tmp), key=lambda n: (n in last, last.index(n) if n in last else 0, n))
-    for name in names:
-        dst = os.path.join(save_directory, name)
-        if os.path.isdir(dst):
-            shutil.rmtree(dst)
-        os.replace(os.path.join(tmp, name), dst)
-    os.rmdir(tmp)
-
-
 def build_models(args, teacher_path: str, layer_map, teacher_dtype, device, fsdp: bool, mp_policy=None,
                  per_process_loading: bool = True):
     """The frozen teacher and the student to train, on ``device``; under FSDP both sharded.
@@ -346,18 +282,15 @@ def build_models(args, teacher_path: str, layer_map, teacher_dtype, device, fsdp
         except FileNotFoundError as e:
             log.warning("%s: every process loads the whole teacher before sharding", e)
     cut_from = torch.float32 if args.recipe == "paper" else teacher_dtype
+    teacher = load_model(teacher_path, dtype=cut_from) if source is None else empty_model(source.config, cut_from)
+    student = init_student(teacher, layer_map, args.random_initialization, torch.float32, args.seed)
     if source is None:
-        teacher = load_model(teacher_path, dtype=cut_from)
-        student = copy.deepcopy(init_student(teacher, layer_map, args.random_initialization, torch.float32,
-                                             args.seed))
-    else:
-        teacher = empty_model(source.config, cut_from)
-        student = init_student(teacher, layer_map, args.random_initialization, torch.float32, args.seed)
+        student = copy.deepcopy(student)  # its tensors are the teacher's
     if args.recipe == "paper":
         teacher.to(teacher_dtype)  # its floating buffers too (RoPE's inv_freq), on either path
     teacher.requires_grad_(False)
-    teacher.set_attn_implementation(args.attn_implementation)
-    student.set_attn_implementation(args.attn_implementation)
+    for model in (teacher, student):
+        model.set_attn_implementation(args.attn_implementation)
     student.config.use_cache = False
     student.train()
     if args.gradient_checkpointing:
@@ -385,13 +318,6 @@ def make_stream(args, tokenizer, source: str, split: str, flag: str, training: b
                            skip=skip, buffer_size=buffer, flag=flag)
     return SequenceStream(source, tokenizer, args.max_length, packing=not args.no_packing, split=split,
                           text_field=args.text_field, seed=args.seed, shuffle=training, repeat=repeat, flag=flag)
-
-
-def batch_counts(batch: dict, recipe: str) -> tuple[float, int]:
-    """(loss positions, real tokens) of a batch: what the improved recipe averages over, and what is logged."""
-    if recipe == "paper":
-        return float((batch["labels"][:, 1:] != -100).sum()), int(batch["attention_mask"].sum())
-    return float(valid_positions(batch["doc_ids"]).sum()), int((batch["doc_ids"] >= 0).sum())
 
 
 # ----------------------------------------------------------------------------- the run
@@ -459,24 +385,19 @@ def check_args(args):
     if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
         fail(f"--report_to {args.report_to} needs the package {args.report_to}: pip install {args.report_to} "
              "(or --report_to none)")
-    return loss_cfg, teacher_path, layer_map, check_output_directory(args)
-
-
-def accumulation_steps(args, world: int) -> int:
-    if not args.global_batch_size:
-        return args.gradient_accumulation_steps
-    per = args.per_device_train_batch_size * world
-    if args.global_batch_size % per:
-        fail(f"--global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size "
-             f"x processes = {per}")
-    accum = args.global_batch_size // per
-    if "gradient_accumulation_steps" in getattr(args, "explicit_settings", ()) and \
-            args.gradient_accumulation_steps != accum:
-        fail(f"--global_batch_size {args.global_batch_size} with --per_device_train_batch_size "
-             f"{args.per_device_train_batch_size} on {world} process(es) means {accum} accumulation step(s), but "
-             f"--gradient_accumulation_steps {args.gradient_accumulation_steps} is also set: give only one of "
-             "--global_batch_size and --gradient_accumulation_steps")
-    return accum
+    d, resume_from = args.save_directory, None  # what happens to --save_directory is decided here, at start
+    if os.path.exists(d) and not (os.path.isdir(d) and not os.listdir(d)) and not args.overwrite:
+        if not args.resume:
+            fail(f"--save_directory {d} already exists. Pass --resume to continue its run, --overwrite to replace it, "
+                 "or choose another folder")
+        resume_from = ckpt.latest_checkpoint(d)
+        if resume_from is None and os.path.isfile(os.path.join(d, "student_config.json")):
+            fail(f"--save_directory {d} holds a finished student and no checkpoint: nothing to resume. "
+                 "Use another folder, or --overwrite to train again")
+        if resume_from is None:
+            fail(f"--resume: --save_directory {d} holds no checkpoint (checkpoints/step-*); use --overwrite to start "
+                 "again")
+    return loss_cfg, teacher_path, layer_map, resume_from
 
 
 def check_data(args, tokenizer) -> None:
@@ -494,35 +415,23 @@ def check_data(args, tokenizer) -> None:
             fail(f"{flag} {src}: cannot read it ({type(e).__name__}: {e})")
 
 
-def load_eval_batches(args, tokenizer, rank: int, world: int) -> list[dict] | None:
-    """This process's share of the held-out sequences, in batches; None without --eval_dataset."""
-    if not args.eval_dataset:
-        return None
-    es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
-                     repeat=False)
-    try:
-        seqs = es.take(args.eval_sequences)
-    except DataError:
-        fail(f"--eval_dataset {args.eval_dataset} holds fewer than --eval_sequences {args.eval_sequences} "
-             f"sequences of {args.max_length} tokens; lower --eval_sequences")
-    mine = {k: v[rank::world] for k, v in seqs.items()}
-    eb = args.per_device_eval_batch_size
-    return [{k: v[i:i + eb] for k, v in mine.items()} for i in range(0, len(mine["input_ids"]), eb)]
-
-
 def setup(args) -> Run:
     """Checks, processes, data, models, optimizer and schedule, a checkpoint to resume, the reporter."""
     loss_cfg, teacher_path, layer_map, resume_from = check_args(args)
-    rank, world, device = dist_setup(args.device)
-    fsdp = args.fsdp == "on" or (args.fsdp == "auto" and world > 1)
-    if world > 1 and not fsdp:
-        fail("several processes need --fsdp on (or auto)")
-    if fsdp and world == 1 and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29512")
-        os.environ.setdefault("RANK", "0")
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
-    accum = accumulation_steps(args, world)
+    rank, world, device, fsdp = dist_setup(args)
+    accum = args.gradient_accumulation_steps
+    if args.global_batch_size:  # accumulation steps follow from it and the number of processes
+        per = args.per_device_train_batch_size * world
+        if args.global_batch_size % per:
+            fail(f"--global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size "
+                 f"x processes = {per}")
+        accum = args.global_batch_size // per
+        if "gradient_accumulation_steps" in getattr(args, "explicit_settings", ()) and \
+                args.gradient_accumulation_steps != accum:
+            fail(f"--global_batch_size {args.global_batch_size} with --per_device_train_batch_size "
+                 f"{args.per_device_train_batch_size} on {world} process(es) means {accum} accumulation step(s), "
+                 f"but --gradient_accumulation_steps {args.gradient_accumulation_steps} is also set: give only one "
+                 "of --global_batch_size and --gradient_accumulation_steps")
     global_batch = args.per_device_train_batch_size * accum * world
     bf16 = args.bf16 and device.type == "cuda"
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
@@ -542,12 +451,9 @@ def setup(args) -> Run:
     if world > 1:
         dist.barrier()
 
-    # models (under FSDP each process reads only its own shards of both)
-    mp_policy = None
     if fsdp and bf16:
         from torch.distributed.fsdp import MixedPrecisionPolicy  # FSDP only: not loaded by one-process runs
-
-        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if fsdp and bf16 else None
     teacher, student = build_models(args, teacher_path, layer_map, teacher_dtype, device, fsdp, mp_policy)
     optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
@@ -557,8 +463,7 @@ def setup(args) -> Run:
               autocast=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext(),
               teacher=teacher, student=student, optimizer=optimizer, scheduler=lr_scheduler(args, optimizer),
               stream=make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True),
-              flops_per_token=flops_per_token(student, teacher, args.max_length),
-              last_good=resume_from)
+              flops_per_token=flops_per_token(student, teacher, args.max_length), last_good=resume_from)
     if resume_from:
         try:
             state = ckpt.load_checkpoint(resume_from, student, optimizer, run.scheduler, fsdp)
@@ -569,7 +474,16 @@ def setup(args) -> Run:
         if rank == 0:
             log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, run.step, run.stream.position)
     run.reporter = Reporter(args, rank == 0, run.step if resume_from else None)
-    run.eval_batches = load_eval_batches(args, tokenizer, rank, world)
+    if args.eval_dataset:  # this process's share of the held-out sequences, in batches
+        es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
+                         repeat=False)
+        try:
+            seqs = es.take(args.eval_sequences)
+        except DataError:
+            fail(f"--eval_dataset {args.eval_dataset} holds fewer than --eval_sequences {args.eval_sequences} "
+                 f"sequences of {args.max_length} tokens; lower --eval_sequences")
+        mine, eb = {k: v[rank::world] for k, v in seqs.items()}, args.per_device_eval_batch_size
+        run.eval_batches = [{k: v[i:i + eb] for k, v in mine.items()} for i in range(0, len(mine["input_ids"]), eb)]
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         run.peak_flops = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)) * 1e12
@@ -578,8 +492,7 @@ def setup(args) -> Run:
 
 def inputs_for(run: Run, batch: dict, model) -> dict:
     if run.args.recipe == "paper":  # Hugging Face's own masks and positions from the 2D attention mask
-        return {"input_ids": batch["input_ids"].to(run.device),
-                "attention_mask": batch["attention_mask"].to(run.device)}
+        return {k: batch[k].to(run.device) for k in ("input_ids", "attention_mask")}
     return model_inputs(batch, run.device, run.compute_dtype, model.config)
 
 
@@ -589,7 +502,6 @@ def forward(run: Run, batch: dict) -> LossTerms:
     cfg, pairs = run.loss_cfg, run.layer_map.cosine_pairs()
     s_idx, t_idx = [s for s, _ in pairs], [t for _, t in pairs]
     inputs = inputs_for(run, batch, run.student)
-    t_out = None
     with run.autocast:
         if cfg.use_kl_loss or cfg.use_cosine_loss:
             with torch.no_grad():
@@ -611,7 +523,10 @@ def train_step(run: Run) -> dict:
     args, per = run.args, run.args.per_device_train_batch_size
     t0 = time.perf_counter()
     batch = run.stream.take(run.global_batch)
-    n_valid, n_tokens = batch_counts(batch, args.recipe)
+    if args.recipe == "paper":  # loss positions (what the improved recipe averages over) and real tokens (logged)
+        n_valid, n_tokens = float((batch["labels"][:, 1:] != -100).sum()), int(batch["attention_mask"].sum())
+    else:
+        n_valid, n_tokens = float(valid_positions(batch["doc_ids"]).sum()), int((batch["doc_ids"] >= 0).sum())
     lo = run.rank * per * run.accum
     mine = {k: v[lo:lo + per * run.accum] for k, v in batch.items()}
     sums = LossTerms(0.0, 0.0, 0.0, 0.0, num_valid=0)
@@ -619,14 +534,10 @@ def train_step(run: Run) -> dict:
         if run.fsdp:
             run.student.set_requires_gradient_sync(m == run.accum - 1)
         terms = forward(run, {k: v[m * per:(m + 1) * per] for k, v in mine.items()})
-        if args.recipe == "paper":
-            # The paper's code back-propagates each micro-batch's mean undivided (transformers 4.51.3 does not
-            # divide it by the accumulation steps for this model: docs/training.md); processes are averaged.
-            terms.total.backward()
-        else:
-            # Sum over valid positions / valid positions of the whole global batch; FSDP averages gradients
-            # over processes, so multiply by their number to get the global mean.
-            (terms.total * (run.world / max(n_valid, 1.0))).backward()
+        # paper: each micro-batch's mean back-propagated undivided, as the paper's code does (transformers 4.51.3 does
+        # not divide it by the accumulation steps for this model: docs/training.md); processes are averaged. improved:
+        # sum over valid positions / valid positions of the global batch, times the processes FSDP averages over.
+        (terms.total if args.recipe == "paper" else terms.total * (run.world / max(n_valid, 1.0))).backward()
         sums = sums + terms
     *values, num_valid = all_sum([*sums.values(), sums.num_valid], run.device)  # summed over processes
     # logged: the mean loss per loss position (improved), or the mean of the micro-batch means (paper)
@@ -672,18 +583,12 @@ def evaluate(run: Run, model) -> float:
     model.eval()
     ce_sum = n = 0.0
     with torch.no_grad(), run.autocast:
-        for b in run.eval_batches:
-            inputs = inputs_for(run, b, model)
-            logits = model(**inputs).logits
-            if run.args.recipe == "paper":  # the paper's CE: every label that is not -100
-                valid = (b["labels"] != -100).to(run.device)
-                valid = torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], dim=1)
-            else:
-                valid = valid_positions(b["doc_ids"].to(run.device))
-            lp = torch.log_softmax(logits[:, :-1].float(), -1)
-            nll = -lp.gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
-            ce_sum += float((nll * valid[:, :-1]).sum())
-            n += float(valid.sum())
+        for b in run.eval_batches:  # the paper's CE: every label that is not -100; improved: valid positions
+            y = b["labels"][:, 1:] if run.args.recipe == "paper" else \
+                next_token_labels(b["input_ids"], valid_positions(b["doc_ids"]))[:, :-1]
+            logits = model(**inputs_for(run, b, model)).logits[:, :-1]
+            ce_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten().to(run.device), reduction="sum"))
+            n += float((y != -100).sum())
     ce_sum, n = all_sum([ce_sum, n], run.device)
     model.train(was_training)
     return ce_sum / max(n, 1.0)
@@ -699,23 +604,34 @@ def evaluate_and_log(run: Run, teacher_too: bool = False) -> dict:
     return rec
 
 
-def save_checkpoint(run: Run) -> None:
-    run.last_good = ckpt.save_checkpoint(run.args.save_directory, run.step, run.student, run.optimizer, run.scheduler,
-                                         run.stream.position, run.fsdp, run.args.save_total_limit,
-                                         extra={"world_size": run.world, "global_batch": run.global_batch,
-                                                "tokens_seen": run.tokens_seen})
-
-
 def cleanup(run: Run) -> dict:
-    """Write the student once training reached --max_steps, close the reporter and the process group; the
-    summary main returns."""
-    args = run.args
+    """Write the student into --save_directory once training reached --max_steps (files moved in one by one, config
+    files last), close the reporter and the process group; the summary main returns."""
+    args, student = run.args, run.student
     if run.step >= args.max_steps:
-        provenance = dict(provenance_of(args), training_recipe=args.recipe, trained_steps=run.step,
-                          trained_tokens=run.tokens_seen)
-        write_final_student(run.student, run.fsdp, run.tokenizer, run.layer_map, args.save_directory, provenance,
-                            run.rank == 0)
+        if run.fsdp:
+            sd = ckpt.model_state(student, fsdp=True)  # a collective: every process
+            if run.rank == 0:  # the gathered tensors become the parameters of a model built on the meta device
+                model = empty_model(copy.deepcopy(student.config), torch.float32)
+                missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+                model.tie_weights()
+                missing = [k for k in missing if not (adapter_for(model).is_tied(model) and "lm_head" in k)]
+                missing += [n for n, p in model.named_parameters() if p.is_meta and n not in missing]
+                if missing or unexpected:
+                    raise RuntimeError(f"final state dict mismatch: missing={missing} unexpected={unexpected}")
+                student = model
         if run.rank == 0:
+            tmp = os.path.join(args.save_directory, ".final-student")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_student(student, run.tokenizer, run.layer_map, tmp, overwrite=True, **provenance_of(args),
+                         training_recipe=args.recipe, trained_steps=run.step, trained_tokens=run.tokens_seen)
+            last = ("config.json", "student_config.json")
+            for name in sorted(os.listdir(tmp), key=lambda n: (last.index(n) if n in last else -1, n)):
+                dst = os.path.join(args.save_directory, name)
+                if os.path.isdir(dst):
+                    shutil.rmtree(dst)
+                os.replace(os.path.join(tmp, name), dst)
+            os.rmdir(tmp)
             log.info("student written to %s", args.save_directory)
     run.reporter.close()
     summary = {"step": run.step, "history": run.history, "save_directory": args.save_directory,
@@ -756,7 +672,10 @@ def main(argv=None) -> dict:
             if run.rank == 0:
                 bar.write(f"step {run.step}: held-out CE {ev['eval_ce']:.4f} (ppl {ev['eval_ppl']:.1f})")
         if (args.save_steps and run.step % args.save_steps == 0) or run.step == stop < args.max_steps:
-            save_checkpoint(run)
+            run.last_good = ckpt.save_checkpoint(
+                args.save_directory, run.step, run.student, run.optimizer, run.scheduler, run.stream.position,
+                args.save_total_limit, extra={"world_size": run.world, "global_batch": run.global_batch,
+                                              "tokens_seen": run.tokens_seen})
     bar.close()
     return cleanup(run)
 

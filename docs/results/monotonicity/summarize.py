@@ -40,31 +40,6 @@ def final_ce(path: str):
     return evals[-1]["eval_ce"] if evals else None
 
 
-def _student_nll(rep: dict, n: int):
-    """Per-document NLL of the student on the first n documents (older reports did not store it)."""
-    if rep.get("student_document_nll"):
-        return rep["student_document_nll"][:n]
-    import torch
-
-    from boomerang.models import load_model, load_tokenizer
-    from evaluate.alignment import document_nll, encode_documents
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-    batches = encode_documents(load_tokenizer(rep["teacher"]), os.path.join(root, rep["data"]), n, rep["max_tokens"])
-    return document_nll(load_model(os.path.join(root, rep["student"]), torch.float32).eval(), batches)
-
-
-def _tokens(rep: dict, n: int):
-    if rep.get("document_tokens"):
-        return rep["document_tokens"][:n]
-    from boomerang.models import load_tokenizer
-    from evaluate.alignment import encode_documents
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-    batches = encode_documents(load_tokenizer(rep["teacher"]), os.path.join(root, rep["data"]), n, rep["max_tokens"])
-    return [b.shape[1] - 1 for b in batches]
-
-
 def main():
     rows = []
     for name, log_dir, what in RUNS:
@@ -74,14 +49,7 @@ def main():
         rep = json.load(open(path))
         ladder = rep["ladder"]
         n = min(DOCS, rep["documents"])
-        counts = _tokens(rep, n)
-        if not rep.get("student_document_nll") or not rep.get("document_tokens"):
-            # reports written before evaluate.alignment stored these: fill them in once, on the first n documents
-            rep["student_document_nll"], rep["document_tokens"] = _student_nll(rep, n), counts
-            rep["student_document_nll_documents"] = n
-            with open(path, "w") as f:
-                json.dump(rep, f, indent=2)
-                f.write("\n")
+        counts = rep["document_tokens"][:n]
         nlls = [rep["student_document_nll"][:n]] + [r["document_nll"][:n] for r in ladder]
         ppl = [math.exp(sum(x) / sum(counts)) for x in nlls]
         labels = ["student"] + [str(r["depth"]) for r in ladder]
