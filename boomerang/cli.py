@@ -56,6 +56,20 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
     return args
 
 
+def namespace_with_config(parser: argparse.ArgumentParser, config: str | None = None, **settings) -> argparse.Namespace:
+    """What ``parse_with_config`` gives for ``--config config`` and the flags ``settings``, for callers that are
+    functions, not command lines: the parser's defaults, the YAML values (its ``base:`` chain resolved), then
+    ``settings`` (Python values, keyed by flag name). Unknown keys are an error that names them."""
+    args = argparse.Namespace(**{a.dest: a.default for a in parser._actions if a.dest != "help"})
+    values = read_config(config) if config else {}
+    known = {a.dest for a in parser._actions}
+    if unknown := sorted(k for k in {**values, **settings} if k not in known):
+        raise ValueError(f"unknown settings {unknown} (config {config}); see --help for the flag names")
+    vars(args).update({**values, **settings, "config": config})
+    args.explicit_settings = sorted(set(values) | set(settings))
+    return args
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -101,15 +101,14 @@ def distill(student_dir: str, config: str, settings: dict) -> None:
         return
     from train import train as train_mod  # loads only when a student must be distilled (train imports transformers)
 
-    argv = ["--config", config, "--save_directory", student_dir] + [x for k, v in settings.items()
-                                                                     for x in (f"--{k}", str(v))]
     ckpt_dir = os.path.join(student_dir, "checkpoints")
+    settings = {**settings, "save_directory": student_dir}
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        argv.append("--resume")
+        settings["resume"] = True
         print(f"resuming the interrupted distillation in {student_dir}", flush=True)
     elif os.path.isdir(student_dir) and os.listdir(student_dir):
-        argv.append("--overwrite")  # a run that died before its first checkpoint: nothing to keep
-    train_mod.main(argv)
+        settings["overwrite"] = True  # a run that died before its first checkpoint: nothing to keep
+    train_mod.distill(config, **settings)
 
 
 def training_log(student_dir: str) -> dict:

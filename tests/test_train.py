@@ -258,3 +258,10 @@ def test_improved_lr_schedule_is_bit_identical_to_the_former_one(kind):
                     (kind, max_steps, warmup_ratio, step)
                 optimizer.step()
                 scheduler.step()
+
+
+def test_distill_function_names_unknown_settings_before_any_work():
+    from train.train import distill
+
+    with pytest.raises(ValueError, match=r"unknown settings \['max_stepz'\]"):
+        distill(None, max_stepz=3)
