@@ -30,43 +30,36 @@ def read_config(path: str, _seen: tuple[str, ...] = ()) -> dict:
     return {**read_config(os.path.join(os.path.dirname(path), parent), _seen + (path,)), **values}
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+def parse_with_config(parser: argparse.ArgumentParser, argv=None, config: str | None = None,
+                      **settings) -> argparse.Namespace:
     """Parse ``argv``; a ``--config FILE.yaml`` (and its ``base:`` chain) supplies defaults that explicit flags
-    override. Unknown keys in the YAML files are an error that names them (a typo must not be silently ignored)."""
+    override. Unknown keys in the YAML files are an error that names them (a typo must not be silently ignored).
+
+    A caller that is a function, not a command line, passes ``config`` and ``settings`` (Python values keyed by
+    flag name, winning over the YAML file as flags do) with no ``argv``: ``parse_with_config(p, [], cfg, x=1)``.
+    """
     parser.add_argument("--config", default=None, help="YAML file of flag values (flags given on the command line win)")
-    pre, _ = parser.parse_known_args(argv)
+    known = {a.dest for a in parser._actions}
+    if unknown := sorted(k for k in settings if k not in known):
+        raise ValueError(f"unknown settings {unknown}; see --help for the flag names")
+    config = config or parser.parse_known_args(argv)[0].config
     values = {}
-    if pre.config:
+    if config:
         try:
-            values = read_config(pre.config)
+            values = read_config(config)
         except ValueError as e:
-            parser.error(f"--config {pre.config}: {e}")
-        known = {a.dest for a in parser._actions}
+            parser.error(f"--config {config}: {e}")
         if unknown := sorted(k for k in values if k not in known):
-            parser.error(f"--config {pre.config}: unknown keys {unknown}; see --help for the flag names")
-        parser.set_defaults(**values)
+            parser.error(f"--config {config}: unknown keys {unknown}; see --help for the flag names")
+    parser.set_defaults(**{**values, **settings, "config": config})
     args = parser.parse_args(argv)
-    # which settings the user gave (in the config files or as flags), as opposed to parser defaults
-    given = set(values)
+    # which settings the user gave (in the config files, as flags or as settings), as opposed to parser defaults
+    given = set(values) | set(settings)
     words = list(sys.argv[1:] if argv is None else argv)
     for action in parser._actions:
         if any(w == o or w.startswith(o + "=") for o in action.option_strings for w in words):
             given.add(action.dest)
     args.explicit_settings = sorted(given)
-    return args
-
-
-def namespace_with_config(parser: argparse.ArgumentParser, config: str | None = None, **settings) -> argparse.Namespace:
-    """What ``parse_with_config`` gives for ``--config config`` and the flags ``settings``, for callers that are
-    functions, not command lines: the parser's defaults, the YAML values (its ``base:`` chain resolved), then
-    ``settings`` (Python values, keyed by flag name). Unknown keys are an error that names them."""
-    args = argparse.Namespace(**{a.dest: a.default for a in parser._actions if a.dest != "help"})
-    values = read_config(config) if config else {}
-    known = {a.dest for a in parser._actions}
-    if unknown := sorted(k for k in {**values, **settings} if k not in known):
-        raise ValueError(f"unknown settings {unknown} (config {config}); see --help for the flag names")
-    vars(args).update({**values, **settings, "config": config})
-    args.explicit_settings = sorted(set(values) | set(settings))
     return args
 
 

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from boomerang.assemble import as_source
-from boomerang.cli import fail, namespace_with_config, parse_with_config, setup_logging
+from boomerang.cli import fail, parse_with_config, setup_logging
 from boomerang.families import adapter_for, count_parameters, dtype_from_name
 from boomerang.io import atomic_write_text
 from boomerang.layer_map import LayerMapError
@@ -651,9 +651,7 @@ def main(argv=None) -> dict:
 def distill(config: str | None = None, **settings) -> dict:
     """The same run called as a function: ``distill("configs/x.yaml", save_directory=D, max_steps=120, resume=True)``
     (``settings`` keyed by flag name, Python values; the main job and the experiments call this)."""
-    parser = build_parser()
-    parser.add_argument("--config", default=None)
-    return run_distillation(namespace_with_config(parser, config, **settings))
+    return run_distillation(parse_with_config(build_parser(), [], config, **settings))
 
 
 def run_distillation(args) -> dict:
