@@ -198,11 +198,14 @@ class SweepPoint:
     ``method``), ``role`` (``student`` / ``teacher`` / ``intermediate``: the plot marks the first two),
     ``order``, ``num_layers_to_patch``, ``replaced_blocks``, ``depth``, ``layers``, ``teacher``,
     ``student``; anything else is kept as given.
+    ``tasks``: False to score this point on the sweep's held-out reference only, without the lm-eval tasks
+    (a baseline whose accuracy is known to sit at chance, where the tasks would cost most of the sweep).
     """
 
     name: str
     build: Callable[[], tuple[Any, Any]]
     metadata: dict = field(default_factory=dict)
+    tasks: bool = True
 
 
 def _version(pkg: str) -> str | None:
@@ -425,12 +428,13 @@ def _evaluate_point(point: SweepPoint, meta: dict, taskset: TaskSet, reference, 
     model, tokenizer = point.build()
     t_build = time.time() - t0
     ev = {"metrics": {}, "n_samples": {}, "higher_is_better": {}, "eval_time_s": 0.0}
-    if taskset.names:
+    if taskset.names and point.tasks:
         ev = evaluate_model(model, tokenizer, taskset, **eval_kwargs)
     heldout = None
     if reference is not None:
         t1 = time.time()
         heldout = reference.score(model.to(eval_kwargs["device"]))
+        t_heldout = time.time() - t1
         ev["metrics"][reference.task_name] = {"kl": {"value": heldout.kl_per_token, "stderr": None},
                                               "token_perplexity": {"value": heldout.token_perplexity, "stderr": None}}
         ev["higher_is_better"][reference.task_name] = {"kl": False, "token_perplexity": False}
@@ -442,6 +446,7 @@ def _evaluate_point(point: SweepPoint, meta: dict, taskset: TaskSet, reference, 
               "depth": int(depth), "parameters": count_parameters(model),
               **{k: ev[k] for k in ("metrics", "n_samples", "higher_is_better")}, **run_info,
               "wall_time_s": {"build": round(t_build, 3), "evaluate": ev["eval_time_s"],
+                              **({"heldout": round(t_heldout, 3)} if heldout is not None else {}),
                               "total": round(time.time() - t0, 3)},
               "finished_at": _now()}
     if heldout is not None:

@@ -4,7 +4,8 @@
     run_sweep(points, out, tasks, reference=reference)     # adds task "heldout_kl": kl, token_perplexity
 
 The teacher's log-probabilities are computed once (``boomerang.scoring.TeacherReference``); each model
-then costs one forward pass over the documents. The per-document sums are kept in each result record
+then costs one forward pass over the documents, less the layers it shares with a model scored before it
+(the prefix cache: the sizes of a ladder, assembled from the same loaded teacher and student, start alike). The per-document sums are kept in each result record
 (``heldout_scores``) so that two curves can be compared with a paired bootstrap over documents
 (``evaluate.alignment.paired_comparison``).
 """
@@ -31,13 +32,14 @@ def encode_file(tokenizer, path: str, docs: int | None, max_tokens: int, flag: s
 class HeldoutReference:
     task_name = TASK_NAME
 
-    def __init__(self, teacher, tokenizer, data_file: str, docs: int | None = None, max_tokens: int = 512):
+    def __init__(self, teacher, tokenizer, data_file: str, docs: int | None = None, max_tokens: int = 512,
+                 cache_bytes: int = 2 * 2**30):
         sequences = encode_file(tokenizer, data_file, docs, max_tokens, "--heldout_kl")
         self.data_file = os.path.abspath(data_file)
         self.requested_docs = docs
         self.docs = len(sequences)
         self.max_tokens = max_tokens
-        self.reference = TeacherReference(teacher, sequences)
+        self.reference = TeacherReference(teacher, sequences, cache_bytes=cache_bytes)
 
     def describe(self) -> dict:
         """The settings (what a rerun into the same sweep folder must repeat); known before any model loads."""

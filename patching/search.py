@@ -40,7 +40,6 @@ import itertools
 import logging
 import os
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
@@ -177,63 +176,26 @@ class SearchSpace:
 
 # ---------------------------------------------------------------------------------------------- scoring
 class Scorer:
-    """Mean KL(teacher || candidate) per token on the calibration batch, with a prefix cache.
+    """Mean KL(teacher || candidate) per token on the calibration batch.
 
-    The hidden state after the first m layers of a candidate (with its embeddings) is cached, keyed by
-    those layers; a later candidate that starts with the same layers runs only the rest. The cache is
-    bounded by ``cache_bytes`` (least recently used entries go first).
+    Each candidate is assembled from the two loaded models' tensors (shared, not copied), so the teacher
+    reference's prefix cache (``boomerang.scoring.PrefixCache``, bounded by ``cache_bytes``) serves every
+    candidate that starts with the same embeddings and layers as one already run: only the rest is run.
     """
 
     def __init__(self, space: SearchSpace, calibration: torch.Tensor, cache_bytes: int = 2 * 2**30):
         self.space = space
-        self.ids = calibration
-        self.reference = TeacherReference(space.teacher.model, [row[None] for row in calibration])
+        self.reference = TeacherReference(space.teacher.model, [row[None] for row in calibration],
+                                          batch_size=len(calibration), cache_bytes=cache_bytes)
         self.scores: dict[Candidate, float] = {}
-        self.cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-        self.cache_bytes, self._bytes = cache_bytes, 0
-        self.reuse = space.adapter.inputs_embeds_is_hidden_state
-        self.stats = {"models_scored": 0, "layers_run": 0, "layers_reused": 0}
+        self.stats = self.reference.stats  # models_scored, layers_run, layers_reused
 
-    def _store(self, key, h: torch.Tensor) -> None:
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return
-        self.cache[key] = h
-        self._bytes += h.numel() * h.element_size()
-        while self._bytes > self.cache_bytes and self.cache:
-            _, old = self.cache.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
-
-    @torch.no_grad()
-    def _run(self, cand: Candidate) -> torch.Tensor:
-        sp = self.space
-        layers = cand.layers
-        sources = {"teacher": sp.teacher, "student": sp.student}
-        head_src = sources[cand.head_from]
-        start, h = 0, None
-        if self.reuse:
-            for m in range(len(layers) - 1, -1, -1):  # the longest cached prefix (at least one layer is run)
-                key = (cand.embeddings_from, layers[:m])
-                if key in self.cache:
-                    start, h = m, self.cache[key]
-                    self.cache.move_to_end(key)
-                    break
-            if h is None:
-                emb = sources[cand.embeddings_from].model.get_input_embeddings()
-                h = emb(self.ids)
-                self._store((cand.embeddings_from, ()), h)
-        suffix = [LayerRef(sources[src], i) for src, i in layers[start:]]
-        parts = {"embeddings": sources[cand.embeddings_from], "final_norm": head_src, "lm_head": head_src}
-        model = assemble(head_src, suffix, parts, copy_untied_head=False)
-        if self.reuse:
-            out = model(inputs_embeds=h, output_hidden_states=True)
-            for i in range(1, len(suffix)):  # hidden_states[i]: the input of suffix layer i
-                self._store((cand.embeddings_from, layers[:start + i]), out.hidden_states[i])
-        else:
-            out = model(input_ids=self.ids)
-        self.stats["layers_run"] += len(suffix)
-        self.stats["layers_reused"] += start
-        return out.logits
+    def model(self, cand: Candidate):
+        sources = {"teacher": self.space.teacher, "student": self.space.student}
+        head = sources[cand.head_from]
+        return assemble(head, [LayerRef(sources[src], i) for src, i in cand.layers],
+                        {"embeddings": sources[cand.embeddings_from], "final_norm": head, "lm_head": head},
+                        copy_untied_head=False)
 
     def __call__(self, cand: Candidate) -> float:
         if cand in self.scores:
@@ -241,11 +203,8 @@ class Scorer:
         if cand.depth == 0:
             self.scores[cand] = float("inf")  # no layer at all: not a model
             return self.scores[cand]
-        logits = self._run(cand)
-        kl = sum(self.reference.score_logits(i, logits[i, :-1])[1] for i in range(logits.shape[0]))
-        self.scores[cand] = kl / sum(self.reference.tokens)
+        self.scores[cand] = self.reference.score(self.model(cand)).kl_per_token
         st = self.stats
-        st["models_scored"] += 1
         if st["models_scored"] % 25 == 0:
             log.info("%d models scored (%d of %d layer passes reused from the prefix cache)", st["models_scored"],
                      st["layers_reused"], st["layers_reused"] + st["layers_run"])

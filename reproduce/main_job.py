@@ -9,8 +9,11 @@ Stages (each resumable: a rerun skips what is done and continues what was interr
      (``train.train``); a folder whose student was made with other settings is refused, never reused;
   3. sweep every size from student to teacher in the paper's order for the teacher's family (first-k for
      Llama teachers such as SmolLM2; ``--override_llama_patching``: last-k, into OUTPUT_DIR/last-k/) on held-out
-     Brown perplexity and the multiple-choice tasks of ``DATA/tasks``, with the naive-pruning
-     baseline (and, in the GPU preset, ShortGPT and LaCo) at the same sizes, in one sweep folder;
+     Brown perplexity and KL from the teacher and the multiple-choice tasks of ``DATA/tasks`` (the CPU preset:
+     at the student, the teacher and every 4th size, ``--mc_every``), with the naive-pruning baseline (and, in
+     the GPU preset, ShortGPT and LaCo) at the same sizes, in one sweep folder;
+  3b. search the best model the pair assembles at every depth (``patching.search``; ``--no_search`` skips it)
+     and score that ladder on the same held-out text;
   4. measure the seam alignment: the cosine of student and teacher hidden states at every aligned
      pair, on the held-out documents (``alignment.md``; ``python -m evaluate.alignment`` goes further);
   5. write the results (per-size JSON, summary CSV/markdown, plots, a boomerang-vs-baselines table)
@@ -29,6 +32,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 
 import torch
 
@@ -48,7 +52,7 @@ from evaluate.baselines import family_points
 from evaluate.compare import compare_rows, ladder_by_depth
 from evaluate.compare import render as render_comparison
 from evaluate.evaluate import boomerang_points, plan_points, run_sweep
-from evaluate.heldout import HeldoutReference
+from evaluate.heldout import TASK_NAME as HELDOUT_TASK, HeldoutReference
 from evaluate.results import fmt_number
 from patching.patch import load_layer_map, load_plan
 from patching.search import SEARCH_FILE, run_search
@@ -61,13 +65,24 @@ log = logging.getLogger("boomerang.main_job")
 # Each preset: the training config and its overrides, and what the sweep evaluates.
 PRESETS = {
     "cpu": {"train_config": "configs/smollm2-135m-cpu.yaml",
-            "ppl_docs": 25, "max_doc_words": 300,  # held-out documents for perplexity, each cut to ~400 tokens
+            # held-out perplexity and KL on the first 25 documents, each cut to 512 tokens (boomerang.scoring); no
+            # second perplexity through lm-eval (it measured the same text again: a third of the sweep's time)
+            "ppl_docs": 25, "lm_eval_ppl": False,
             "mc_limit": 40,  # items per multiple-choice task (100 made the sweep ~56 min on 2 cores)
-            "baselines": ["naive"], "dtype": "float32", "eval_batch_size": "8",
-            "search": {"samples": 16, "seq_len": 128, "beam_width": 1}},
+            # the tasks at the student, the teacher and every 4th size (k = 0, 4, 8, ...): ~45 s a size on 2 cores, and
+            # at this budget they sit near chance at every size; perplexity and KL are measured at every size
+            "mc_every": 4,
+            # naive pruning on held-out perplexity and KL only: its accuracy sat at chance at every size (0.31-0.375,
+            # docs/results/main-cpu), and the five tasks would cost it 14 x ~45 s on 2 cores
+            "baselines": ["naive"], "baseline_tasks": False, "dtype": "float32", "eval_batch_size": "8",
+            # greedy and both fixed orders (~170 models, ~2.7 s each on 2 cores); a beam (docs/results/search-smollm2:
+            # width 2, 466 models) finds 3-6% lower calibration KL at most depths, at 2-3x the cost
+            "search": {"samples": 16, "seq_len": 128, "beam_width": 0}},
     "gpu": {"train_config": "configs/smollm2-135m.yaml",
-            "ppl_docs": None, "max_doc_words": None, "mc_limit": None,  # all 50 held-out documents, whole; every item
-            "baselines": ["naive", "shortgpt", "laco"], "dtype": "bfloat16", "eval_batch_size": "auto",
+            # all 50 held-out documents: 512 tokens each for perplexity and KL, and whole through lm-eval; every item
+            "ppl_docs": None, "lm_eval_ppl": True, "mc_limit": None, "mc_every": 1,
+            "baselines": ["naive", "shortgpt", "laco"], "baseline_tasks": True, "dtype": "bfloat16",
+            "eval_batch_size": "auto",
             "search": {"samples": 32, "seq_len": 256, "beam_width": 2}},
 }
 
@@ -82,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_steps", type=int, default=None, help="override the preset's distillation steps")
     p.add_argument("--mc_limit", type=int, default=None, help="override items per multiple-choice task")
     p.add_argument("--ppl_docs", type=int, default=None, help="override held-out documents for perplexity")
+    p.add_argument("--mc_every", type=int, default=None,
+                   help="run the multiple-choice tasks at the student, the teacher and every N-th size (k = 0, N, 2N, "
+                        "...); 1: every size (the cpu preset's is 4, the gpu preset's 1)"),
     p.add_argument("--baselines", default=None, help="comma-separated: naive, shortgpt, laco (default: the preset's)")
     p.add_argument("--patch_first_k_layers", action="store_true",
                    help="sweep in first-k order; the paper's order, and the default, for Llama teachers such as SmolLM2. "
@@ -167,6 +185,9 @@ def main(argv=None) -> dict:
     if bad:
         fail(f"--baselines: unknown {bad}; choose from naive, shortgpt, laco")
     mc_limit = args.mc_limit if args.mc_limit is not None else preset["mc_limit"]
+    mc_every = args.mc_every if args.mc_every is not None else preset["mc_every"]
+    if mc_every < 1:
+        fail(f"--mc_every must be 1 or more (1: the multiple-choice tasks at every size), got {mc_every}")
     ppl_docs = args.ppl_docs if args.ppl_docs is not None else preset["ppl_docs"]
     student_dir = os.path.join(out, "student")
     if not args.skip_training:
@@ -215,7 +236,8 @@ def main(argv=None) -> dict:
         dtype = dtype_from_name(preset["dtype"])
         os.makedirs(eval_dir, exist_ok=True)
         heldout = heldout_subset(files["heldout"], ppl_docs, out)
-        tasks = [f"brown_heldout=local_ppl:{heldout}"] + [f"{t}=local_mc:{files[t]}" for t in MC_TASKS]
+        tasks = ([f"brown_heldout=local_ppl:{heldout}"] if preset["lm_eval_ppl"] else []) + [
+            f"{t}=local_mc:{files[t]}" for t in MC_TASKS]
         teacher = load_model(teacher_path, dtype=torch.float32)
         student = load_model(student_dir, dtype=dtype)
         layer_map = load_layer_map(student_dir, adapter_for(teacher).num_layers(teacher.config))
@@ -229,6 +251,8 @@ def main(argv=None) -> dict:
         points = boomerang_points(teacher_eval, student, ks, patch_first_k_layers=order == FIRST_K, dtype=dtype,
                                   teacher_name=args.teacher_model_name_or_path, student_name=student_dir,
                                   curve="boomerang")
+        points = [replace(p, tasks=p.metadata["role"] != "intermediate"
+                          or p.metadata["num_layers_to_patch"] % mc_every == 0) for p in points]
         batches = laco_batches = calibration = None
         if any(b in ("shortgpt", "laco") for b in baselines):
             texts = load_texts(files["train"])
@@ -241,10 +265,10 @@ def main(argv=None) -> dict:
         for method in baselines:  # at every interpolated size (the teacher and the student's own depth included)
             entries = build_family(method, teacher, layer_map, ks[:-1], order == FIRST_K, batches, laco_batches, bdir,
                                    laco_options, calibration)
-            points += family_points(method, entries, args.teacher_model_name_or_path, student_dir, order, lambda: tok,
-                                    None, dtype=dtype, listing_directory=bdir)
+            family = family_points(method, entries, args.teacher_model_name_or_path, student_dir, order, lambda: tok,
+                                   None, dtype=dtype, listing_directory=bdir)
+            points += [replace(p, tasks=preset["baseline_tasks"]) for p in family]
         records = run_sweep(points, eval_dir, tasks, limit=mc_limit, batch_size=preset["eval_batch_size"],
-                            max_doc_words=preset["max_doc_words"],
                             common_metadata={"preset": preset_name, "dtype": preset["dtype"]}, reference=reference)
 
     searched = []  # 3b. the searched ladder (patching.search), evaluated on the held-out text like every other point
@@ -320,12 +344,12 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
         (str(d) + (" (teacher)" if boom[d].get("role") == "teacher" else ""), boom[d], d) for d in sorted(boom)]
     chain = []
     for label, r, d in ladder:
-        ppl = _value(r, "brown_heldout", "token_perplexity")
+        ppl = _value(r, HELDOUT_TASK, "token_perplexity")
         chain.append((label, ppl))
         row = [label, f"{r['parameters']['total'] / 1e6:.1f}M", fmt_number(ppl, 1, "f")]
         for m in methods:
             b = by[m].get(d)
-            bp = _value(b, "brown_heldout", "token_perplexity") if b else None
+            bp = _value(b, HELDOUT_TASK, "token_perplexity") if b else None
             row.append(fmt_number(bp, 1, "f"))
             if b is not None and ppl is not None and bp is not None:
                 facts["boomerang_beats"][m].append((d, ppl < bp, round(bp / ppl, 2)))

@@ -45,6 +45,13 @@ def test_main_job_end_to_end(tiny_world, capsys):
     teacher_rec = json.loads((lk / "eval" / "results" / "teacher.json").read_text())
     assert teacher_rec["metrics"]["heldout_kl"]["kl"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert json.loads((lk / "eval" / "results" / "last_k01.json").read_text())["metrics"]["heldout_kl"]["kl"]["value"] > 0
+    # the CPU preset measures held-out perplexity once (with the KL) and scores naive pruning on it alone
+    assert "arc_easy" in teacher_rec["metrics"] and "brown_heldout" not in teacher_rec["metrics"]
+    assert set(json.loads((lk / "eval" / "results" / "naive_d06.json").read_text())["metrics"]) == {"heldout_kl"}
+    # ... and runs the tasks at the student, the teacher and every 4th size (k = 0 here), not at k = 1 and 2
+    for name, with_tasks in (("student", True), ("last_k00", True), ("last_k01", False), ("last_k02", False)):
+        metrics = json.loads((lk / "eval" / "results" / f"{name}.json").read_text())["metrics"]
+        assert ("arc_easy" in metrics) == with_tasks
     # the searched ladder: one model per depth, scored like the rest, compared with the fixed order in the report
     plan = json.loads((out / "search" / "search.json").read_text())
     assert [e["depth"] for e in plan["ladder"]] == [5, 6, 7, 8]
@@ -187,6 +194,16 @@ def test_student_settings_ignore_config_comments_but_not_values(tmp_path):
     assert settings(common + "recipe: paper\n")["train_config_sha256"] != base["train_config_sha256"]
 
 
+def test_bad_mc_every_fails_before_work(tmp_path, capsys):
+    from reproduce.main_job import main
+
+    teacher, data, out = tiny_models.make_world(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["--teacher_model_name_or_path", teacher, "--data_dir", data, "--output_dir", str(out), "--mc_every", "0"])
+    assert "--mc_every must be 1 or more" in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
 def test_missing_data_dir_fails_before_work(tmp_path, capsys):
     from reproduce.main_job import main
 
@@ -202,7 +219,7 @@ def test_comparison_reports_every_rise_along_the_ladder():
 
     def rec(role, method, depth, ppl):
         return {"role": role, "method": method, "depth": depth, "parameters": {"total": depth * 10 ** 6},
-                "metrics": {"brown_heldout": {"token_perplexity": {"value": ppl}}}}
+                "metrics": {"heldout_kl": {"token_perplexity": {"value": ppl}}}}
 
     records = [rec("student", "boomerang", 4, 100.0), rec("intermediate", "boomerang", 4, 110.0),
                rec("intermediate", "boomerang", 5, 90.0), rec("intermediate", "boomerang", 6, 95.0),
