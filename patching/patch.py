@@ -196,9 +196,10 @@ def _plan_parts(teacher: Source, student: Source, plan: PatchPlan):
     return sources[plan.lm_head_from], layers, parts
 
 
-def assemble_plan(teacher: Source, student: Source, plan: PatchPlan, dtype: torch.dtype | None = None):
-    """The patched model of ``plan`` from two weight sources."""
-    return assemble(*_plan_parts(teacher, student, plan), dtype=dtype)
+def assemble_plan(teacher: Source, student: Source, plan: PatchPlan, dtype: torch.dtype | None = None,
+                  copy_untied_head: bool = True):
+    """The patched model of ``plan`` from two weight sources (``copy_untied_head`` as in ``assemble``)."""
+    return assemble(*_plan_parts(teacher, student, plan), dtype=dtype, copy_untied_head=copy_untied_head)
 
 
 def plan_config(teacher: Source, student: Source, plan: PatchPlan):

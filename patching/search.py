@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from boomerang.assemble import LayerRef, ModelSource, assemble
+from boomerang.assemble import ModelSource
 from boomerang.cli import fail, setup_logging
 from boomerang.errors import BoomerangError
 from boomerang.families import adapter_for_config, dtype_from_name
@@ -53,7 +53,7 @@ from boomerang.layer_map import LayerMap, PatchPlan, format_layers
 from boomerang.models import load_config, load_model, load_tokenizer, resolve_model_path
 from boomerang.scoring import TeacherReference, fixed_length_sequences
 from boomerang.text import read_local_documents
-from patching.patch import load_layer_map
+from patching.patch import assemble_plan, load_layer_map
 
 log = logging.getLogger("boomerang.search")
 
@@ -191,11 +191,7 @@ class Scorer:
         self.stats = self.reference.stats  # models_scored, layers_run, layers_reused
 
     def model(self, cand: Candidate):
-        sources = {"teacher": self.space.teacher, "student": self.space.student}
-        head = sources[cand.head_from]
-        return assemble(head, [LayerRef(sources[src], i) for src, i in cand.layers],
-                        {"embeddings": sources[cand.embeddings_from], "final_norm": head, "lm_head": head},
-                        copy_untied_head=False)
+        return assemble_plan(self.space.teacher, self.space.student, cand.plan(), copy_untied_head=False)
 
     def __call__(self, cand: Candidate) -> float:
         if cand in self.scores:
