@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import inspect
 import json
 import logging
 import os
@@ -74,13 +75,17 @@ class EvaluationError(BoomerangError):
 
 # --------------------------------------------------------------------------- one model
 def _token_counting_lm_class():
-    """HFLM whose rolling log-likelihoods also carry the number of tokens scored (token perplexity)."""
+    """HFLM with two changes: rolling log-likelihoods also carry the number of tokens scored (token perplexity), and
+    a causal model computes its head only over the positions lm-eval reads (``_logits_window``)."""
     from lm_eval.models.huggingface import HFLM  # lazy: lm_eval (heavy) loads only when a model is evaluated
 
     class _LogLikelihood(float):
         num_tokens: int = 0
 
     class TokenCountingHFLM(HFLM):
+        continuations: dict | None = None  # while _loglikelihood_tokens runs: model input -> continuation length
+        logits_window: bool = True  # False: every position's logits, as HFLM computes them
+
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
             out = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
             wrapped = []
@@ -89,6 +94,47 @@ def _token_counting_lm_class():
                 v.num_tokens = len(self.tok_encode(req.args[0]))
                 wrapped.append(v)
             return wrapped
+
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            conts: dict[tuple, int] = {}
+            for _, context, continuation in requests:  # the input row lm-eval builds for the request
+                key = tuple((context + continuation)[-(self.max_length + 1):][:-1])
+                conts[key] = max(conts.get(key, 0), len(continuation))
+            self.continuations = conts
+            try:
+                return super()._loglikelihood_tokens(requests, *args, **kwargs)
+            finally:
+                self.continuations = None
+
+        def _logits_window(self, inps) -> int | None:
+            """How many last positions of a right-padded batch hold every logit lm-eval reads, or None for all.
+
+            A row scores its continuation, its last real positions, and is padded with zeros (lm-eval's
+            ``pad_and_concat``): the row is matched to its request with each count of its trailing zeros taken as
+            padding (a real token 0 can end a row: every match counts), and the window covers padding plus
+            continuation for every row. lm-eval locates each continuation from the end of the returned logits
+            (its ``ctx_len`` shift), so returning only these positions changes no score."""
+            if not self.logits_window or self.continuations is None or self.backend != "causal":
+                return None
+            if "logits_to_keep" not in inspect.signature(self.model.forward).parameters:
+                return None
+            length, window = inps.shape[1], 0
+            for row in inps.tolist():
+                trailing = next((i for i, x in enumerate(reversed(row)) if x != 0), length)
+                needs = [pad + self.continuations[key] for pad in range(trailing + 1)
+                         if (key := tuple(row[:length - pad])) in self.continuations]
+                if not needs:
+                    return None  # a row no request explains: every position
+                window = max(window, *needs)
+            return window if window < length else None
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            window = self._logits_window(inps) if attn_mask is None and labels is None else None
+            if window is None:
+                return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+            with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                                 enabled=self.mixed_precision_dtype is not None):
+                return self.model(inps, logits_to_keep=window).logits
 
     return TokenCountingHFLM
 
@@ -344,7 +390,8 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
               device: str | None = None, include_path=None, task_data: dict[str, str] | None = None,
               max_doc_words: int | None = None, bootstrap_iters: int = 1000, overwrite: bool = False,
               plots: bool = True, common_metadata: dict | None = None, max_length: int | None = None,
-              reference=None, rank: int | None = None, world_size: int | None = None) -> list[dict]:
+              reference=None, rank: int | None = None, world_size: int | None = None,
+              known: Iterable[dict] = ()) -> list[dict]:
     """Evaluate every point into ``save_directory``, one result JSON each; resumable and failure-tolerant.
 
     ``reference``: a ``HeldoutReference`` (evaluate.heldout); each point is also scored against the
@@ -357,6 +404,11 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
     retries it. After the points: ``summary.csv``, ``summary.md`` and ``plots/*.png``. ``tasks`` as in
     ``evaluate_model`` (resolved once, into ``save_directory/tasks``). ``common_metadata`` is merged
     under each point's metadata. Returns the result dicts of the points that succeeded (new and saved).
+
+    ``known``: result records of another sweep (the main job passes its fixed-order sweep to the searched ladder's).
+    A point scored on the held-out reference only whose model is one of theirs (``model_identity``: same teacher,
+    student, dtype, layers, embeddings, norm and head) and that was scored on the same reference takes its scores
+    (``same_model_as`` names it) instead of being evaluated again.
 
     Several processes (``rank``/``world_size``, default: the initialized torch.distributed group, as
     ``sweep_processes`` sets up under torchrun): the pending points are split among them (``split_points``),
@@ -384,6 +436,11 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
     eval_kwargs = dict(limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, max_batch_size=max_batch_size,
                        device=device, bootstrap_iters=bootstrap_iters, max_length=max_length)
     mine = _my_points(points, save_directory, rank, world_size)
+    twins = {}
+    for r in known if reference is not None else ():
+        if model_identity(r) and (r.get("settings") or {}).get("reference") == ref_desc \
+                and reference.task_name in r.get("metrics", {}):
+            twins.setdefault(model_identity(r), r)
     for i, point in enumerate(points, 1):
         path = result_path(save_directory, point.name)
         fail_path = os.path.join(save_directory, FAILURES_DIR, f"{point.name}.json")
@@ -392,8 +449,14 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
         if os.path.isfile(path):
             log.info("[%d/%d] %s: already done, skipped", i, len(points), point.name)
             continue
-        log.info("[%d/%d] %s: building", i, len(points), point.name)
         meta = {**(common_metadata or {}), **point.metadata}
+        twin = twins.get(model_identity(meta)) if not (taskset.names and point.tasks) else None
+        if twin is not None:
+            atomic_write_json(path, _reused_record(point.name, meta, twin, reference.task_name, run_info))
+            log.info("[%d/%d] %s: the same model as %s, its held-out scores reused", i, len(points), point.name,
+                     twin["name"])
+            continue
+        log.info("[%d/%d] %s: building", i, len(points), point.name)
         try:
             record = _evaluate_point(point, meta, taskset, reference, run_info, eval_kwargs)
         except Exception as e:  # recorded; the other points still run
@@ -452,6 +515,29 @@ def _evaluate_point(point: SweepPoint, meta: dict, taskset: TaskSet, reference, 
     if heldout is not None:
         record["heldout_scores"] = heldout.to_dict()
     return record
+
+
+def model_identity(meta: dict) -> tuple | None:
+    """What a sweep point's model is made of, as its metadata (or result record) says: the teacher and student it
+    is assembled from, its dtype, its layers in order and the sources of its embeddings, final norm and head (the
+    ``student`` and ``teacher`` roles take all three from themselves). None when the metadata does not say."""
+    own = meta.get("role") if meta.get("role") in ("student", "teacher") else None
+    parts = tuple(meta.get(k, own) for k in ("embeddings_from", "final_norm_from", "lm_head_from"))
+    if not meta.get("layers") or None in parts:
+        return None
+    return (meta.get("teacher"), meta.get("student"), meta.get("dtype"), tuple(tuple(x) for x in meta["layers"]),
+            parts)
+
+
+def _reused_record(name: str, meta: dict, twin: dict, task: str, run_info: dict) -> dict:
+    """The result record of a point whose model ``twin`` (a record) has already been scored on the reference."""
+    return {"name": name, "method": meta.get("method", "model"),
+            "curve": meta.get("curve") or meta.get("method", "model"), "role": meta.get("role", "intermediate"),
+            **{k: v for k, v in meta.items() if k not in ("method", "curve", "role")},
+            "depth": int(twin["depth"]), "parameters": twin["parameters"], "metrics": {task: twin["metrics"][task]},
+            "n_samples": {}, "higher_is_better": {task: twin["higher_is_better"][task]}, **run_info,
+            "wall_time_s": {"build": 0.0, "evaluate": 0.0, "total": 0.0}, "finished_at": _now(),
+            "same_model_as": twin["name"], "heldout_scores": twin["heldout_scores"]}
 
 
 def _now() -> str:

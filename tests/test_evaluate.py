@@ -348,3 +348,84 @@ def test_unknown_lm_eval_task_with_full_index(tmp_path, monkeypatch):
     assert cached and "arc_easy" in cached and "mmlu" in cached
     ts = resolve_tasks("arc_easy", work_dir=str(tmp_path / "w2"))
     assert ts.names == ["arc_easy"] and "arc_easy" in ts.task_manager.all_tasks
+
+
+def test_known_models_keep_their_scores(tiny, tmp_path, caplog):
+    """A second sweep (the searched ladder's) takes the held-out scores of a model the first sweep scored on the
+    same reference, and evaluates the models that differ; a different reference reuses nothing."""
+    import logging
+
+    from boomerang.models import load_model, load_tokenizer
+    from evaluate.evaluate import SweepPoint, boomerang_points, model_identity, run_sweep
+    from evaluate.heldout import HeldoutReference
+
+    teacher, student = load_model(tiny["teacher"]), load_model(tiny["student"])
+    tok = load_tokenizer(tiny["teacher"])
+    reference = HeldoutReference(teacher, tok, tiny["corpus"], docs=3, max_tokens=16)
+    names = {"teacher_name": "T", "student_name": "S"}
+    first = run_sweep(boomerang_points(teacher, student, [0, 1], **names), str(tmp_path / "a"), None,
+                      reference=reference, plots=False, device="cpu")
+    by_name = {r["name"]: r for r in first}
+    # the same models again, under other names, and one that no record holds (its metadata says another head)
+    again = [SweepPoint(f"copy_{p.name}", p.build, {**p.metadata, "method": "searched", "curve": "searched"})
+             for p in boomerang_points(teacher, student, [1], **names)]
+    other = dict(again[1].metadata, lm_head_from="student")
+    points = again + [SweepPoint("other", again[1].build, other)]
+    with caplog.at_level(logging.INFO, logger="boomerang.evaluate"):
+        second = {r["name"]: r for r in run_sweep(points, str(tmp_path / "b"), None, reference=reference,
+                                                   plots=False, device="cpu", known=first)}
+    assert second["copy_student"]["same_model_as"] == "student"
+    assert second["copy_last_k01"]["same_model_as"] == "last_k01"
+    for name in ("copy_student", "copy_last_k01"):
+        twin = by_name[second[name]["same_model_as"]]
+        assert second[name]["metrics"]["heldout_kl"] == twin["metrics"]["heldout_kl"]
+        assert second[name]["heldout_scores"] == twin["heldout_scores"]
+        assert second[name]["method"] == "searched"
+    assert "same_model_as" not in second["other"] and second["other"]["wall_time_s"]["total"] > 0
+    assert "its held-out scores reused" in caplog.text
+    assert model_identity({"role": "intermediate", "layers": [["teacher", 0]]}) is None  # sources unknown
+
+    other_ref = HeldoutReference(teacher, tok, tiny["corpus"], docs=2, max_tokens=16)
+    third = run_sweep(again[:1], str(tmp_path / "c"), None, reference=other_ref, plots=False, device="cpu",
+                      known=first)
+    assert "same_model_as" not in third[0]
+
+
+def test_logits_window_changes_no_score(tiny):
+    """The head over the scored positions only (right-padded batches of unequal rows, one-token and longer
+    continuations, a context ending in token 0) gives lm-eval's log-likelihoods and greedy flags unchanged."""
+    from lm_eval.api.instance import Instance
+
+    from boomerang.models import load_model, load_tokenizer
+    from evaluate.evaluate import _token_counting_lm_class
+
+    model, tok = load_model(tiny["student"], dtype=torch.float32), load_tokenizer(tiny["teacher"])
+    rng = random.Random(1)
+    pairs = [(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))),
+              " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))) for _ in range(11)]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    lm = _token_counting_lm_class()(pretrained=model, tokenizer=tok, batch_size=3)
+    seen = []
+    call = type(lm)._model_call
+
+    def spy(self, inps, **kw):
+        out = call(self, inps, **kw)
+        seen.append((inps.shape[1], out.shape[1]))
+        return out
+
+    type(lm)._model_call = spy
+    try:
+        windowed = lm.loglikelihood(requests)
+        lm.logits_window = False
+        full = lm.loglikelihood(requests)
+        # a real token 0 at the end of a context is counted as padding: a wider window, the same scores
+        ids = [([5, 7, 0], [9]), ([3, 8, 6, 2, 11], [0, 12]), ([4, 4], [0, 0, 7]), ([6, 5, 4, 3, 2, 9, 8], [7])]
+        lm.logits_window = True
+        zero_windowed = lm._loglikelihood_tokens([(("a", "b"), c, d) for c, d in ids])
+        lm.logits_window = False
+        zero_full = lm._loglikelihood_tokens([(("a", "b"), c, d) for c, d in ids])
+    finally:
+        type(lm)._model_call = call
+    for (a, ga), (b, gb) in zip(windowed + zero_windowed, full + zero_full):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+    assert any(out < length for length, out in seen)  # the window was narrower than the batch at least once

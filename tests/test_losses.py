@@ -26,11 +26,11 @@ def test_valid_positions_padding_and_boundaries():
     assert labels[0].tolist() == [1, 2, -100, 4, -100, -100, -100]
 
 
-def test_cross_entropy_and_kl_hand_computed():
+@pytest.mark.parametrize("T", [2.0, 1.0])  # T = 1: one log-softmax serves CE and KL
+def test_cross_entropy_and_kl_hand_computed(T):
     s = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
     t = [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
     y = [1, 2]
-    T = 2.0
     ce_hand = sum(-math.log(_softmax(s[i])[y[i]]) for i in range(2))
     kl_hand = 0.0
     for i in range(2):
@@ -75,8 +75,9 @@ def test_total_combines_terms_with_weights_and_switches():
         LossConfig(use_cross_entropy=False, use_kl_loss=False, use_cosine_loss=False)
 
 
+@pytest.mark.parametrize("T", [1.0, 1.5])
 @pytest.mark.parametrize("chunk", [1, 3, 5, 1000])
-def test_chunked_equals_dense_values_and_gradients(chunk):
+def test_chunked_equals_dense_values_and_gradients(chunk, T):
     torch.manual_seed(1)
     B, S, V = 2, 7, 13
     doc = torch.tensor([[0] * 7, [0, 0, 0, 1, 1, -1, -1]])
@@ -88,7 +89,7 @@ def test_chunked_equals_dense_values_and_gradients(chunk):
     out = []
     for c in (0, chunk):
         s = base.clone().requires_grad_(True)
-        ce, kl = vocab_losses(s, t, labels, valid, T=1.5, chunk_size=c)
+        ce, kl = vocab_losses(s, t, labels, valid, T=T, chunk_size=c)
         (ce + 0.7 * kl).backward()
         out.append((ce.item(), kl.item(), s.grad.clone()))
     assert out[1][0] == pytest.approx(out[0][0], rel=1e-5)
@@ -124,3 +125,27 @@ def test_padding_and_packing_change_nothing():
     for name in ("total", "ce", "kl", "cosine"):
         assert float(getattr(packed, name)) == pytest.approx(float(getattr(a, name)) + float(getattr(b, name)),
                                                              rel=1e-5)
+
+
+@pytest.mark.parametrize("T", [1.0, 1.5])
+def test_teacher_with_a_padded_vocabulary(T):
+    """A teacher whose logits have extra (padded) vocabulary entries: KL over the student's V, CE over all of
+    the student's logits; the same values and gradients chunked or dense."""
+    torch.manual_seed(3)
+    B, S, V = 2, 5, 7
+    valid = torch.ones(B, S, dtype=torch.bool)
+    labels = torch.randint(0, V, (B, S))
+    s0, t = torch.randn(B, S, V), torch.randn(B, S, V + 3)
+    q = torch.log_softmax(s0 / T, -1)
+    p = torch.softmax(t[..., :V] / T, -1)
+    kl_ref = (p * (p.log() - q)).sum()
+    ce_ref = torch.nn.functional.cross_entropy(s0.reshape(-1, V), labels.reshape(-1), reduction="sum")
+    grads = []
+    for c in (0, 3):
+        s = s0.clone().requires_grad_(True)
+        ce, kl = vocab_losses(s, t, labels, valid, T=T, chunk_size=c)
+        assert ce.item() == pytest.approx(ce_ref.item(), rel=1e-5)
+        assert kl.item() == pytest.approx(kl_ref.item(), rel=1e-5)
+        (ce + 0.3 * kl).backward()
+        grads.append(s.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)

@@ -60,16 +60,26 @@ def next_token_labels(input_ids: torch.Tensor, valid: torch.Tensor, ignore_index
 
 
 def _vocab_chunk(s, t, y, T: float, want_ce: bool, want_kl: bool):
-    """(CE sum, KL sum) in fp32 over rows of student logits ``s`` [N, V], teacher logits ``t`` and labels ``y``."""
+    """(CE sum, KL sum) in fp32 over rows of student logits ``s`` [N, V], teacher logits ``t`` and labels ``y``.
+
+    At T = 1 with one vocabulary size (the usual case) the student's log-softmax is computed once and serves both
+    terms; KL = sum p (log p - log q) with p the teacher's softmax (no gradient)."""
     s = s.float()
     zero = s.new_zeros(())
-    ce = F.cross_entropy(s, y, reduction="sum") if want_ce else zero
     if not want_kl:
-        return ce, zero
+        return (F.cross_entropy(s, y, reduction="sum") if want_ce else zero), zero
     # Teacher and student share the tokenizer; some checkpoints pad the embedding matrix differently.
-    log_q = F.log_softmax(s[:, :t.shape[-1]] / T, dim=-1)
-    log_p = F.log_softmax(t.float() / T, dim=-1)
-    return ce, (log_p.exp() * (log_p - log_q)).sum()
+    shared = T == 1.0 and t.shape[-1] == s.shape[-1]
+    log_q = F.log_softmax(s if shared else s[:, :t.shape[-1]] / T, dim=-1)
+    if want_ce:
+        ce = F.nll_loss(log_q, y, reduction="sum") if shared else F.cross_entropy(s, y, reduction="sum")
+    else:
+        ce = zero
+    with torch.no_grad():
+        log_p = F.log_softmax(t.float() if T == 1.0 else t.float() / T, dim=-1)
+        p = log_p.exp()
+        plogp = (p * log_p).sum()
+    return ce, plogp - (p * log_q).sum()
 
 
 def vocab_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
@@ -78,7 +88,8 @@ def vocab_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
     """(CE sum, KL sum) over the valid positions; KL is *not* multiplied by T^2 or a weight here.
 
     ``chunk_size`` > 0: positions are processed in chunks under ``torch.utils.checkpoint`` so fp32
-    log-probabilities exist for one chunk at a time (also in the backward pass). 0: dense.
+    log-probabilities exist for one chunk at a time (also in the backward pass). 0: dense. The valid rows are
+    gathered once and split with ``torch.split``, whose backward joins the chunks' gradients in one pass.
     """
     V = student_logits.shape[-1]
     idx = valid.reshape(-1).nonzero(as_tuple=True)[0]
@@ -91,9 +102,10 @@ def vocab_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
         return ce + 0.0 * student_logits.sum(), kl
     step = chunk_size if chunk_size > 0 else n
     chunked = chunk_size > 0 and torch.is_grad_enabled() and s.requires_grad
-    for i in range(0, n, step):
-        part = (s[i:i + step], t[i:i + step] if want_kl else None, y[i:i + step], T, want_ce, want_kl)
-        c, k = checkpoint(_vocab_chunk, *part, use_reentrant=False) if chunked else _vocab_chunk(*part)
+    t_parts = t.split(step) if want_kl else (None,) * -(-n // step)
+    for s_i, t_i, y_i in zip(s.split(step), t_parts, y.split(step)):
+        args = (s_i, t_i, y_i, T, want_ce, want_kl)
+        c, k = checkpoint(_vocab_chunk, *args, use_reentrant=False) if chunked else _vocab_chunk(*args)
         ce, kl = ce + c, kl + k
     return ce, kl
 
