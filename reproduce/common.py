@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import time
 
 from boomerang.cli import fail
@@ -65,11 +66,28 @@ def heldout_subset(src: str, n_docs: int | None, out_dir: str) -> str:
     return path
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process of the machine has used since boot, CPU seconds this process and its waited-for
+    children have used), or None where /proc/stat cannot be read. Their difference over a stage is the work of
+    other processes: what says whether a stage's time was taken on idle cores."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return busy / hz, own
+
+
 @contextlib.contextmanager
 def stage(name: str, timings: dict, ledger: str | None = None):
     """Print a stage's start and end, and record its wall time in ``timings``. ``ledger``: a JSON file that keeps
-    each stage's time across runs of a resumable job, summed until the stage completes once."""
-    start = time.time()
+    each stage's time across runs of a resumable job, summed until the stage completes once, and the CPU seconds
+    other processes used meanwhile (``other_cpu_s``; divided by ``seconds``: the cores they kept busy on average)."""
+    start, cpu0 = time.time(), cpu_seconds()
     print(f"\n=== {name} ===", flush=True)
     done = False
     try:
@@ -77,16 +95,21 @@ def stage(name: str, timings: dict, ledger: str | None = None):
         done = True
     finally:
         timings[name] = round(time.time() - start, 1)
+        cpu1 = cpu_seconds()
+        other = None if cpu0 is None or cpu1 is None else max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
         if ledger is not None:
             book = read_json(ledger, {})
             entry = book.setdefault(name, {"seconds": 0.0, "complete": False, "runs": 0})
             if not entry["complete"]:
+                before = entry.get("other_cpu_s", 0.0 if entry["runs"] == 0 else None)  # None: a run not measured
+                entry["other_cpu_s"] = None if other is None or before is None else round(before + other, 1)
                 entry["seconds"] = round(entry["seconds"] + timings[name], 1)
                 entry["runs"] += 1
                 entry["complete"] = done
             atomic_write_text(ledger, json.dumps(book, indent=1) + "\n")
         if done:
-            print(f"=== {name}: {timings[name]:.0f} s ===", flush=True)
+            load = f" (other processes: {other / max(timings[name], 1e-9):.2f} cores)" if other is not None else ""
+            print(f"=== {name}: {timings[name]:.0f} s{load} ===", flush=True)
 
 
 def is_finished(student_dir: str) -> bool:

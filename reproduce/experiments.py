@@ -442,8 +442,9 @@ def write_report(out: str, timings: dict, total_s: float, files: dict, args) -> 
         book = read_json(os.path.join(out, f"seed-{seed}", "stage_times.json"))
         if book is not None:
             total = sum(e["seconds"] for e in book.values())
-            lines += [f"Seed {seed}, each stage's wall time summed over the runs that worked on it: "
-                      + ", ".join(f"{k} {e['seconds']:.0f} s" + ("" if e["complete"] else " (unfinished)")
+            lines += [f"Seed {seed}, each stage's wall time summed over the runs that worked on it, and the cores other "
+                      "processes kept busy meanwhile (0.00: idle cores; not measured before 2026-12-02): "
+                      + ", ".join(f"{k} {e['seconds']:.0f} s" + _others(e) + ("" if e["complete"] else " (unfinished)")
                                   for k, e in book.items()) + f"; total {total / 60:.1f} min.", ""]
     lines += ["This run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
               + f"; total {total_s / 60:.1f} min.", ""]
@@ -451,6 +452,11 @@ def write_report(out: str, timings: dict, total_s: float, files: dict, args) -> 
     atomic_write_text(os.path.join(out, "REPORT.md"), text)
     atomic_write_json(os.path.join(out, "report.json"), {"timings": timings, "total_s": round(total_s, 1), "facts": facts})
     return text
+
+
+def _others(entry: dict) -> str:
+    other = entry.get("other_cpu_s")
+    return f" [others {other / entry['seconds']:.2f}]" if other is not None and entry["seconds"] > 0 else ""
 
 
 if __name__ == "__main__":

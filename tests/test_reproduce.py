@@ -230,3 +230,28 @@ def test_comparison_reports_every_rise_along_the_ladder():
     assert facts["rises"] == [("4 (student)", "4", 100.0, 110.0, 10.0), ("5", "6", 90.0, 95.0, 5.6)]
     assert facts["boomerang_beats"]["naive"] == [(4, True, 45.45), (5, False, 0.89)]
     assert "| 7 (teacher) | 7.0M | 40.0 |" in re.sub(" +", " ", table)
+
+
+def test_stage_ledger_sums_time_and_other_processes_load(tmp_path, monkeypatch, capsys):
+    """Each stage's ledger entry sums wall time and the CPU seconds other processes used over the runs that worked
+    on it; an entry begun by a run that did not measure stays unknown."""
+    from reproduce import common
+
+    clock = iter([100.0, 160.0, 200.0, 230.0, 300.0, 310.0])  # time.time() at each stage's start and end
+    cpu = iter([(1000.0, 10.0), (1100.0, 60.0),   # 100 s of the machine's CPU, 50 of them ours: others 50
+                (1200.0, 70.0), (1230.0, 100.0),  # all ours: others 0
+                (2000.0, 0.0), (2010.0, 0.0)])
+    monkeypatch.setattr(common.time, "time", lambda: next(clock))
+    monkeypatch.setattr(common, "cpu_seconds", lambda: next(cpu))
+    ledger, timings = str(tmp_path / "stage_times.json"), {}
+    with pytest.raises(KeyboardInterrupt):
+        with common.stage("distill", timings, ledger):
+            raise KeyboardInterrupt  # interrupted: summed, not complete
+    with common.stage("distill", timings, ledger):
+        pass
+    assert json.load(open(ledger))["distill"] == {"seconds": 90.0, "complete": True, "runs": 2, "other_cpu_s": 50.0}
+    assert "=== distill: 30 s (other processes: 0.00 cores) ===" in capsys.readouterr().out
+    json.dump({"old": {"seconds": 5.0, "complete": False, "runs": 1}}, open(ledger, "w"))
+    with common.stage("old", timings, ledger):
+        pass
+    assert json.load(open(ledger))["old"]["other_cpu_s"] is None and json.load(open(ledger))["old"]["seconds"] == 15.0
