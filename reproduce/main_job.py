@@ -69,11 +69,11 @@ PRESETS = {
             # second perplexity through lm-eval (it measured the same text again: a third of the sweep's time)
             "ppl_docs": 25, "lm_eval_ppl": False,
             "mc_limit": 40,  # items per multiple-choice task (100 made the sweep ~56 min on 2 cores)
-            # the tasks at the student, the teacher and every 4th size (k = 0, 4, 8, ...): ~45 s a size on 2 cores, and
+            # the tasks at the student, the teacher and every 4th size (k = 0, 4, 8, ...): 30-45 s a size on 2 cores, and
             # at this budget they sit near chance at every size; perplexity and KL are measured at every size
             "mc_every": 4,
             # naive pruning on held-out perplexity and KL only: its accuracy sat at chance at every size (0.31-0.375,
-            # docs/results/main-cpu), and the five tasks would cost it 14 x ~45 s on 2 cores
+            # docs/results/main-cpu), and the five tasks would cost it 14 x 30-45 s on 2 cores
             "baselines": ["naive"], "baseline_tasks": False, "dtype": "float32", "eval_batch_size": "8",
             # greedy and both fixed orders (199 models) on 8 x 128 calibration tokens: 392 s on 2 cores against 696 s for
             # 16 x 128, and on the held-out text no worse: 10 of the 15 depths chose the same model, and over the other
