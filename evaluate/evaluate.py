@@ -438,9 +438,10 @@ def run_sweep(points: Iterable[SweepPoint], save_directory: str, tasks, *, limit
     mine = _my_points(points, save_directory, rank, world_size)
     twins = {}
     for r in known if reference is not None else ():
-        if model_identity(r) and (r.get("settings") or {}).get("reference") == ref_desc \
+        identity = model_identity(r)
+        if identity and (r.get("settings") or {}).get("reference") == ref_desc \
                 and reference.task_name in r.get("metrics", {}):
-            twins.setdefault(model_identity(r), r)
+            twins.setdefault(identity, r)
     for i, point in enumerate(points, 1):
         path = result_path(save_directory, point.name)
         fail_path = os.path.join(save_directory, FAILURES_DIR, f"{point.name}.json")
@@ -503,10 +504,7 @@ def _evaluate_point(point: SweepPoint, meta: dict, taskset: TaskSet, reference, 
         ev["higher_is_better"][reference.task_name] = {"kl": False, "token_perplexity": False}
         ev["eval_time_s"] = round(ev["eval_time_s"] + time.time() - t1, 3)
     depth = meta["depth"] if meta.get("depth") is not None else adapter_for(model).num_layers(model.config)
-    record = {"name": point.name, "method": meta.get("method", "model"),
-              "curve": meta.get("curve") or meta.get("method", "model"), "role": meta.get("role", "intermediate"),
-              **{k: v for k, v in meta.items() if k not in ("method", "curve", "role")},
-              "depth": int(depth), "parameters": count_parameters(model),
+    record = {**_point_fields(point.name, meta), "depth": int(depth), "parameters": count_parameters(model),
               **{k: ev[k] for k in ("metrics", "n_samples", "higher_is_better")}, **run_info,
               "wall_time_s": {"build": round(t_build, 3), "evaluate": ev["eval_time_s"],
                               **({"heldout": round(t_heldout, 3)} if heldout is not None else {}),
@@ -529,12 +527,16 @@ def model_identity(meta: dict) -> tuple | None:
             parts)
 
 
-def _reused_record(name: str, meta: dict, twin: dict, task: str, run_info: dict) -> dict:
-    """The result record of a point whose model ``twin`` (a record) has already been scored on the reference."""
+def _point_fields(name: str, meta: dict) -> dict:
+    """The part of a result record that the point's name and metadata give (method, curve and role defaulted)."""
     return {"name": name, "method": meta.get("method", "model"),
             "curve": meta.get("curve") or meta.get("method", "model"), "role": meta.get("role", "intermediate"),
-            **{k: v for k, v in meta.items() if k not in ("method", "curve", "role")},
-            "depth": int(twin["depth"]), "parameters": twin["parameters"], "metrics": {task: twin["metrics"][task]},
+            **{k: v for k, v in meta.items() if k not in ("method", "curve", "role")}}
+
+
+def _reused_record(name: str, meta: dict, twin: dict, task: str, run_info: dict) -> dict:
+    """The result record of a point whose model ``twin`` (a record) has already been scored on the reference."""
+    return {**_point_fields(name, meta), "depth": int(twin["depth"]), "parameters": twin["parameters"], "metrics": {task: twin["metrics"][task]},
             "n_samples": {}, "higher_is_better": {task: twin["higher_is_better"][task]}, **run_info,
             "wall_time_s": {"build": 0.0, "evaluate": 0.0, "total": 0.0}, "finished_at": _now(),
             "same_model_as": twin["name"], "heldout_scores": twin["heldout_scores"]}

@@ -75,10 +75,11 @@ PRESETS = {
             # naive pruning on held-out perplexity and KL only: its accuracy sat at chance at every size (0.31-0.375,
             # docs/results/main-cpu), and the five tasks would cost it 14 x 30-45 s on 2 cores
             "baselines": ["naive"], "baseline_tasks": False, "dtype": "float32", "eval_batch_size": "8",
-            # greedy and both fixed orders (199 models) on 8 x 128 calibration tokens: 392 s on 2 cores against 696 s for
-            # 16 x 128, and on the held-out text no worse: 10 of the 15 depths chose the same model, and over the other
-            # 5 the held-out KL summed 0.10 lower (runs/search-cal8, 2026-12-02). A beam (docs/results/search-smollm2:
-            # width 2, 466 models) finds 3-6% lower calibration KL at most depths, at 2-3x the cost
+            # greedy and both fixed orders (199 models) on 8 x 128 calibration tokens: 296 s on 2 idle cores against 696 s
+            # for 16 x 128 (runs/main-e2e2, runs/main-e2e), and on the held-out text no worse: 10 of the 15 depths chose
+            # the same model, and over the other 5 the held-out KL summed 0.10 lower (runs/search-cal8, 2026-12-02). A
+            # beam (docs/results/search-smollm2: width 2, 466 models) finds 3-6% lower calibration KL at most depths, at
+            # 2-3x the cost
             "search": {"samples": 8, "seq_len": 128, "beam_width": 0}},
     "gpu": {"train_config": "configs/smollm2-135m.yaml",
             # all 50 held-out documents: 512 tokens each for perplexity and KL, and whole through lm-eval; every item
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reproduce.main_job", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="cpu (default without a GPU; 68 min on 2 cores on 2026-12-02) or gpu (the full-size micro-reproduction)")
+                   help="cpu (default without a GPU; 48 min on 2 idle cores on 2026-12-02) or gpu (the full-size micro-reproduction)")
     p.add_argument("--output_dir", default=None, help="default runs/main-<preset>")
     p.add_argument("--data_dir", default=None, help="default $BOOMERANG_DATA, else ../shared/data")
     p.add_argument("--max_steps", type=int, default=None, help="override the preset's distillation steps")
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl_docs", type=int, default=None, help="override held-out documents for perplexity")
     p.add_argument("--mc_every", type=int, default=None,
                    help="run the multiple-choice tasks at the student, the teacher and every N-th size (k = 0, N, 2N, "
-                        "...); 1: every size (the cpu preset's is 4, the gpu preset's 1)"),
+                        "...); 1: every size (the cpu preset's is 4, the gpu preset's 1)")
     p.add_argument("--baselines", default=None, help="comma-separated: naive, shortgpt, laco (default: the preset's)")
     p.add_argument("--patch_first_k_layers", action="store_true",
                    help="sweep in first-k order; the paper's order, and the default, for Llama teachers such as SmolLM2. "
