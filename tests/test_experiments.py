@@ -161,3 +161,20 @@ def test_main_student_made_with_other_settings_is_refused(world, capsys):
     with pytest.raises(SystemExit):
         experiments.main(argv + ["--students", "full"])
     assert "max_steps 7 (asked: 2)" in capsys.readouterr().err
+
+
+def test_splice_replaces_the_runs_seeds_and_keeps_the_pages_others():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "experiments", "splice.py")
+    spec = importlib.util.spec_from_file_location("splice", path)
+    splice = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(splice)
+    page = ("## Seed 0\n\nold zero\n\n### Claim 1\n\nold table\n\n## Seed 1\n\nold one\n\n"
+            "## Time\n\nSeed 0, old times\n\nSeed 1, one's times\n\nThis run: old\n")
+    run = "## Seed 0\n\nnew zero\n\n## Seed 2\n\nnew two\n\n## Time\n\nSeed 0, new times\n\nSeed 2, two's times\n\nThis run: new\n"
+    merged = splice.merge(page, run)
+    assert merged.split("\n\n") == ["## Seed 0", "new zero", "## Seed 1", "old one", "## Seed 2", "new two",
+                                    "## Time", "Seed 0, new times", "Seed 1, one's times", "Seed 2, two's times",
+                                    "This run: new"]
+    assert splice.merge(merged, merged) == merged  # splicing the same report twice changes nothing

@@ -1,5 +1,10 @@
-"""Copy the experiments command's report (runs/experiments-cpu/REPORT.md and its plots) into this page, between
-the report markers, so that the page shows exactly what the run wrote:  python docs/results/experiments/splice.py"""
+"""Copy the experiments command's report (RUN/REPORT.md and its plots; RUN defaults to runs/experiments-cpu) into
+this page, between the report markers, so that the page shows exactly what the run wrote:
+
+    python docs/results/experiments/splice.py [RUN]
+
+A run that holds only some seeds replaces those seeds' sections and keeps the page's others: each "## Seed N"
+section is replaced whole, and in "## Time" each seed's line and the "This run" line are replaced."""
 
 import os
 import re
@@ -7,15 +12,52 @@ import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RUN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "..", "runs", "experiments-cpu")
 START, END = "<!-- report: start -->", "<!-- report: end -->"
 
-report = open(os.path.join(RUN, "REPORT.md"), encoding="utf-8").read()
-body = report[report.index("## Seed"):]
-for png in re.findall(r"\(([^)]+\.png)\)", body):
-    shutil.copy(os.path.join(RUN, png), os.path.join(HERE, png))
-page_path = os.path.join(HERE, "README.md")
-page = open(page_path, encoding="utf-8").read()
-a, b = page.index(START) + len(START), page.index(END)
-open(page_path, "w", encoding="utf-8").write(page[:a] + "\n" + body.strip() + "\n" + page[b:])
-print("spliced", len(body.splitlines()), "lines")
+
+def sections(text: str) -> dict[str, str]:
+    """The report's "## " sections by heading, in order, each with its heading line."""
+    parts = re.split(r"(?m)^(?=## )", text.strip())
+    return {p.splitlines()[0]: p.strip() for p in parts if p.startswith("## ")}
+
+
+def paragraphs(text: str) -> dict[str, str]:
+    """The Time section's paragraphs keyed by what they describe ("Seed 0", "This run")."""
+    out = {}
+    for p in re.split(r"\n\s*\n", text.strip())[1:]:  # [0] is the heading
+        m = re.match(r"(Seed \d+|This run)", p)
+        out[m.group(1) if m else p] = p.strip()
+    return out
+
+
+def merge(old: str, new: str) -> str:
+    """OLD's report block updated with NEW's sections (see the module's docstring)."""
+    merged = sections(old) if old.strip() else {}
+    for head, body in sections(new).items():
+        if head == "## Time" and head in merged:
+            paras = {**paragraphs(merged[head]), **paragraphs(body)}
+            paras = {k: paras[k] for k in sorted(paras, key=lambda k: (k == "This run", k))}
+            body = "\n\n".join([head] + list(paras.values()))
+        merged[head] = body
+    heads = sorted(merged, key=lambda h: (h == "## Time", int(re.search(r"\d+", h).group()) if "Seed" in h else 0))
+    return "\n\n".join(merged[h] for h in heads)
+
+
+def main(run: str) -> None:
+    report = open(os.path.join(run, "REPORT.md"), encoding="utf-8").read()
+    body = report[report.index("## Seed"):]
+    for png in re.findall(r"\(([^)]+\.png)\)", body):
+        shutil.copy(os.path.join(run, png), os.path.join(HERE, png))
+    page_path = os.path.join(HERE, "README.md")
+    page = open(page_path, encoding="utf-8").read()
+    a, b = page.index(START) + len(START), page.index(END)
+    block = merge(page[a:b], body)
+    tmp = page_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(page[:a] + "\n" + block + "\n" + page[b:])
+    os.replace(tmp, page_path)
+    print("spliced", len(body.splitlines()), "lines of", run)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "..", "runs", "experiments-cpu"))
