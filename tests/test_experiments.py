@@ -178,3 +178,6 @@ def test_splice_replaces_the_runs_seeds_and_keeps_the_pages_others():
                                     "## Time", "Seed 0, new times", "Seed 1, one's times", "Seed 2, two's times",
                                     "This run: new"]
     assert splice.merge(merged, merged) == merged  # splicing the same report twice changes nothing
+    ten = splice.merge(merged, "## Seed 10\n\nnew ten\n\n## Time\n\nSeed 10, ten's times\n")
+    assert ten.split("\n\n")[6:9] == ["## Seed 10", "new ten", "## Time"]  # seeds in numeric order
+    assert ten.split("\n\n")[-2:] == ["Seed 10, ten's times", "This run: new"]

@@ -12,6 +12,10 @@ import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
+
+from boomerang.io import atomic_write_text  # noqa: E402
+
 START, END = "<!-- report: start -->", "<!-- report: end -->"
 
 
@@ -30,17 +34,22 @@ def paragraphs(text: str) -> dict[str, str]:
     return out
 
 
+def _order(label: str) -> tuple[bool, int]:
+    """Seeds in numeric order, then the section or paragraph about time ("## Time", "This run") last."""
+    seed = re.match(r"(?:## )?Seed (\d+)", label)
+    return label in ("## Time", "This run"), int(seed.group(1)) if seed else -1
+
+
 def merge(old: str, new: str) -> str:
     """OLD's report block updated with NEW's sections (see the module's docstring)."""
     merged = sections(old) if old.strip() else {}
     for head, body in sections(new).items():
         if head == "## Time" and head in merged:
             paras = {**paragraphs(merged[head]), **paragraphs(body)}
-            paras = {k: paras[k] for k in sorted(paras, key=lambda k: (k == "This run", k))}
+            paras = {k: paras[k] for k in sorted(paras, key=_order)}
             body = "\n\n".join([head] + list(paras.values()))
         merged[head] = body
-    heads = sorted(merged, key=lambda h: (h == "## Time", int(re.search(r"\d+", h).group()) if "Seed" in h else 0))
-    return "\n\n".join(merged[h] for h in heads)
+    return "\n\n".join(merged[h] for h in sorted(merged, key=_order))
 
 
 def main(run: str) -> None:
@@ -51,11 +60,7 @@ def main(run: str) -> None:
     page_path = os.path.join(HERE, "README.md")
     page = open(page_path, encoding="utf-8").read()
     a, b = page.index(START) + len(START), page.index(END)
-    block = merge(page[a:b], body)
-    tmp = page_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page[:a] + "\n" + block + "\n" + page[b:])
-    os.replace(tmp, page_path)
+    atomic_write_text(page_path, page[:a] + "\n" + merge(page[a:b], body) + "\n" + page[b:])
     print("spliced", len(body.splitlines()), "lines of", run)
 
 
