@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
             else:
                 distill(student_dirs[n], config, plan[n])
         ev.student(n, student_dirs[n])
-        if n == "full":
+        if n == "full" and args.seed == base.get("seed", 0):  # the teacher's layers: the same at every seed
             ev.naive(student_dirs[n])
         if n.startswith("same-") and "full" in names:
             ev.multiple_choice(n, student_dirs["full"])
