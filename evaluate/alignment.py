@@ -37,8 +37,8 @@ from boomerang.io import atomic_write_text, markdown_table
 from boomerang.assemble import ModelSource
 from boomerang.families import adapter_for_config, order_name
 from boomerang.layer_map import LayerMap
-from boomerang.scoring import Scores
 from boomerang.models import load_config, load_model, load_tokenizer
+from evaluate.bootstrap import step_changes
 from evaluate.heldout import encode_file as encode_documents  # the held-out text as the diagnosis reads it
 from patching.patch import assemble_plan, check_pair, load_layer_map
 
@@ -60,46 +60,6 @@ def token_perplexity(model, batches: list[torch.Tensor], nll: list[float] | None
     """exp(mean next-token NLL) over every predicted token of every document."""
     nll = document_nll(model, batches) if nll is None else nll
     return math.exp(sum(nll) / sum(ids.shape[1] - 1 for ids in batches))
-
-
-def step_changes(labels: list[str], nlls: list[list[float]], counts: list[int], resamples: int = 2000,
-                 seed: int = 0) -> list[dict]:
-    """Perplexity ratio of each consecutive pair of models, with a 95% paired bootstrap interval over
-    documents (``paired_comparison``): ``rises`` when the whole interval is above 1, ``falls`` when below, else
-    ``within noise``."""
-    out = []
-    for i in range(1, len(labels)):
-        a, b = (Scores(nll, [0.0] * len(counts), counts) for nll in (nlls[i - 1], nlls[i]))
-        c = paired_comparison(a, b, resamples, seed)
-        lo, hi = c["ppl_ci95"]
-        verdict = "rises" if lo > 1 else "falls" if hi < 1 else "within noise"
-        out.append({"from": labels[i - 1], "to": labels[i], "ratio": c["ppl_ratio"], "ci95": [lo, hi],
-                    "verdict": verdict})
-    return out
-
-
-def paired_comparison(a, b, resamples: int = 2000, seed: int = 0) -> dict:
-    """Model b against model a on the same documents (``boomerang.scoring.Scores`` each): the perplexity
-    ratio b/a and the difference of mean KL per token b - a, each with a 95% paired bootstrap interval
-    over documents."""
-    if list(a.tokens) != list(b.tokens):
-        raise ValueError("paired_comparison: the two scores are not on the same documents")
-    g = torch.Generator().manual_seed(seed)
-    n = len(a.tokens)
-    idx = torch.randint(0, n, (resamples, n), generator=g)
-    tok = torch.tensor(a.tokens, dtype=torch.float64)
-    boot_tok = tok[idx].sum(1)
-    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
-    out = {}
-    for key, xa, xb, fn in (("ppl", a.nll, b.nll, torch.exp), ("kl", a.kl, b.kl, lambda x: x)):
-        ta, tb = torch.tensor(xa, dtype=torch.float64), torch.tensor(xb, dtype=torch.float64)
-        point = fn((tb.sum() - ta.sum()) / tok.sum()).item()
-        boot = fn((tb[idx].sum(1) - ta[idx].sum(1)) / boot_tok)
-        lo, hi = torch.quantile(boot, q).tolist()
-        name = "ppl_ratio" if key == "ppl" else "kl_diff"
-        out[name] = point
-        out[f"{key}_ci95"] = [lo, hi]
-    return out
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import argparse
 from boomerang.cli import fail
 from boomerang.io import atomic_write_text, markdown_table
 from boomerang.scoring import Scores
-from evaluate.alignment import paired_comparison
+from evaluate.bootstrap import paired_comparison
 from evaluate.heldout import TASK_NAME
 from evaluate.results import fmt_number, load_results
 

@@ -7,7 +7,7 @@ The teacher's log-probabilities are computed once (``boomerang.scoring.TeacherRe
 then costs one forward pass over the documents, less the layers it shares with a model scored before it
 (the prefix cache: the sizes of a ladder, assembled from the same loaded teacher and student, start alike). The per-document sums are kept in each result record
 (``heldout_scores``) so that two curves can be compared with a paired bootstrap over documents
-(``evaluate.alignment.paired_comparison``).
+(``evaluate.bootstrap.paired_comparison``).
 """
 
 from __future__ import annotations

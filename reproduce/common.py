@@ -15,6 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = "embedded:smollm2-135m"
 MC_TASKS = ("arc_easy", "piqa", "boolq", "openbook_qa", "copa")
 ALIGN_TOKENS = 512  # each held-out document cut to this many tokens for the seam alignment and held-out KL
+# A stage shorter than this is too short for /proc/stat's clock ticks to say how busy other processes kept the cores.
+MIN_LOAD_SECONDS = 5.0
 
 
 def default_data_dir() -> str:
@@ -82,11 +84,18 @@ def cpu_seconds() -> tuple[float, float] | None:
     return busy / hz, own
 
 
+def peak_rss_kib() -> int:
+    """The largest resident memory of this process or any of its waited-for children so far (KiB, as Linux reports
+    ru_maxrss)."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
 @contextlib.contextmanager
 def stage(name: str, timings: dict, ledger: str | None = None):
     """Print a stage's start and end, and record its wall time in ``timings``. ``ledger``: a JSON file that keeps
     each stage's time across runs of a resumable job, summed until the stage completes once, and the CPU seconds
-    other processes used meanwhile (``other_cpu_s``; divided by ``seconds``: the cores they kept busy on average)."""
+    other processes used meanwhile (``other_cpu_s``; divided by ``seconds``: the cores they kept busy on average; not
+    shown for a stage shorter than MIN_LOAD_SECONDS) and the peak resident memory so far (``max_rss_kib``)."""
     start, cpu0 = time.time(), cpu_seconds()
     print(f"\n=== {name} ===", flush=True)
     done = False
@@ -106,9 +115,12 @@ def stage(name: str, timings: dict, ledger: str | None = None):
                 entry["seconds"] = round(entry["seconds"] + timings[name], 1)
                 entry["runs"] += 1
                 entry["complete"] = done
+                entry["max_rss_kib"] = max(entry.get("max_rss_kib", 0), peak_rss_kib())
             atomic_write_text(ledger, json.dumps(book, indent=1) + "\n")
         if done:
-            load = f" (other processes: {other / max(timings[name], 1e-9):.2f} cores)" if other is not None else ""
+            load = "" if other is None else (f" (other processes: {other / timings[name]:.2f} cores)"
+                                             if timings[name] >= MIN_LOAD_SECONDS else " (too short to measure the load "
+                                                                                     "of other processes)")
             print(f"=== {name}: {timings[name]:.0f} s{load} ===", flush=True)
 
 

@@ -1,7 +1,7 @@
 """The paper's comparisons on the embedded teacher, in one resumable command.
 
     bash scripts/main.sh --experiments            # = python -m reproduce.experiments
-    python -m reproduce.experiments --seed 1 --students ce-cos,full    # a second seed of some students
+    python -m reproduce.experiments --seeds 0,1,2 --students full,ce,ce-kl,ce-cos    # three training seeds
 
 Three claims of the paper, each answered with held-out perplexity and KL from the teacher (per
 document, so that every comparison has a paired bootstrap interval):
@@ -13,19 +13,25 @@ document, so that every comparison has a paired bootstrap interval):
    ``ce-kl`` and ``ce-cos`` against ``full`` (CE + KL + cosine), each patched at every size.
 3. Interpolated models are on par with same-size distilled models (Fig. 6): students of depth 20, 23
    and 26 (``same-20`` ...), initialized from the teacher layers that the interpolated model of that
-   depth holds (layer map (1, 2, l): l = 10, 16, 22) and distilled with the same loss, data, steps and
-   tokens, against the interpolated model of that depth; with the multiple-choice tasks too.
+   depth holds (layer map (1, 2, l): l = 9, 15, 21, the first l that gives that layer set; l + 1 gives the same
+   set) and distilled with the same loss, data, steps and tokens, against the interpolated model of that depth;
+   with the multiple-choice tasks too.
 
 Every student is distilled from ``configs/smollm2-135m-cpu.yaml`` (the main job's preset: its data,
 batch, steps, seed) with only the settings below changed. The ``full`` student of seed 0 is the main
 job's (``--main_dir``, default runs/main-cpu): reused when it exists with the same settings, else
 distilled there exactly as ``bash scripts/main.sh`` would.
 
+Every seed (``--seeds``) is a level of the statistics: each comparison pools the seeds that hold both of its
+models, with intervals that resample documents and seeds (``reproduce.claims``, ``evaluate.bootstrap``).
+
 Stages (a rerun skips what is done and resumes what was interrupted): teacher, one distillation per
-student, the held-out reference (the teacher's log-probabilities, once), the ladders, naive pruning,
-the same-size points, the multiple-choice points, the report. Output: ``--output_dir`` (default
-runs/experiments-cpu): ``seed-<S>/students/<name>/``, ``seed-<S>/eval/<sweep>/``, ``REPORT.md``,
-``report.json`` and one plot per claim.
+student, the held-out reference (the teacher's log-probabilities, once per seed), the ladders, naive pruning
+(at the preset's seed only: it does not depend on training), the same-size points, the multiple-choice points,
+the report. A student whose evaluations the stage ledger records as complete is not distilled again (so a
+folder holding only result files, such as a copy of docs/results/experiments/data, resumes without its
+students). Output: ``--output_dir`` (default runs/experiments-cpu): ``seed-<S>/students/<name>/``,
+``seed-<S>/eval/<sweep>/``, ``seed-<S>/training.json``, ``chance.json``, ``REPORT.md`` and ``report.json``.
 """
 
 from __future__ import annotations
@@ -38,20 +44,17 @@ import torch
 
 from boomerang.cli import fail, read_config, setup_logging
 from boomerang.families import adapter_for, adapter_for_config
-from boomerang.io import atomic_write_json, atomic_write_text, markdown_table
+from boomerang.io import atomic_write_json, atomic_write_text
 from boomerang.layer_map import LayerMap, LayerMapError
 from boomerang.models import ModelNotFoundError, load_config, load_model, load_tokenizer, resolve_model_path
-from boomerang.scoring import Scores
-from evaluate.alignment import paired_comparison, step_changes
 from baselines.family import build_family
 from evaluate.baselines import family_points
-from evaluate.compare import fmt_ppl
 from evaluate.evaluate import SweepPoint, boomerang_points, run_sweep
 from evaluate.heldout import HeldoutReference
-from evaluate.results import load_results
 from patching.patch import load_layer_map
 from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, chance_levels, check_data, default_data_dir,
                               distill, heldout_subset, read_json, stage, training_log)
+from reproduce.claims import ClaimsReport
 from reproduce.main_job import check_student_settings, distill_student, student_settings
 
 CONFIG = "configs/smollm2-135m-cpu.yaml"
@@ -63,7 +66,6 @@ STUDENTS = {
     "ce-kl": ({"use_cosine_loss": False}, "claim 2: CE + KL"),
     "ce-cos": ({"use_kl_loss": False}, "claim 2: CE + cosine"),
 }
-LADDERS = ("full", "random-init", "ce", "ce-kl", "ce-cos")
 SAME_SIZE_DEPTHS = (20, 23, 26)
 HELDOUT_DOCS = 25  # the main job's held-out documents, each cut to ALIGN_TOKENS tokens
 MC_LIMIT = 40  # items per multiple-choice task, as in the main job's CPU preset
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=None, help="default $BOOMERANG_DATA, else ../shared/data")
     p.add_argument("--teacher_model_name_or_path", default=TEACHER)
     p.add_argument("--seed", type=int, default=0, help="seed of every student (data order, random init)")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated training seeds, run one after another (default: --seed), e.g. 0,1,2")
     p.add_argument("--students", default="all",
                    help=f"comma-separated subset of {', '.join(STUDENTS)}, same-<depth> (default: all)")
     p.add_argument("--same_size_depths", default=",".join(map(str, SAME_SIZE_DEPTHS)),
@@ -131,6 +135,12 @@ def main(argv=None) -> dict:
         depths = [int(d) for d in args.same_size_depths.split(",") if d.strip()]
     except ValueError:
         fail(f"--same_size_depths {args.same_size_depths!r}: expected comma-separated integers such as 20,23,26")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else [args.seed]
+    except ValueError:
+        fail(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2")
+    if not seeds or len(set(seeds)) != len(seeds):
+        fail(f"--seeds {args.seeds!r}: give each seed once")
     known = {**STUDENTS, **same_size_students(adapter_for_config(t_cfg).num_layers(t_cfg), base, depths)}
     spec = ",".join(known) if args.students == "all" else args.students
     names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -139,15 +149,29 @@ def main(argv=None) -> dict:
         fail(f"--students: unknown {bad or spec!r}; choose from {', '.join(known)}")
     names = list(dict.fromkeys(names))  # in the order given: students are distilled and evaluated in that order
     out = os.path.abspath(args.output_dir or os.path.join(REPO, "runs", "experiments-cpu"))
-    main_dir = os.path.abspath(args.main_dir or os.path.join(REPO, "runs", "main-cpu"))
     files = check_data(os.path.abspath(args.data_dir or default_data_dir()))
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "chance.json"), chance_levels(files, args.mc_limit))
+    timings: dict[str, float] = {}
+    t_start = time.time()
+    for seed in seeds:
+        run_seed(args, seed, names, known, base, config, teacher_path, t_cfg, files, out, timings, t_start)
+    with stage("report", timings):
+        report = write_report(out, args)
+    print(report, flush=True)
+    return {"output_dir": out, "timings": timings}
+
+
+def run_seed(args, seed, names, known, base, config, teacher_path, t_cfg, files, out, timings, t_start) -> None:
+    """Distill and evaluate the students of one training seed, into OUT/seed-<seed>."""
+    main_dir = os.path.abspath(args.main_dir or os.path.join(REPO, "runs", "main-cpu"))
     steps = args.max_steps if args.max_steps is not None else base["max_steps"]
-    seed_dir = os.path.join(out, f"seed-{args.seed}")
+    seed_dir = os.path.join(out, f"seed-{seed}")
     os.makedirs(seed_dir, exist_ok=True)
 
     # where each student lives; the full student of the main job's seed is the main job's own
     student_dirs = {n: os.path.join(seed_dir, "students", n) for n in names}
-    reuse_main = "full" in names and args.seed == base.get("seed", 0)
+    reuse_main = "full" in names and seed == base.get("seed", 0)
     if reuse_main:
         student_dirs["full"] = os.path.join(main_dir, "student")
         wanted = student_settings({"train_config": os.path.relpath(config, REPO)},
@@ -155,7 +179,7 @@ def main(argv=None) -> dict:
                                                      teacher_model_name_or_path=args.teacher_model_name_or_path))
         check_student_settings(main_dir, student_dirs["full"], wanted)
     common = {"teacher_model_name_or_path": args.teacher_model_name_or_path, "dataset": files["train"],
-              "eval_dataset": files["heldout"], "max_steps": steps, "seed": args.seed}
+              "eval_dataset": files["heldout"], "max_steps": steps, "seed": seed}
     # a folder never mixes settings: what each student was asked to be is recorded, and checked on a rerun
     plan = {n: {**common, **known[n][0]} for n in names}
     plan_path = os.path.join(seed_dir, "students.json")
@@ -166,30 +190,53 @@ def main(argv=None) -> dict:
     plan = {**old, **plan}
     atomic_write_json(plan_path, plan)
 
-    timings: dict[str, float] = {}
     ledger = os.path.join(seed_dir, "stage_times.json")  # each stage's time, summed over interrupted runs
-    t_start = time.time()
-    print(f"boomerang experiments: seed {args.seed}, students {', '.join(names)}, output {out}", flush=True)
+    print(f"boomerang experiments: seed {seed}, students {', '.join(names)}, output {out}", flush=True)
     with stage("teacher", timings, ledger):
         print(f"teacher {args.teacher_model_name_or_path}: {t_cfg.num_hidden_layers} layers ({teacher_path})")
 
+    def done(name: str) -> bool:
+        return bool((read_json(ledger, {}).get(name) or {}).get("complete"))
+
+    def pending(n: str) -> list[str]:
+        """The stages that still need student n's weights."""
+        todo = [f"evaluate {n}"]
+        if n == "full" and seed == base.get("seed", 0):
+            todo.append("evaluate naive pruning")
+        if n == "full":
+            todo += [f"multiple choice {m}" for m in names if m.startswith("same-")]
+        if n.startswith("same-") and "full" in names:
+            todo.append(f"multiple choice {n}")
+        return [t for t in todo if not done(t)]
+
     ev = Evaluator(args, teacher_path, files, seed_dir, timings, ledger)
     for n in names:  # each student is distilled, then evaluated at once, and the report rewritten
+        if not pending(n):
+            print(f"student {n} of seed {seed}: every evaluation that needs it is recorded; not distilled again",
+                  flush=True)
+            if os.path.isfile(os.path.join(student_dirs[n], "log.jsonl")):
+                record_training(seed_dir, n, student_dirs[n])  # a run of older code may not have recorded it
+            continue
         with stage(f"distill {n}", timings, ledger):
             if n == "full" and reuse_main:
                 distill_student(main_dir, wanted, files, config)
             else:
                 distill(student_dirs[n], config, plan[n])
-        ev.student(n, student_dirs[n])
-        if n == "full" and args.seed == base.get("seed", 0):  # the teacher's layers: the same at every seed
-            ev.naive(student_dirs[n])
-        if n.startswith("same-") and "full" in names:
+        record_training(seed_dir, n, student_dirs[n])
+        if not done(f"evaluate {n}"):
+            ev.student(n, student_dirs[n])
+        if n == "full" and seed == base.get("seed", 0) and not done("evaluate naive pruning"):
+            ev.naive(student_dirs[n])  # the teacher's layers: the same at every seed
+        if n.startswith("same-") and "full" in names and not done(f"multiple choice {n}"):
             ev.multiple_choice(n, student_dirs["full"])
-        write_report(out, timings, time.time() - t_start, files, args)
-    with stage("report", timings):
-        report = write_report(out, timings, time.time() - t_start, files, args)
-    print(report, flush=True)
-    return {"output_dir": out, "timings": timings}
+        write_report(out, args)
+
+
+def record_training(seed_dir: str, name: str, student_dir: str) -> None:
+    """What the student's distillation log says (steps, tokens, final held-out CE), kept in SEED/training.json so that
+    the report needs no student folder."""
+    path = os.path.join(seed_dir, "training.json")
+    atomic_write_json(path, {**read_json(path, {}), name: training_log(student_dir)})
 
 
 class Evaluator:
@@ -263,200 +310,14 @@ class Evaluator:
 
 
 # ----------------------------------------------------------------------------------------------- report
-def _load(seed_dir: str, sweep: str) -> list[dict]:
-    return load_results(os.path.join(seed_dir, "eval", sweep))
-
-
-def _by_depth(records: list[dict]) -> dict:
-    """Records of a ladder keyed by depth (the student itself under "student")."""
-    return {"student" if r.get("role") == "student" else int(r["depth"]): r for r in records}
-
-
-def _ppl(r) -> str:
-    return fmt_ppl(r["metrics"]["heldout_kl"]["token_perplexity"]["value"])
-
-
-def _kl(r) -> str:
-    return f"{r['metrics']['heldout_kl']['kl']['value']:.3f}"
-
-
-def _cmp(a, b, resamples: int) -> str:
-    """b against a: perplexity ratio b/a and KL difference b - a, each with a 95% paired bootstrap interval."""
-    c = paired_comparison(Scores.from_dict(a["heldout_scores"]), Scores.from_dict(b["heldout_scores"]),
-                          resamples=resamples)
-    return (f"{c['ppl_ratio']:.2f} [{c['ppl_ci95'][0]:.2f}, {c['ppl_ci95'][1]:.2f}] | "
-            f"{c['kl_diff']:+.3f} [{c['kl_ci95'][0]:+.3f}, {c['kl_ci95'][1]:+.3f}]")
-
-
-def _rises(ladder: dict) -> list[str]:
-    """Steps along a ladder (student, then every depth) where perplexity rises beyond noise."""
-    keys = (["student"] if "student" in ladder else []) + sorted(k for k in ladder if k != "student")
-    recs = [ladder[k] for k in keys]
-    steps = step_changes([str(k) for k in keys], [r["heldout_scores"]["document_nll"] for r in recs],
-                         recs[0]["heldout_scores"]["document_tokens"])
-    return [f"{s['from']}->{s['to']} (x{s['ratio']:.2f})" for s in steps if s["verdict"] == "rises"]
-
-
-def _plot(curves: dict[str, dict], out: str, claim: int, seed: int, title: str) -> list[str]:
-    """x = total parameters, y = held-out perplexity (log); one line per curve (records by depth; empty ones left
-    out), teacher and students marked.
-    Drawn into OUT/claim<claim>-seed<seed>.png; returns the report lines that show it."""
-    import matplotlib  # only where plots are drawn: start-up stays free of it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
-
-    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
-    for i, (label, recs) in enumerate((k, v) for k, v in curves.items() if v):
-        pts = sorted(((r["parameters"]["total"], r["metrics"]["heldout_kl"]["token_perplexity"]["value"], r)
-                      for r in recs.values()), key=lambda p: p[0])
-        line = [p for p in pts if p[2].get("role") not in ("teacher", "student")]
-        style = "s" if len(line) <= 3 else "-o"
-        ax.plot([p[0] for p in line], [p[1] for p in line], style, color=f"C{i}", ms=5 if style == "-o" else 8,
-                label=label)
-        for x, y, r in pts:
-            if r.get("role") == "student":
-                ax.plot([x], [y], "D", color=f"C{i}", mfc="none", ms=8, mew=1.5)
-            if r.get("role") == "teacher":
-                ax.plot([x], [y], "*", color="gold", mec="black", ms=14, label="teacher", zorder=5)
-    ax.set(yscale="log", xlabel="parameters (total)", ylabel="held-out token perplexity (lower is better)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(6, 6))
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    name = f"claim{claim}-seed{seed}.png"
-    fig.savefig(os.path.join(out, name + ".tmp.png"))
-    plt.close(fig)
-    os.replace(os.path.join(out, name + ".tmp.png"), os.path.join(out, name))
-    return ["", f"![claim {claim}]({name})", ""]
-
-
-def write_report(out: str, timings: dict, total_s: float, files: dict, args) -> str:
-    """REPORT.md, report.json and one plot per claim, from the result files of every seed in ``out``."""
-    seeds = sorted(int(d.split("-", 1)[1]) for d in os.listdir(out) if d.startswith("seed-"))
-    lines = ["# The paper's comparisons on the embedded teacher", "",
-             f"Held-out Brown: the first {args.heldout_docs} documents, each cut to {args.max_tokens} tokens; perplexity "
-             "and mean KL(teacher || model) per token. Intervals: 95% paired bootstrap over documents "
-             f"({args.resamples} resamples). A ratio is the compared model's perplexity over the reference's; "
-             "ΔKL is its KL minus the reference's.", ""]
-    facts: dict = {"seeds": {}}
-    for seed in seeds:
-        sd = os.path.join(out, f"seed-{seed}")
-        ladders = {n: v for n in LADDERS if (v := _by_depth(_load(sd, f"ladder-{n}")))}
-        full = ladders.get("full")
-        if full is None and seed != args.seed:
-            continue
-        lines += [f"## Seed {seed}", ""]
-        plan = read_json(os.path.join(sd, "students.json"))  # training: the same tokens for every student
-        table, tok_counts = [], {}
-        for n in plan:
-            folder = (os.path.join(args.main_dir or os.path.join(REPO, "runs", "main-cpu"), "student")
-                      if n == "full" and seed == 0 and not os.path.isdir(os.path.join(sd, "students", n))
-                      else os.path.join(sd, "students", n))
-            tl = training_log(folder)
-            tok_counts[n] = tl.get("tokens")
-            changed = ", ".join(f"{k}={v}" for k, v in plan[n].items()
-                                if k not in ("teacher_model_name_or_path", "dataset", "eval_dataset", "max_steps",
-                                             "seed")) or "none"
-            ce = f"{tl['eval_ce']:.4f}" if tl.get("eval_ce") is not None else ""
-            table.append([n, changed, tl.get("steps", ""), tl.get("tokens") or "", ce, os.path.relpath(folder, REPO)])
-        lines += [markdown_table(table, ["student", "settings changed", "steps", "tokens trained on",
-                                         "final held-out CE", "folder"])]
-        facts["seeds"][seed] = {"tokens": tok_counts}
-        if full is None:
-            continue
-        depths = [d for d in ["student"] + sorted(k for k in full if k != "student")
-                  if d in full and full[d].get("role") != "teacher"]  # the student, then every depth but the teacher's
-        naive = _by_depth(_load(sd, "naive"))
-        if "random-init" in ladders or naive:
-            rnd = ladders.get("random-init", {})
-            lines += ["### Claim 1: initialization and distillation are both necessary", ""]
-            table = []
-            for d in depths:
-                b = full[d]
-                row = [str(d), f"{b['parameters']['total'] / 1e6:.1f}M", _ppl(b), _kl(b)]
-                r = rnd.get(d)
-                row += [_ppl(r), _kl(r), *_cmp(b, r, args.resamples).split(" | ")] if r else ["", "", "", ""]
-                nv = naive.get(d) if d != "student" else None
-                row += [_ppl(nv), _kl(nv), *_cmp(b, nv, args.resamples).split(" | ")] if nv else ["", "", "", ""]
-                table.append(row)
-            lines.append(markdown_table(table, ["depth", "params", "boomerang ppl", "KL", "random-init ppl", "KL",
-                                                "random / boomerang: ppl ratio [CI]", "ΔKL [CI]", "naive ppl", "KL",
-                                                "naive / boomerang: ppl ratio [CI]", "ΔKL [CI]"]))
-            t = next((r for r in full.values() if r.get("role") == "teacher"), None)
-            if t is not None:
-                lines.append(f"\nTeacher: perplexity {_ppl(t)}, KL 0.")
-            curves = {"boomerang (full loss)": full, "random init, distilled": rnd,
-                      "naive pruning (not distilled)": naive}
-            lines += _plot(curves, out, 1, seed, "Claim 1: initialization and distillation")
-        abl = [n for n in ("ce", "ce-kl", "ce-cos") if n in ladders]
-        if abl:
-            lines += ["### Claim 2: the cosine loss makes interpolation stable", "",
-                      "Perplexity (KL) at every size, and each ablation against the full loss: ppl ratio [CI].", ""]
-            table = []
-            for d in depths:
-                b = full[d]
-                row = [str(d), f"{_ppl(b)} ({_kl(b)})"]
-                row += [f"{_ppl(ladders[n][d])} ({_kl(ladders[n][d])})" if d in ladders[n] else "" for n in abl]
-                row += [_cmp(b, ladders[n][d], args.resamples).split(" | ")[0] if d in ladders[n] else "" for n in abl]
-                table.append(row)
-            lines.append(markdown_table(table, ["depth", "full", *abl, *(f"{n} / full [CI]" for n in abl)]))
-            lines += ["", "Rises beyond noise along each ladder (student, then every added block):", ""]
-            for n in ["full"] + abl:
-                rises = _rises(ladders[n])
-                facts["seeds"][seed].setdefault("rises", {})[n] = rises
-                lines.append(f"- {n}: {len(rises)} ({', '.join(rises) or 'none'})")
-            lines += _plot({f"boomerang: {n}": ladders[n] for n in ["full"] + abl}, out, 2, seed,
-                           "Claim 2: loss ablations, every size")
-        same = {int(r["depth"]): r for r in _load(sd, "same-size")}
-        if same:
-            lines += ["### Claim 3: interpolated models against students distilled at that size", ""]
-            table = []
-            for d, s in sorted(same.items()):
-                b = full.get(d)
-                if b is None:
-                    continue
-                table.append([d, f"{_ppl(b)} ({_kl(b)})", f"{b['parameters']['total'] / 1e6:.1f}M",
-                              f"{_ppl(s)} ({_kl(s)})", f"{s['parameters']['total'] / 1e6:.1f}M",
-                              *_cmp(b, s, args.resamples).split(" | ")])
-            lines.append(markdown_table(table, ["depth", "interpolated ppl (KL)", "params", "distilled ppl (KL)",
-                                                "params", "distilled / interpolated: ppl ratio [CI]", "ΔKL [CI]"]))
-            mc = _load(sd, "mc")
-            if mc:
-                chance = chance_levels(files, args.mc_limit)
-                lines += ["", f"Multiple-choice accuracy ({args.mc_limit} items per task; ± lm-eval's standard "
-                              "error; chance = the mean of 1/choices over the items):", ""]
-                table = []
-                for r in sorted(mc, key=lambda r: (int(r["depth"]), r["curve"])):
-                    accs = [r["metrics"][t]["acc"] for t in MC_TASKS]
-                    mean = sum(a["value"] for a in accs) / len(accs)
-                    table.append([r["curve"], r["depth"], *(f"{a['value']:.3f} ± {a['stderr']:.3f}" for a in accs),
-                                  f"{mean:.3f}"])
-                head = ["model", "depth", *(f"{t} (chance {chance[t]:.2f})" for t in MC_TASKS), "mean"]
-                lines.append(markdown_table(table, head))
-            curves = {"boomerang (full loss)": full, "distilled at that size": same, "naive pruning": naive}
-            lines += _plot(curves, out, 3, seed, "Claim 3: interpolated vs distilled at that size")
-    lines += ["## Time", ""]
-    for seed in seeds:
-        book = read_json(os.path.join(out, f"seed-{seed}", "stage_times.json"))
-        if book is not None:
-            total = sum(e["seconds"] for e in book.values())
-            lines += [f"Seed {seed}, each stage's wall time summed over the runs that worked on it, and the cores other "
-                      "processes kept busy meanwhile (0.00: idle cores; not measured before 2026-12-02): "
-                      + ", ".join(f"{k} {e['seconds']:.0f} s" + _others(e) + ("" if e["complete"] else " (unfinished)")
-                                  for k, e in book.items()) + f"; total {total / 60:.1f} min.", ""]
-    lines += ["This run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-              + f"; total {total_s / 60:.1f} min.", ""]
-    text = "\n".join(lines) + "\n"
+def write_report(out: str, args) -> str:
+    """REPORT.md and report.json from the result files of every seed in ``out`` (``reproduce.claims``)."""
+    report = ClaimsReport.load(out, args.resamples, f"the first {args.heldout_docs} documents, each cut to "
+                                                    f"{args.max_tokens} tokens")
+    text = report.markdown(report.plots(out))
     atomic_write_text(os.path.join(out, "REPORT.md"), text)
-    atomic_write_json(os.path.join(out, "report.json"), {"timings": timings, "total_s": round(total_s, 1), "facts": facts})
+    atomic_write_json(os.path.join(out, "report.json"), {"facts": report.facts})
     return text
-
-
-def _others(entry: dict) -> str:
-    other = entry.get("other_cpu_s")
-    return f" [others {other / entry['seconds']:.2f}]" if other is not None and entry["seconds"] > 0 else ""
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 #   bash scripts/main.sh --preset gpu --output_dir runs/main-gpu
 #   bash scripts/main.sh --layer_map 2,2,1 --patch_first_k_layers   # method.md's Llama map, first-k order
 #   bash scripts/main.sh --data_dir /path/to/data      # default $BOOMERANG_DATA, else ../shared/data
-#   bash scripts/main.sh --experiments                 # the paper's comparisons (random init, loss ablations,
-#                                                      # same-size students): python -m reproduce.experiments
+#   bash scripts/main.sh --experiments --seeds 0,1,2   # the paper's comparisons (random init, loss ablations,
+#                                                      # same-size students) at three training seeds:
+#                                                      # python -m reproduce.experiments
 # Safe to run again: finished stages are reused, an interrupted distillation resumes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

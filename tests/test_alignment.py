@@ -17,6 +17,7 @@ import tiny_models
 from boomerang.assemble import ModelSource
 from boomerang.layer_map import LayerMap
 from boomerang.models import load_model, load_tokenizer
+from evaluate.bootstrap import step_changes
 from evaluate import alignment as A
 from train.init_student import main as init_student_main
 
@@ -148,7 +149,7 @@ def test_step_changes_ratio_interval_and_verdict():
     base = [25.0, 41.0, 70.0, 95.0]
     worse = [n + 0.1 * c for n, c in zip(base, counts)]  # +0.1 nat on every token of every document
     mixed = [base[0] + 5.0, base[1] - 5.0, base[2] + 4.0, base[3] - 4.0]  # no change in total
-    steps = A.step_changes(["a", "b", "c", "d"], [base, worse, worse, mixed], counts)
+    steps = step_changes(["a", "b", "c", "d"], [base, worse, worse, mixed], counts)
     assert [s["from"] + s["to"] for s in steps] == ["ab", "bc", "cd"]
     assert steps[0]["ratio"] == pytest.approx(math.exp(0.1)) and steps[0]["verdict"] == "rises"
     assert steps[0]["ci95"] == pytest.approx([math.exp(0.1)] * 2)  # the same change in every document

@@ -122,23 +122,38 @@ def test_experiments_end_to_end_and_resume(world, monkeypatch):
     mc = sorted(os.listdir(seed / "eval" / "mc" / "results"))
     assert mc == ["last_k01.json", "last_k02.json", "same_6.json", "same_7.json"]
     report = (out / "REPORT.md").read_text()
-    for text in ("Claim 1", "Claim 2", "Claim 3", "chance", "tokens trained on", "Seed 0, each stage"):
+    for text in ("Claim 1", "Claim 2", "Claim 3", "chance", "tokens trained on", "Seed 0: each stage", "## Verdicts"):
         assert text in report, text
-    for claim in (1, 2, 3):
-        assert (out / f"claim{claim}-seed0.png").is_file()
-    facts = json.loads((out / "report.json").read_text())["facts"]
-    assert set(facts["seeds"]["0"]["tokens"].values()) == set(tokens.values())
+    training = json.loads((seed / "training.json").read_text())
+    assert {n: t["tokens"] for n, t in training.items()} == tokens
 
-    # a second seed of one student goes to its own folder; the main job's student is not its full student
-    experiments.main(argv + ["--seed", "1", "--students", "ce-cos"])
-    assert (out / "seed-1" / "students" / "ce-cos" / "student_config.json").is_file()
-    assert "## Seed 1" in (out / "REPORT.md").read_text()
+    # more seeds of one student go to their own folders, pooled in one report
+    experiments.main(argv + ["--seeds", "1,2", "--students", "ce-cos"])
+    for s in (1, 2):
+        assert (out / f"seed-{s}" / "students" / "ce-cos" / "student_config.json").is_file()
+    report = (out / "REPORT.md").read_text()
+    assert "| 1      | ce-cos" in report and "| 2      | ce-cos" in report
+    assert "ce-cos (3 seeds)" in report and "full (1 seeds)" in report
+
+    # the result files alone (as committed under docs/results/experiments/data) resume without the students:
+    # nothing is distilled or evaluated again, and the report is the same
+    from reproduce import pages
+
+    copy = tmp / "copy"
+    pages.collect(str(out), str(copy))
+    at_copy = argv[:argv.index("--output_dir")] + ["--output_dir", str(copy)] + argv[argv.index("--output_dir") + 2:]
+    experiments.main(at_copy)
+    experiments.main(at_copy + ["--seeds", "1,2", "--students", "ce-cos"])
+    assert not any((copy / f"seed-{s}" / "students").exists() for s in (0, 1, 2))
+    assert (copy / "REPORT.md").read_text().split("## Time")[0] == report.split("## Time")[0]
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--students", "full,nope"], "--students: unknown ['nope']"),
     (["--same_size_depths", "5"], "--same_size_depths: 5 is not an interpolated depth"),
     (["--same_size_depths", "x"], "expected comma-separated integers"),
+    (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
+    (["--seeds", "1,1"], "give each seed once"),
     (["--data_dir", "/nowhere"], "BOOMERANG_DATA"),
     (["--config", "/nowhere.yaml"], "--config /nowhere.yaml: no such file"),
 ])
@@ -161,23 +176,3 @@ def test_main_student_made_with_other_settings_is_refused(world, capsys):
     with pytest.raises(SystemExit):
         experiments.main(argv + ["--students", "full"])
     assert "max_steps 7 (asked: 2)" in capsys.readouterr().err
-
-
-def test_splice_replaces_the_runs_seeds_and_keeps_the_pages_others():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "experiments", "splice.py")
-    spec = importlib.util.spec_from_file_location("splice", path)
-    splice = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(splice)
-    page = ("## Seed 0\n\nold zero\n\n### Claim 1\n\nold table\n\n## Seed 1\n\nold one\n\n"
-            "## Time\n\nSeed 0, old times\n\nSeed 1, one's times\n\nThis run: old\n")
-    run = "## Seed 0\n\nnew zero\n\n## Seed 2\n\nnew two\n\n## Time\n\nSeed 0, new times\n\nSeed 2, two's times\n\nThis run: new\n"
-    merged = splice.merge(page, run)
-    assert merged.split("\n\n") == ["## Seed 0", "new zero", "## Seed 1", "old one", "## Seed 2", "new two",
-                                    "## Time", "Seed 0, new times", "Seed 1, one's times", "Seed 2, two's times",
-                                    "This run: new"]
-    assert splice.merge(merged, merged) == merged  # splicing the same report twice changes nothing
-    ten = splice.merge(merged, "## Seed 10\n\nnew ten\n\n## Time\n\nSeed 10, ten's times\n")
-    assert ten.split("\n\n")[6:9] == ["## Seed 10", "new ten", "## Time"]  # seeds in numeric order
-    assert ten.split("\n\n")[-2:] == ["Seed 10, ten's times", "This run: new"]

@@ -7,7 +7,7 @@ import torch
 
 import tiny_models
 from boomerang.scoring import Scores, TeacherReference, nll_and_kl
-from evaluate.alignment import paired_comparison
+from evaluate.bootstrap import paired_comparison
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

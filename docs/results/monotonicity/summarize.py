@@ -15,7 +15,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 
-from evaluate.alignment import step_changes  # noqa: E402
+from evaluate.bootstrap import step_changes  # noqa: E402
 
 DOCS = 25
 RUNS = [  # folder here (alignment.json), the folder whose train_log.jsonl (= the run's log.jsonl) it uses, what differs

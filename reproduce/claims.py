@@ -1,0 +1,438 @@
+"""The paper's three claims judged from the experiments' result files, every seed pooled.
+
+``reproduce.experiments`` writes, for each training seed S, ``seed-S/`` with ``students.json`` (what each student
+was asked to be), ``training.json`` (what its distillation log says: steps, tokens, final held-out CE),
+``stage_times.json`` (the stage ledger) and ``eval/<sweep>/results/*.json`` (one record per scored model, with
+per-document held-out sums). This module reads such a folder (a run's, or the copy committed under
+docs/results/experiments/data) and writes the report: every table, every "beyond noise" and every verdict is
+computed here from those files, with the two-level bootstrap of ``evaluate.bootstrap`` (documents and seeds).
+
+    report = ClaimsReport.load("docs/results/experiments/data", resamples=2000)
+    text = report.markdown(); report.claims_table()      # the page, and the claims table the README shows
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from boomerang.io import markdown_table
+from boomerang.scoring import Scores
+from evaluate.bootstrap import seeded_comparison, seeded_steps
+from evaluate.compare import fmt_ppl
+from evaluate.results import load_results
+from reproduce.common import MC_TASKS, MIN_LOAD_SECONDS, read_json
+
+LADDERS = ("full", "random-init", "ce", "ce-kl", "ce-cos")
+ABLATIONS = ("ce", "ce-kl", "ce-cos")
+
+
+def _heldout(r: dict, metric: str) -> float:
+    return r["metrics"]["heldout_kl"][metric]["value"]
+
+
+def _scores(r: dict) -> Scores:
+    return Scores.from_dict(r["heldout_scores"])
+
+
+def _key(r: dict):
+    """A ladder record's place: "student" for the student itself, else its depth."""
+    return "student" if r.get("role") == "student" else int(r["depth"])
+
+
+@dataclasses.dataclass
+class Seed:
+    """What one training seed's folder holds."""
+
+    seed: int
+    plan: dict  # student name -> the settings it was distilled with
+    training: dict  # student name -> its distillation log's summary
+    ledger: dict | None
+    ladders: dict  # student name -> {depth | "student": record}
+    naive: dict  # depth -> record
+    same: dict  # depth -> record of the student distilled at that depth
+    mc: list
+
+    @classmethod
+    def load(cls, folder: str, seed: int) -> "Seed":
+        def sweep(name):
+            return load_results(os.path.join(folder, "eval", name))
+
+        ladders = {n: {_key(r): r for r in recs} for n in LADDERS if (recs := sweep(f"ladder-{n}"))}
+        return cls(seed, read_json(os.path.join(folder, "students.json"), {}),
+                   read_json(os.path.join(folder, "training.json"), {}),
+                   read_json(os.path.join(folder, "stage_times.json")), ladders,
+                   {int(r["depth"]): r for r in sweep("naive")}, {int(r["depth"]): r for r in sweep("same-size")},
+                   sweep("mc"))
+
+
+class ClaimsReport:
+    """Every seed of an experiments folder, and the claims judged from them."""
+
+    def __init__(self, seeds: dict[int, Seed], resamples: int = 2000, heldout: str = ""):
+        self.seeds, self.resamples, self.heldout = seeds, resamples, heldout
+        self.chance: dict = {}  # task -> accuracy of a uniform guess on the items scored (chance.json)
+        self.facts: dict = {}
+
+    @classmethod
+    def load(cls, root: str, resamples: int = 2000, heldout: str = "") -> "ClaimsReport":
+        names = os.listdir(root) if os.path.isdir(root) else []  # no folder yet: a report of no seeds
+        seeds = sorted(int(d.split("-", 1)[1]) for d in names if d.startswith("seed-") and d.split("-", 1)[1].isdigit())
+        report = cls({s: Seed.load(os.path.join(root, f"seed-{s}"), s) for s in seeds}, resamples, heldout)
+        report.chance = read_json(os.path.join(root, "chance.json"), {})
+        return report
+
+    # ------------------------------------------------------------------------------------------ pooling
+    def seeded(self, student: str, depth) -> dict[int, dict]:
+        """{seed: record} of one student's ladder at one depth, over the seeds that hold it."""
+        return {s: sd.ladders[student][depth] for s, sd in self.seeds.items()
+                if student in sd.ladders and depth in sd.ladders[student]}
+
+    def same_size(self, depth: int) -> dict[int, dict]:
+        return {s: sd.same[depth] for s, sd in self.seeds.items() if depth in sd.same}
+
+    def naive(self) -> dict:
+        """Naive pruning's records: the teacher's layers, the same at every seed (taken from the first seed with them)."""
+        return next((sd.naive for sd in self.seeds.values() if sd.naive), {})
+
+    def compare(self, a: dict[int, dict], b: dict[int, dict], paired: bool = False) -> dict:
+        return seeded_comparison({s: _scores(r) for s, r in a.items()}, {s: _scores(r) for s, r in b.items()},
+                                 paired_seeds=paired, resamples=self.resamples)
+
+    def depths(self) -> list:
+        """The full ladder's places (the student, then every depth), the teacher's left out."""
+        keys = {k for sd in self.seeds.values() for k, r in sd.ladders.get("full", {}).items()
+                if r.get("role") != "teacher"}
+        return (["student"] if "student" in keys else []) + sorted(k for k in keys if k != "student")
+
+    def teacher(self) -> dict | None:
+        return next((r for sd in self.seeds.values() for r in sd.ladders.get("full", {}).values()
+                     if r.get("role") == "teacher"), None)
+
+    # ------------------------------------------------------------------------------------------ cells
+    @staticmethod
+    def pooled_ppl(recs: dict[int, dict]) -> str:
+        """Geometric mean of the seeds' perplexities, then each seed's: "144.0 (140.6 / 152.9 / 138.5)"."""
+        if not recs:
+            return ""
+        vals = [_heldout(r, "token_perplexity") for _, r in sorted(recs.items())]
+        pooled = math.exp(sum(math.log(v) for v in vals) / len(vals))
+        return fmt_ppl(pooled) + ("" if len(vals) == 1 else " (" + " / ".join(fmt_ppl(v) for v in vals) + ")")
+
+    @staticmethod
+    def ratio_cell(c: dict) -> str:
+        mark = {"worse": " ▲", "better": " ▼"}.get(c["verdict"], "")
+        return f"{c['ppl_ratio']:.2f} [{c['ppl_ci95'][0]:.2f}, {c['ppl_ci95'][1]:.2f}]{mark}"
+
+    @staticmethod
+    def seeds_of(recs: dict) -> str:
+        return ",".join(str(s) for s in sorted(recs)) or "none"
+
+    # ------------------------------------------------------------------------------------------ sections
+    def commits(self) -> dict[int, dict[str, int]]:
+        """{seed: {code commit: records it made}}: which code version each seed's figures come from."""
+        out = {}
+        for s, sd in self.seeds.items():
+            recs = [r for lad in sd.ladders.values() for r in lad.values()] + list(sd.naive.values()) \
+                + list(sd.same.values()) + sd.mc
+            for r in recs:
+                c = ((r.get("versions") or {}).get("boomerang_commit") or "unknown")[:7]
+                out.setdefault(s, {}).setdefault(c, 0)
+                out[s][c] += 1
+        return out
+
+    def students_section(self) -> list[str]:
+        rows = []
+        for s, sd in self.seeds.items():
+            for n, settings in sd.plan.items():
+                tl = sd.training.get(n, {})
+                changed = ", ".join(f"{k}={v}" for k, v in settings.items()
+                                    if k not in ("teacher_model_name_or_path", "dataset", "eval_dataset",
+                                                 "max_steps", "seed")) or "none"
+                ce = f"{tl['eval_ce']:.4f}" if tl.get("eval_ce") is not None else ""
+                rows.append([s, n, changed, tl.get("steps", ""), tl.get("tokens") or "", ce])
+        code = "; ".join(f"seed {s}: " + ", ".join(f"{c} ({n} records)" for c, n in sorted(cs.items()))
+                         for s, cs in self.commits().items())
+        return ["## Students", "", markdown_table(rows, ["seed", "student", "settings changed", "steps",
+                                                         "tokens trained on", "final held-out CE"]), "",
+                f"Code that scored the records (commit): {code or 'none yet'}.", ""]
+
+    def claim1(self) -> list[str]:
+        naive = self.naive()
+        rnd_depths = [d for d in self.depths() if self.seeded("random-init", d)]
+        if not rnd_depths and not naive:
+            return []
+        rows, verdicts = [], {"random-init": [], "naive": []}
+        for d in self.depths():
+            full = self.seeded("full", d)
+            rnd = self.seeded("random-init", d)
+            row = [str(d), f"{next(iter(full.values()))['parameters']['total'] / 1e6:.1f}M", self.pooled_ppl(full)]
+            if rnd:
+                c = self.compare(full, rnd)
+                verdicts["random-init"].append(c["verdict"])
+                row += [self.pooled_ppl(rnd), self.ratio_cell(c)]
+            else:
+                row += ["", ""]
+            nv = naive.get(d) if d != "student" else None
+            if nv:
+                c = self.compare(full, {0: nv})
+                verdicts["naive"].append(c["verdict"])
+                row += [self.pooled_ppl({0: nv}), self.ratio_cell(c)]
+            else:
+                row += ["", ""]
+            rows.append(row)
+        self.facts["claim1"] = {k: {"worse": v.count("worse"), "of": len(v)} for k, v in verdicts.items()}
+        out = ["## Claim 1: initialization and distillation are both necessary", "",
+               f"Boomerang (full loss, seeds {self.seeds_of(self.seeded('full', 'student'))}) against the random-init "
+               f"student (seeds {self.seeds_of(self.seeded('random-init', 'student'))}), distilled the same way, and "
+               "naive pruning (the teacher's layers, not distilled; no training seed).", "",
+               markdown_table(rows, ["depth", "params", "boomerang ppl", "random-init ppl",
+                                     "random / boomerang [CI]", "naive ppl", "naive / boomerang [CI]"])]
+        t = self.teacher()
+        if t is not None:
+            out += ["", f"Teacher: perplexity {fmt_ppl(_heldout(t, 'token_perplexity'))}."]
+        return out + [""]
+
+    def rises(self, student: str) -> list[dict]:
+        keys = [d for d in self.depths() if self.seeded(student, d)]
+        seeds = set.intersection(*(set(self.seeded(student, d)) for d in keys)) if keys else set()
+        ladder = [{s: _scores(self.seeded(student, d)[s]) for s in sorted(seeds)} for d in keys]
+        return [st for st in seeded_steps([str(k) for k in keys], ladder, self.resamples) if st["verdict"] == "rises"]
+
+    def claim2(self) -> list[str]:
+        abl = [n for n in ABLATIONS if any(n in sd.ladders for sd in self.seeds.values())]
+        if not abl:
+            return []
+        rows, counts = [], {n: {"worse": 0, "better": 0, "within noise": 0} for n in abl}
+        for d in self.depths():
+            full = self.seeded("full", d)
+            row, cmp = [str(d), self.pooled_ppl(full)], []
+            for n in abl:
+                recs = self.seeded(n, d)
+                row.append(self.pooled_ppl(recs))
+                if recs:
+                    c = self.compare(full, recs)
+                    counts[n][c["verdict"]] += 1
+                    cmp.append(self.ratio_cell(c))
+                else:
+                    cmp.append("")
+            rows.append(row + cmp)
+        rises = {n: self.rises(n) for n in ["full"] + abl}
+        self.facts["claim2"] = {"against_full": counts, "rises": {n: [f"{s['from']}->{s['to']}" for s in r]
+                                                                  for n, r in rises.items()},
+                                "seeds": {n: sorted(self.seeded(n, "student")) for n in ["full"] + abl}}
+        seeds = " / ".join(str(s) for s in sorted(self.seeded("full", "student")))
+        out = ["## Claim 2: the cosine loss makes interpolation stable", "",
+               f"Held-out perplexity at every size, pooled over seeds (geometric mean; each seed's value in brackets, "
+               f"seeds {seeds}), and each ablation against the full loss: perplexity ratio [95% two-level interval]; "
+               "▲ worse beyond noise, ▼ better beyond noise (the interval and every seed agree).", "",
+               markdown_table(rows, ["depth", "full", *abl, *(f"{n} / full [CI]" for n in abl)]), "",
+               "Rises beyond noise along each ladder (student, then every added block; seeds paired):", ""]
+        for n, r in rises.items():
+            steps = ", ".join(f"{st['from']}->{st['to']} (x{st['ratio']:.2f})" for st in r) or "none"
+            out.append(f"- {n} ({len(self.seeded(n, 'student'))} seeds): {len(r)} ({steps})")
+        return out + [""]
+
+    def claim3(self) -> list[str]:
+        depths = sorted({d for sd in self.seeds.values() for d in sd.same})
+        if not depths:
+            return []
+        rows, verdicts = [], {}
+        for d in depths:
+            interp, same = self.seeded("full", d), self.same_size(d)
+            if not interp:
+                continue
+            c = self.compare(interp, same)
+            verdicts[d] = c["verdict"]
+            rows.append([d, self.pooled_ppl(interp), f"{next(iter(interp.values()))['parameters']['total'] / 1e6:.1f}M",
+                         self.pooled_ppl(same), f"{next(iter(same.values()))['parameters']['total'] / 1e6:.1f}M",
+                         self.seeds_of(same), self.ratio_cell(c)])
+        self.facts["claim3"] = {"verdicts": verdicts}
+        out = ["## Claim 3: interpolated models against students distilled at that size", "",
+               "The interpolated model of each depth (the full-loss student patched, last-k) against a student "
+               "distilled at that depth from the same teacher layers: perplexity ratio distilled / interpolated "
+               "[95% two-level interval]; ▼ the distilled student better beyond noise, ▲ worse.", "",
+               markdown_table(rows, ["depth", "interpolated ppl", "params", "distilled ppl", "params",
+                                     "distilled seeds", "distilled / interpolated [CI]"])]
+        return out + [""] + self.multiple_choice()
+
+    def multiple_choice(self) -> list[str]:
+        """Accuracy of each model at each seed, the seeds' mean beside chance, and what stands out of one
+        standard error."""
+        cells: dict = {}
+        for s, sd in self.seeds.items():
+            for r in sd.mc:
+                model = "distilled at this size" if r.get("curve") == "distilled at this size" else "interpolated"
+                cells.setdefault((int(r["depth"]), model), {})[s] = r
+        if not cells:
+            return []
+        limit = next(iter(next(iter(cells.values())).values())).get("settings", {}).get("limit")
+        chance = self.chance
+        rows, notes, means = [], [], {}
+        for (d, model), by_seed in sorted(cells.items()):
+            accs = {t: [by_seed[s]["metrics"][t]["acc"] for s in sorted(by_seed)] for t in MC_TASKS}
+            mean = {t: sum(a["value"] for a in v) / len(v) for t, v in accs.items()}
+            se = {t: math.sqrt(sum(a["stderr"] ** 2 for a in v)) / len(v) for t, v in accs.items()}
+            means[d, model] = (mean, se)
+            rows.append([d, model, self.seeds_of(by_seed),
+                         *(f"{mean[t]:.3f} ± {se[t]:.3f}" + (" ↓" if t in chance and mean[t] < chance[t] - se[t]
+                                                             else "") for t in MC_TASKS),
+                         f"{sum(mean.values()) / len(mean):.3f}"])
+        for d in sorted({d for d, _ in means}):
+            if (d, "interpolated") in means and (d, "distilled at this size") in means:
+                (mi, si), (md, sdv) = means[d, "interpolated"], means[d, "distilled at this size"]
+                apart = [f"{t} ({md[t]:.3f} distilled vs {mi[t]:.3f} interpolated)" for t in MC_TASKS
+                         if abs(md[t] - mi[t]) > math.hypot(si[t], sdv[t])]
+                notes.append(f"- {d} layers: " + ("every task within one standard error of the difference"
+                                                  if not apart else "apart by more than one standard error: "
+                                                  + ", ".join(apart)))
+        below = sorted({t for (d, m), (mean, se) in means.items() for t in MC_TASKS
+                        if t in chance and mean[t] < chance[t] - se[t]})
+        head = ["depth", "model", "seeds", *(f"{t} (chance {chance[t]:.2f})" if t in chance else t for t in MC_TASKS),
+                "mean"]
+        out = ["", f"Multiple-choice accuracy ({limit} items per task), mean over seeds ± the standard error of that "
+                   "mean (lm-eval's per-seed errors combined); chance = the mean of 1/choices over the items; ↓ more "
+                   "than one standard error below chance:", "", markdown_table(rows, head), ""] + notes
+        if below:
+            out += ["", f"Below chance by more than one standard error somewhere: {', '.join(below)}. At this size the "
+                        "tasks do not separate the models."]
+        return out + [""]
+
+    def time_section(self) -> list[str]:
+        out = ["## Time", ""]
+        for s, sd in self.seeds.items():
+            book = sd.ledger
+            if not book:
+                continue
+            total = sum(e["seconds"] for e in book.values())
+            parts = []
+            for k, e in book.items():
+                text = f"{k} {e['seconds']:.0f} s"
+                other = e.get("other_cpu_s")
+                if e["seconds"] < MIN_LOAD_SECONDS:
+                    text += " [too short to measure others' load]"
+                elif other is not None:
+                    text += f" [others {other / e['seconds']:.2f}]"
+                if e.get("max_rss_kib"):
+                    text += f" [peak {e['max_rss_kib'] / 2**20:.1f} GiB]"
+                parts.append(text + ("" if e["complete"] else " (unfinished)"))
+            out += [f"Seed {s}: each stage's wall time summed over the runs that worked on it, [others X]: the cores "
+                    "other processes kept busy meanwhile on average (0.00: idle cores): " + ", ".join(parts)
+                    + f"; total {total / 60:.1f} min.", ""]
+        return out if len(out) > 2 else []
+
+    # ------------------------------------------------------------------------------------------ plots
+    def plots(self, out: str) -> list[str]:
+        """One PNG per claim in OUT (claim<N>.png): held-out perplexity against total parameters, each curve pooled
+        over its seeds (a line), each seed's own values (faint points); returns the report lines that show them."""
+        import matplotlib  # only where plots are drawn: start-up stays free of it
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
+
+        naive = {d: {0: r} for d, r in self.naive().items()}
+        same = {d: self.same_size(d) for d in sorted({d for sd in self.seeds.values() for d in sd.same})}
+        figures = {1: ("Claim 1: initialization and distillation", {"boomerang (full loss)": "full",
+                                                                       "random init, distilled": "random-init"},
+                       {"naive pruning (not distilled)": naive}),
+                   2: ("Claim 2: loss ablations, every size", {f"boomerang: {n}": n for n in ("full", *ABLATIONS)}, {}),
+                   3: ("Claim 3: interpolated vs distilled at that size", {"boomerang (full loss)": "full"},
+                       {"distilled at that size": same})}
+        lines = []
+        for claim, (title, students, extra) in figures.items():
+            curves = {label: {d: self.seeded(n, d) for d in self.depths() if self.seeded(n, d)}
+                      for label, n in students.items()}
+            curves.update(extra)
+            curves = {k: v for k, v in curves.items() if v}
+            if len(curves) < 2:
+                continue
+            fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
+            for i, (label, by_depth) in enumerate(curves.items()):
+                pts = []
+                for d, recs in by_depth.items():
+                    ppl = [_heldout(r, "token_perplexity") for r in recs.values()]
+                    x = next(iter(recs.values()))["parameters"]["total"]
+                    pts.append((x, math.exp(sum(map(math.log, ppl)) / len(ppl)), ppl, d))
+                pts.sort()
+                style = "-o" if len(pts) > 3 else "s"
+                ax.plot([p[0] for p in pts if p[3] != "student"], [p[1] for p in pts if p[3] != "student"], style,
+                        color=f"C{i}", ms=5, label=f"{label} ({max(len(p[2]) for p in pts)} seeds)")
+                for x, y, ppl, d in pts:
+                    ax.plot([x] * len(ppl), ppl, ".", color=f"C{i}", alpha=0.35, ms=4)
+                    if d == "student":
+                        ax.plot([x], [y], "D", color=f"C{i}", mfc="none", ms=8, mew=1.5)
+            t = self.teacher()
+            if t is not None:
+                ax.plot([t["parameters"]["total"]], [_heldout(t, "token_perplexity")], "*", color="gold",
+                        mec="black", ms=14, label="teacher", zorder=5)
+            ax.set(yscale="log", xlabel="parameters (total)", ylabel="held-out token perplexity (lower is better)")
+            ax.set_title(title + " (line: seeds pooled; dots: each seed; diamond: the student)", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(6, 6))
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            name = f"claim{claim}.png"
+            fig.savefig(os.path.join(out, name + ".tmp.png"))
+            plt.close(fig)
+            os.replace(os.path.join(out, name + ".tmp.png"), os.path.join(out, name))
+            lines.append(f"![claim {claim}]({name})")
+        return lines
+
+    # ------------------------------------------------------------------------------------------ verdicts
+    def claims_table(self) -> str:
+        """One row per claim: what was measured and the verdict, both written from the facts computed above (call
+        ``markdown`` first)."""
+        rows = []
+        c1 = self.facts.get("claim1")
+        if c1:
+            parts, holds = [], True
+            for k, label in (("random-init", "the random-init student"), ("naive", "naive pruning")):
+                if c1[k]["of"]:
+                    parts.append(f"{label} is worse beyond noise at {c1[k]['worse']} of {c1[k]['of']} sizes")
+                    holds &= c1[k]["worse"] == c1[k]["of"]
+            rows.append(["1. initialization and distillation are both necessary (Fig. 3)", "; ".join(parts),
+                         "**holds**" if holds else "**partly**"])
+        c2 = self.facts.get("claim2")
+        if c2:
+            n_sizes = sum(next(iter(c2["against_full"].values())).values())
+            parts = [f"{n} ({len(c2['seeds'][n])} seeds) against the full loss ({len(c2['seeds']['full'])} seeds): worse "
+                     f"beyond noise at {v['worse']} of {n_sizes} sizes, better at {v['better']}"
+                     for n, v in c2["against_full"].items()]
+            parts.append("rises beyond noise: " + ", ".join(f"{n} {len(r)}" for n, r in c2["rises"].items()))
+            no_cos = [c2["against_full"][n] for n in ("ce", "ce-kl") if n in c2["against_full"]]
+            if no_cos and all(v["worse"] == n_sizes for v in no_cos):
+                verdict = "**holds in direction**: without the cosine term every size is worse beyond noise"
+            elif no_cos and all(v["worse"] > 0 and v["better"] == 0 for v in no_cos):
+                verdict = "**holds at some sizes**: without the cosine term some sizes are worse beyond noise, none better"
+            else:
+                verdict = "**not shown** beyond training-seed noise"
+            if no_cos and all(len(c2["rises"].get(n, [])) <= len(c2["rises"]["full"]) for n in ("ce", "ce-kl")
+                              if n in c2["rises"]):
+                verdict += "; no ablated ladder rises more often than the full loss's (no breakdown as in the paper)"
+            rows.append(["2. the cosine loss makes interpolation stable (Fig. 5)", "; ".join(parts), verdict])
+        c3 = self.facts.get("claim3")
+        if c3 and c3["verdicts"]:
+            v = c3["verdicts"]
+            better = [d for d, x in v.items() if x == "better"]
+            parts = [f"the student distilled at that size is better beyond noise at {len(better)} of {len(v)} depths "
+                     f"({', '.join(map(str, v))})"]
+            verdict = ("**does not hold**" if len(better) == len(v) else "**holds**" if not better
+                       else f"**holds at {', '.join(str(d) for d in v if d not in better)} layers only**")
+            rows.append(["3. interpolated models match same-size distilled ones (Fig. 6)", "; ".join(parts), verdict])
+        return markdown_table(rows, ["claim", "measured (held-out perplexity, two-level intervals)", "at this budget"])
+
+    def markdown(self, figures: list[str] = ()) -> str:
+        """The whole report (the facts for ``claims_table`` are gathered on the way); ``figures``: the lines that
+        show its plots (``plots``)."""
+        self.facts = {}
+        seeds = ", ".join(str(s) for s in self.seeds)
+        intro = ["# The paper's comparisons on the embedded teacher", "",
+                 f"Seeds: {seeds}. Held-out Brown{(' (' + self.heldout + ')') if self.heldout else ''}: token "
+                 "perplexity per model. Intervals: 95% two-level bootstrap, documents and training seeds resampled "
+                 f"together ({self.resamples} resamples; `evaluate.bootstrap`); beyond noise = the interval excludes "
+                 "1 and every seed agrees. A ratio is the compared model's perplexity over the reference's.", ""]
+        body = self.students_section() + self.claim1() + self.claim2() + self.claim3()
+        verdicts = ["## Verdicts", "", self.claims_table(), ""]
+        shown = ["## Plots", "", *(f"{f}\n" for f in figures)] if figures else []
+        return "\n".join(intro + verdicts + body + shown + self.time_section()).rstrip() + "\n"
