@@ -66,7 +66,7 @@ FLAGS = {
         ("save_directory", None, "output folder (student, log.jsonl, checkpoints/)", str),
         ("first_layers_to_keep", 1), ("alternate_every_n_layers", 2), ("last_layers_to_keep", 2),
         ("random_initialization", False, "student of the same shape, fresh weights"),
-        ("teacher_dtype", "auto", "auto (bfloat16 with --bf16 on GPU, else float32)"),
+        ("teacher_dtype", "auto", "auto (bfloat16 with --bf16 on GPU, else float32; --recipe paper: bfloat16 always, as the paper casts it)"),
         ("attn_implementation", "sdpa", "sdpa or eager (a per-document 4D mask is used)"),
     ],
     "recipe": [
@@ -200,11 +200,39 @@ def lr_scheduler(args, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else after_warmup(s))
 
 
-def param_groups(model, weight_decay: float):
-    """Weight decay on matrices only (not on norms and biases)."""
+def param_groups(model, weight_decay: float, recipe: str = "improved"):
+    """AdamW's groups. improved: weight decay on matrices only (not on norms and biases). paper:
+    ``paper_param_groups``."""
+    if recipe == "paper":
+        return paper_param_groups(model, weight_decay)
     ps = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
+
+
+# --- recipe: paper, weight decay (issue 26) ---
+PAPER_NO_DECAY_NAMES = ("bias", "layernorm", "rmsnorm")  # transformers 4.51.3 Trainer.get_decay_parameter_names
+
+
+def paper_param_groups(model, weight_decay: float):
+    """The groups transformers 4.51.3's Trainer gives AdamW (``create_optimizer``): no decay for a parameter inside
+    an ``nn.LayerNorm`` or a norm class that version registers in ``ALL_LAYERNORM_LAYERS`` (the family adapter's
+    ``paper_decay_exempt_norms``: Llama's ``LlamaRMSNorm``), or whose name holds "bias", "layernorm" or "rmsnorm";
+    decay for every other parameter, 1-D ones included (so Qwen3's final ``model.norm.weight`` and its
+    ``q_norm``/``k_norm`` are decayed, Llama's norms are not). Decayed group first, as the Trainer orders them."""
+    exempt_classes = set(adapter_for(model).paper_decay_exempt_norms)
+    exempt_modules = {name for name, m in model.named_modules()
+                      if isinstance(m, torch.nn.LayerNorm) or type(m).__name__ in exempt_classes}
+
+    def decayed(name: str) -> bool:
+        parents = name.split(".")[:-1]
+        inside = any(".".join(parents[:i]) in exempt_modules for i in range(1, len(parents) + 1))
+        return not inside and not any(k in name.lower() for k in PAPER_NO_DECAY_NAMES)
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if decayed(n)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not decayed(n)], "weight_decay": 0.0}]
+# --- end recipe: paper, weight decay ---
 
 
 def flops_per_token(student, teacher, seq: int) -> float:
@@ -436,6 +464,8 @@ def setup(args) -> Run:
     bf16 = args.bf16 and device.type == "cuda"
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
     teacher_dtype = dtype_from_name(args.teacher_dtype) if args.teacher_dtype != "auto" else compute_dtype
+    if args.recipe == "paper" and args.teacher_dtype == "auto":  # the paper's teacher_model.to(torch.bfloat16), CPU too
+        teacher_dtype = torch.bfloat16
 
     torch.manual_seed(args.seed)
     if rank == 0:
@@ -455,7 +485,7 @@ def setup(args) -> Run:
         from torch.distributed.fsdp import MixedPrecisionPolicy  # FSDP only: not loaded by one-process runs
     mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if fsdp and bf16 else None
     teacher, student = build_models(args, teacher_path, layer_map, teacher_dtype, device, fsdp, mp_policy)
-    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.learning_rate,
+    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay, args.recipe), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                                   **({"fused": True} if device.type == "cuda" else {}))
     run = Run(args=args, rank=rank, world=world, device=device, fsdp=fsdp, accum=accum, global_batch=global_batch,
