@@ -38,7 +38,7 @@ FIXTURE = os.path.join(HERE, "fixtures", "paper_reference.json")
 LOSS_RTOL = 5e-5  # micro-batch losses and gradient norms, relative
 WEIGHT_ATOL = 2e-6  # every recorded value of every student tensor; its sums: per element
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,7 @@ def close(got: list[float], want: list[float], numel: int) -> bool:
     return all(abs(g - w) <= WEIGHT_ATOL * s for g, w, s in zip(got, want, [numel, numel, 1, 1, 1, 1], strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", world.FAMILIES)
 def test_recipe_paper_matches_the_papers_run_step_by_step(family, record, paper_world, tmp_path):
     want = record["families"][family]
@@ -133,6 +134,7 @@ def _student_shapes(teacher_path):
     return list(init_student(teacher, plan_student(teacher.config), False, torch.float32, 0).named_parameters())
 
 
+@pytest.mark.slow
 def test_paper_order_is_datasets_3_6_0s_over_the_whole_corpus(record, paper_world):
     """``train.data.paper_order`` against the whole order of the paper's skip(50000).shuffle(100000, seed) under
     datasets 3.6.0: the buffer fills (50,000 skipped, 100,000 buffered), replaces slots for 10,000 documents, then
@@ -149,6 +151,7 @@ def test_paper_order_is_datasets_3_6_0s_over_the_whole_corpus(record, paper_worl
     assert hashlib.sha256(json.dumps(ids).encode()).hexdigest() == want["sha256"]
 
 
+@pytest.mark.slow
 def test_paper_weight_decay_groups_are_the_papers(record, paper_world):
     """transformers 4.51.3's groups, as the paper's Trainer made them (recorded): Llama's RMSNorms all exempt (its
     LlamaRMSNorm is registered in ALL_LAYERNORM_LAYERS), Qwen3's final norm and q_norm/k_norm decayed."""
@@ -163,3 +166,15 @@ def test_paper_weight_decay_groups_are_the_papers(record, paper_world):
         got = [{"weight_decay": g["weight_decay"], "params": sorted(names[id(p)] for p in g["params"])}
                for g in paper_param_groups(model, 0.1)]
         assert got == record["families"][family]["optimizer_groups"], family
+
+
+def test_paper_micro_batches_across_processes_are_accelerates_dispatch():
+    """accelerate 1.6.0's DataLoaderDispatcher (the paper's Trainer on several GPUs): for every micro-batch process 0
+    reads one per-device batch per process and process r gets the r-th. The improved recipe: contiguous blocks."""
+    from train.train import process_share
+
+    batch = {"input_ids": torch.arange(12)[:, None]}  # sequence i holds i; 2 per device, 3 micro-batches, 2 processes
+    got = {r: process_share(batch, "paper", 2, 3, 2, r)["input_ids"].view(-1).tolist() for r in (0, 1)}
+    assert got == {0: [0, 1, 4, 5, 8, 9], 1: [2, 3, 6, 7, 10, 11]}
+    assert process_share(batch, "improved", 2, 3, 2, 1)["input_ids"].view(-1).tolist() == [6, 7, 8, 9, 10, 11]
+    assert process_share(batch, "paper", 2, 3, 1, 0)["input_ids"].view(-1).tolist() == list(range(6))

@@ -484,13 +484,23 @@ def setup(args) -> Run:
     if fsdp and bf16:
         from torch.distributed.fsdp import MixedPrecisionPolicy  # FSDP only: not loaded by one-process runs
     mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if fsdp and bf16 else None
+    paper_fsdp_bf16 = args.recipe == "paper" and fsdp and bf16
+    if paper_fsdp_bf16:  # --- recipe: paper, the precision of the paper's FSDP1 bf16 run (docs/training.md) ---
+        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
     teacher, student = build_models(args, teacher_path, layer_map, teacher_dtype, device, fsdp, mp_policy)
+    if paper_fsdp_bf16:  # FSDP1's MixedPrecision(buffer_dtype=bfloat16): the student's floating buffers (inv_freq)
+        for module in student.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and buf.is_floating_point():
+                    module._buffers[name] = buf.to(torch.bfloat16)
     optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay, args.recipe), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                                  **({"fused": True} if device.type == "cuda" else {}))
+                                  # paper: the Trainer's default optim "adamw_torch" is torch's AdamW, not fused
+                                  **({"fused": True} if device.type == "cuda" and args.recipe != "paper" else {}))
     run = Run(args=args, rank=rank, world=world, device=device, fsdp=fsdp, accum=accum, global_batch=global_batch,
               compute_dtype=compute_dtype, loss_cfg=loss_cfg, layer_map=layer_map, tokenizer=tokenizer,
-              autocast=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext(),
+              autocast=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and (not fsdp or paper_fsdp_bf16)
+              else contextlib.nullcontext(),  # paper: accelerate's autocast and the paper's own, under FSDP too
               teacher=teacher, student=student, optimizer=optimizer, scheduler=lr_scheduler(args, optimizer),
               stream=make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True),
               flops_per_token=flops_per_token(student, teacher, args.max_length), last_good=resume_from)
@@ -548,6 +558,18 @@ def forward(run: Run, batch: dict) -> LossTerms:
                              batch["doc_ids"].to(run.device))
 
 
+def process_share(batch: dict, recipe: str, per: int, accum: int, world: int, rank: int) -> dict:
+    """This process's ``accum`` micro-batches of ``per`` sequences (in order) from a global batch. improved: rank r
+    takes the r-th contiguous block. paper (issue 26): as accelerate 1.6.0 dispatches an IterableDataset
+    (``DataLoaderDispatcher``: process 0 reads one per-device batch per process and process r gets the r-th, for
+    every micro-batch), micro-batch m of rank r is the stream's per-device batch m * world + r. One process: the same."""
+    if recipe == "paper":
+        order = torch.arange(accum * world * per).view(accum, world, per)[:, rank].reshape(-1)
+        return {k: v[order] for k, v in batch.items()}
+    lo = rank * per * accum
+    return {k: v[lo:lo + per * accum] for k, v in batch.items()}
+
+
 def train_step(run: Run) -> dict:
     """One optimizer step on the next global batch -> its log record. Raises FloatingPointError before stepping."""
     args, per = run.args, run.args.per_device_train_batch_size
@@ -557,8 +579,7 @@ def train_step(run: Run) -> dict:
         n_valid, n_tokens = float((batch["labels"][:, 1:] != -100).sum()), int(batch["attention_mask"].sum())
     else:
         n_valid, n_tokens = float(valid_positions(batch["doc_ids"]).sum()), int((batch["doc_ids"] >= 0).sum())
-    lo = run.rank * per * run.accum
-    mine = {k: v[lo:lo + per * run.accum] for k, v in batch.items()}
+    mine = process_share(batch, args.recipe, per, run.accum, run.world, run.rank)
     sums = LossTerms(0.0, 0.0, 0.0, 0.0, num_valid=0)
     for m in range(run.accum):
         if run.fsdp:
