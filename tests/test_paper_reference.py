@@ -178,3 +178,52 @@ def test_paper_micro_batches_across_processes_are_accelerates_dispatch():
     assert got == {0: [0, 1, 4, 5, 8, 9], 1: [2, 3, 6, 7, 10, 11]}
     assert process_share(batch, "improved", 2, 3, 2, 1)["input_ids"].view(-1).tolist() == [6, 7, 8, 9, 10, 11]
     assert process_share(batch, "paper", 2, 3, 1, 0)["input_ids"].view(-1).tolist() == list(range(6))
+
+
+def test_paper_cosine_pairs_and_cut_are_the_papers_on_every_small_recipe(record):
+    """The paper's get_layer_mappings, recorded for every recipe with L <= 12, f <= 3, n <= 4, l <= 3: its layers
+    cut are LayerMap.from_recipe's, its aligned pairs LayerMap.paper_cosine_pairs' (same order); on the presets'
+    recipes (the last aligned teacher output t = f+kn-1 is L-l) they are LayerMap.cosine_pairs; elsewhere they may
+    differ (the worked example: L=4, (1,2,1))."""
+    from boomerang.layer_map import LayerMap, LayerMapError
+
+    checked = differ = 0
+    for key, (aligned, cut) in record["layer_mappings"].items():
+        L, f, n, l = map(int, key.split(","))
+        try:
+            lm = LayerMap.from_recipe(L, f, n, l)
+        except LayerMapError:
+            continue
+        assert sorted(set(range(L)) - set(lm.copied_teacher_layers)) == sorted(cut), key
+        pairs = lm.paper_cosine_pairs(f, n, l)
+        assert [list(p) for p in pairs] == aligned, key
+        checked += 1
+        differ += set(pairs) != set(lm.cosine_pairs())
+        if l >= 1 and L - l >= f + n - 1 and (L - l - (f + n - 1)) % n == 0:  # last aligned t is L-l: every preset
+            assert set(pairs) == set(lm.cosine_pairs()), key
+    assert checked > 300 and 0 < differ < checked
+    print(f"{differ} of {checked} recipes: the paper's pairs differ from LayerMap.cosine_pairs")
+    lm = LayerMap.from_recipe(4, 1, 2, 1)
+    assert lm.copied_teacher_layers == (0, 2, 3)
+    assert lm.paper_cosine_pairs(1, 2, 1) == [(0, 0), (1, 2), (-1, -1)]
+    assert lm.cosine_pairs() == [(0, 0), (1, 2), (2, 3), (-1, -1)]
+
+
+def test_paper_speed_bench_counts_useful_tokens_per_optimizer_step(tmp_path):
+    """bench/paper_speed.py: the paper's micro-batches grouped into optimizer steps, the warm-up steps left out of
+    the rates, and the corpus folder both paper-recipe runs read (50,000 skipped fillers first, then the corpus)."""
+    from bench.paper_speed import PAPER_SKIP, paper_corpus, paper_steps, summarize
+
+    record = {"micro_batches": [{"real_tokens": r, "sequence_tokens": 32} for r in (32, 16, 8, 8, 30, 2)],
+              "steps": [{"step": i + 1, "step_time_s": t} for i, t in enumerate((9.0, 2.0, 4.0))]}
+    steps = paper_steps(record, accumulation=2)
+    assert [s["tokens"] for s in steps] == [48, 16, 32] and all(s["sequence_tokens"] == 64 for s in steps)
+    rates = summarize(steps, warmup=1)
+    assert rates["useful_tokens_per_s"] == pytest.approx(48 / 6) and rates["useful_fraction"] == pytest.approx(0.375)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "one"}\n{"text": "two"}\n')
+    folder = paper_corpus(str(corpus), str(tmp_path / "folder"))
+    from boomerang.text import read_local_documents
+
+    docs = read_local_documents(folder)
+    assert len(docs) == PAPER_SKIP + 2 and docs[PAPER_SKIP:] == ["one", "two"]

@@ -471,6 +471,10 @@ def setup(args) -> Run:
     if rank == 0:
         log.info("teacher %s: %d layers -> student %d layers, copied %s", args.teacher_model_name_or_path,
                  layer_map.num_teacher_layers, layer_map.num_student_layers, list(layer_map.copied_teacher_layers))
+        if args.recipe == "paper" and set(cosine_pairs(args, layer_map)) != set(layer_map.cosine_pairs()):
+            log.warning("recipe paper: the paper's cosine pairs %s on this layer map, not %s (outside the presets' "
+                        "recipes the paper's code leaves student layers unpaired; docs/training.md)",
+                        cosine_pairs(args, layer_map), layer_map.cosine_pairs())
         log.info("%d process(es) on %s, fsdp=%s, bf16=%s; global batch %d sequences x %d tokens "
                  "(%d per device x %d accumulation x %d)", world, device, fsdp, bf16, global_batch,
                  args.max_length, args.per_device_train_batch_size, accum, world)
@@ -536,10 +540,19 @@ def inputs_for(run: Run, batch: dict, model) -> dict:
     return model_inputs(batch, run.device, run.compute_dtype, model.config)
 
 
+def cosine_pairs(args, layer_map) -> list[tuple[int, int]]:
+    """The aligned (student, teacher) hidden-state pairs: the paper's own under recipe: paper (they differ from
+    ``LayerMap.cosine_pairs`` outside the presets' recipes: docs/training.md), else ``LayerMap.cosine_pairs``."""
+    if args.recipe == "paper":
+        return layer_map.paper_cosine_pairs(args.first_layers_to_keep, args.alternate_every_n_layers,
+                                            args.last_layers_to_keep)
+    return layer_map.cosine_pairs()
+
+
 def forward(run: Run, batch: dict) -> LossTerms:
     """Student and teacher forward on one micro-batch -> LossTerms (improved: sums over valid positions;
     paper: the micro-batch means the paper's code back-propagates)."""
-    cfg, pairs = run.loss_cfg, run.layer_map.cosine_pairs()
+    cfg, pairs = run.loss_cfg, cosine_pairs(run.args, run.layer_map)
     s_idx, t_idx = [s for s, _ in pairs], [t for _, t in pairs]
     inputs = inputs_for(run, batch, run.student)
     with run.autocast:

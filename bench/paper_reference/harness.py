@@ -9,6 +9,7 @@ Hugging Face ``TrainerCallback``:
     world.doc_ids_of) and the loss it returns;
   * per optimizer step (the callback): the Trainer's logged loss, grad_norm and learning rate, and a checksum and a
     few values of every student tensor after the step (and before the first one);
+  * the paper's ``get_layer_mappings`` (cosine pairs and layers cut) on every small recipe;
   * the whole document order of ``load_dataset(corpus, streaming=True).skip(50000).shuffle(100000, seed)`` under
     the pinned datasets (a hash, its length and its head), to check a reproduction of the order beyond the few
     documents a short run consumes.
@@ -23,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -39,13 +41,30 @@ def order_record(corpus: str, skip: int, buffer_size: int, seed: int) -> dict:
             "tail": ids[-16:]}
 
 
+def layer_mappings(get_layer_mappings) -> dict:
+    """The paper's ``get_layer_mappings`` on every small recipe: "L,f,n,l" -> [aligned (student, teacher) pairs in
+    the dict's order, layers cut]."""
+    out = {}
+    for L in range(2, 13):
+        for f in range(1, 4):
+            for n in range(1, 5):
+                for l in range(0, 4):
+                    if f + l <= L:
+                        aligned, cut = get_layer_mappings(f, l, n, L)
+                        out[f"{L},{f},{n},{l}"] = [[[s, t] for s, t in aligned.items()], cut]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--teacher", required=True)
     p.add_argument("--corpus", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--save_directory", required=True)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--speed", action="store_true",
+                   help="time the steps only (bench/paper_speed.py): per step the wall time from the end of the "
+                        "step before (data included) and the real tokens; no tensors, ids, order or maps")
     ours, paper_flags = p.parse_known_args()
 
     src = os.environ["PAPER_SRC"]
@@ -56,18 +75,28 @@ def main() -> None:
 
     import train.train as paper  # the paper's module, as its files are
 
-    torch.set_num_threads(ours.threads)
+    if ours.threads:
+        torch.set_num_threads(ours.threads)
     rec = {"micro_batches": [], "steps": [], "logs": []}
-    teacher = AutoModelForCausalLM.from_pretrained(ours.teacher, torch_dtype=torch.float32)
-    rec["teacher"] = world.tensor_summary(teacher.named_parameters())
-    del teacher
+    if not ours.speed:
+        teacher = AutoModelForCausalLM.from_pretrained(ours.teacher, torch_dtype=torch.float32)
+        rec["teacher"] = world.tensor_summary(teacher.named_parameters())
+        del teacher
+    clock = {"last": None}
 
     class Recorder(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kw):
-            rec["init"] = world.tensor_summary(model.named_parameters())
+            clock["last"] = time.perf_counter()
+            if not ours.speed:
+                rec["init"] = world.tensor_summary(model.named_parameters())
 
         def on_step_end(self, args, state, control, model=None, **kw):
-            rec["steps"].append({"step": state.global_step, "tensors": world.tensor_summary(model.named_parameters())})
+            now = time.perf_counter()
+            step = {"step": state.global_step, "step_time_s": now - clock["last"]}
+            if not ours.speed:
+                step["tensors"] = world.tensor_summary(model.named_parameters())
+            rec["steps"].append(step)
+            clock["last"] = time.perf_counter()  # the recording itself is not timed
 
         def on_log(self, args, state, control, logs=None, **kw):
             rec["logs"].append({"step": state.global_step, **{k: v for k, v in (logs or {}).items()}})
@@ -90,9 +119,11 @@ def main() -> None:
         def compute_loss(self, model, inputs, return_outputs=False, **kw):
             out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
             loss = out[0] if return_outputs else out
-            rec["micro_batches"].append({"doc_ids": world.doc_ids_of(inputs["input_ids"].cpu(), rec["bos_token_id"]),
-                                         "real_tokens": int(inputs["attention_mask"].sum()),
-                                         "loss": float(loss.detach())})
+            mb = {"real_tokens": int(inputs["attention_mask"].sum()), "sequence_tokens": inputs["input_ids"].numel(),
+                  "loss": float(loss.detach())}
+            if not ours.speed:
+                mb["doc_ids"] = world.doc_ids_of(inputs["input_ids"].cpu(), rec["bos_token_id"])
+            rec["micro_batches"].append(mb)
             return out
 
     paper.BoomerangDistillationTrainer = RecordingTrainer
@@ -105,7 +136,9 @@ def main() -> None:
 
     args = paper.HfArgumentParser((paper.ModelArguments, paper.DataArguments, paper.TrainingArguments)) \
         .parse_args_into_dataclasses(sys.argv[1:])[2]
-    rec["order"] = order_record(ours.corpus, 50000, 100_000, args.seed)
+    if not ours.speed:
+        rec["order"] = order_record(ours.corpus, 50000, 100_000, args.seed)
+        rec["layer_mappings"] = layer_mappings(paper.get_layer_mappings)
     rec["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
                        "datasets": datasets.__version__, "accelerate": accelerate.__version__,
                        "paper_commit": open(os.path.join(src, "PAPER_COMMIT")).read().strip()}

@@ -58,9 +58,10 @@ def main(argv=None) -> None:
                                                                HF_DATASETS_OFFLINE="1", CUDA_VISIBLE_DEVICES=""))
             with open(out) as f:
                 record["families"][family] = json.load(f)
+            record["layer_mappings"] = record["families"][family].pop("layer_mappings")  # the same for every family
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     with open(a.output + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
+        json.dump(record, f, separators=(",", ":"))
     os.replace(a.output + ".tmp", a.output)
     print(f"wrote {a.output} ({os.path.getsize(a.output) // 1024} KiB)")
 
