@@ -68,6 +68,10 @@ class FamilyAdapter:
     # The paper's patch order for this family: first-k for Llama teachers (their first blocks are patched),
     # last-k for every other family. See patch_order().
     first_k_by_default: bool = False
+    # Norm classes of this family that transformers 4.51.3 (the paper's pin) adds to ``ALL_LAYERNORM_LAYERS``, so that
+    # its Trainer exempts every parameter inside them from weight decay (besides nn.LayerNorm and names holding
+    # "bias", "layernorm" or "rmsnorm"): train.train.paper_param_groups.
+    paper_decay_exempt_norms: tuple[str, ...] = ()
     notes: str = ""
 
     # ---------------------------------------------------------------- module access
@@ -175,7 +179,8 @@ _ENCODER = dict(final_norm=None, per_layer_fields=(), layer_index_attrs=(), is_e
                 auto_class="AutoModelForMaskedLM")
 
 _ADAPTERS: tuple[FamilyAdapter, ...] = (
-    FamilyAdapter(name="llama", config_class="LlamaConfig", first_k_by_default=True, notes="Llama 2/3.x, SmolLM2",
+    FamilyAdapter(name="llama", config_class="LlamaConfig", first_k_by_default=True,
+                  paper_decay_exempt_norms=("LlamaRMSNorm",), notes="Llama 2/3.x, SmolLM2",
                   **_HF_DECODER),
     FamilyAdapter(name="mistral", config_class="MistralConfig", **_HF_DECODER),
     FamilyAdapter(name="qwen2", config_class="Qwen2Config", layer_threshold_fields=_QWEN_THRESHOLDS, **_HF_DECODER),

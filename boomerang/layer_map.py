@@ -185,6 +185,31 @@ class LayerMap:
         keep = self.copied_teacher_layers
         return [(0, 0)] + [(j + 1, keep[j + 1]) for j in range(self.num_student_layers - 1)] + [(-1, -1)]
 
+    def paper_cosine_pairs(self, first_layers_to_keep: int, alternate_every_n_layers: int,
+                           last_layers_to_keep: int) -> list[tuple[int, int]]:
+        """The aligned pairs of the paper's code (``get_layer_mappings`` in its train/train.py), in its dict's order.
+
+        On the recipes of the presets they are ``cosine_pairs()``. Elsewhere they differ: the paper pairs the first
+        ``f`` outputs, then one per ``t = f+n-1, f+2n-1, ... <= L-l``, then continues with the teacher layers
+        ``L-l+1 .. L-1`` as if the last ``t`` were ``L-l``; when it is not, the student layers kept between the last
+        ``t`` and the last ``l`` get no pair (L=4, (1,2,1): student = teacher layers 0, 2, 3; the paper pairs
+        (0,0), (1,2), (-1,-1), leaving student output 2 = teacher layer 2's unpaired; ``cosine_pairs()`` adds
+        (2,3); L=5, (1,2,2): student = 0, 2, 3, 4 and the paper pairs student output 2 (teacher layer 2's) with
+        teacher output 4 (layer 3's), leaving student output 3 unpaired; with l = 0 the last t is L, the final-norm
+        output, paired twice). A student index the dict assigns twice keeps its first place and its last teacher
+        index, as a dict does. ``recipe: paper`` uses these (train.train.forward); docs/training.md."""
+        L, f, n, l = self.num_teacher_layers, first_layers_to_keep, alternate_every_n_layers, last_layers_to_keep
+        aligned = {i: i for i in range(f)}
+        largest = 0
+        for i, t in enumerate(range(f + n - 1, L - l + 1, n)):
+            aligned[i + f] = t
+            largest = i + f
+        for t in range(L - l + 1, L):
+            largest += 1
+            aligned[largest] = t
+        aligned[-1] = -1
+        return list(aligned.items())
+
     # ------------------------------------------------------------------ patching
     def _check_blocks(self, blocks: Iterable[int]) -> tuple[int, ...]:
         blocks = tuple(sorted(set(int(b) for b in blocks)))

@@ -69,3 +69,34 @@ def test_sweep_on_the_gpu(tmp_path):
     with open(tmp_path / "sweep" / "results" / "last_k01.json") as f:
         assert json.load(f)["device"].startswith("cuda")
     assert os.path.isfile(tmp_path / "sweep" / "summary.md")
+
+
+def test_paper_recipe_under_fsdp_holds_the_papers_bf16_precision(tmp_path):
+    """recipe: paper under FSDP2 with bf16 (one process, --fsdp on) as the paper's FSDP1 bf16 run (docs/training.md):
+    the student's floating buffers in bf16 (FSDP1's buffer_dtype), autocast on, AdamW not fused; a step is finite."""
+    import math
+
+    import torch.distributed as dist
+
+    import tiny_models
+    import train.train as tt
+    from boomerang.cli import parse_with_config
+
+    teacher = tiny_models.save_tiny_model(str(tmp_path / "t"), tiny_models.llama(8))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(tiny_models.WORDS[: 3 + i])}) + "\n" for i in range(8)))
+    args = parse_with_config(tt.build_parser(), [
+        "--teacher_model_name_or_path", teacher, "--dataset", str(data), "--save_directory", str(tmp_path / "o"),
+        "--recipe", "paper", "--fsdp", "on", "--device", "cuda", "--bf16", "true", "--paper_skip_documents", "0",
+        "--paper_shuffle_buffer", "1", "--max_length", "16", "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "2", "--max_steps", "1", "--save_steps", "0"])
+    try:
+        run = tt.setup(args)
+        buffers = [b for b in run.student.buffers() if b.is_floating_point()]
+        assert buffers and all(b.dtype == torch.bfloat16 for b in buffers)
+        assert isinstance(run.autocast, torch.autocast)
+        assert not run.optimizer.defaults.get("fused")
+        assert math.isfinite(tt.train_step(run)["loss"])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

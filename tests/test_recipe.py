@@ -86,7 +86,9 @@ def test_paper_loss_equals_the_papers_formula_on_a_padded_batch(tmp_path):
 
 
 def test_paper_stream_is_skip_then_buffered_shuffle_with_bos_and_masked_eos(tmp_path):
-    import datasets
+    """The stream is ``paper_order`` (datasets 3.6.0's skip + shuffle buffer, checked against the paper's own run in
+    tests/test_paper_reference.py) over the documents in file order, each made as the paper's tokenizer call does."""
+    from train.data import paper_order
 
     tok = _bos_tokenizer(str(tmp_path / "tok"))
     docs = [" ".join(tiny_models.WORDS[(i + j) % len(tiny_models.WORDS)] for j in range(3 + i % 5)) + f" {i}"
@@ -98,14 +100,13 @@ def test_paper_stream_is_skip_then_buffered_shuffle_with_bos_and_masked_eos(tmp_
         s = PaperStream(str(data), tok, 12, seed=seed, skip=10, buffer_size=16)
         return [s.next() for _ in range(50)]
 
-    # the paper's lines: load_dataset(..., streaming=True), .skip(50000), .shuffle(buffer_size=100_000, seed)
-    ref = datasets.IterableDataset.from_generator(lambda: ({"text": d} for d in docs)).skip(10).shuffle(
-        buffer_size=16, seed=5)
-    want = [paper_sequence(tok, row["text"], 12) for row in ref]
+    texts = list(paper_order(iter(docs), skip=10, buffer_size=16, seed=5))
+    want = [paper_sequence(tok, t, 12) for t in texts]
     got = stream_order(5)
     assert [g["input_ids"].tolist() for g in got] == [w["input_ids"].tolist() for w in want]
-    texts = [r["text"] for r in ref]
     assert sorted(texts) == sorted(docs[10:]) and texts != docs[10:]  # skipped, then shuffled
+    for k, t in enumerate(texts[:len(docs) - 10 - 16]):  # while the source lasts: from a buffer of 16
+        assert docs.index(t) < 10 + 16 + k
     assert [g["input_ids"].tolist() for g in stream_order(6)] != [g["input_ids"].tolist() for g in got]
     eos, bos = tok.eos_token_id, tok.bos_token_id
     for g in got:
@@ -141,6 +142,7 @@ def test_paper_gradient_is_the_sum_of_micro_batch_means(tmp_path):
     teacher = load_model(teacher_dir, dtype=torch.float32)
     lm = plan_student(teacher.config)
     student = copy.deepcopy(init_student(teacher, lm, False, torch.float32, 0)).train()
+    teacher.to(torch.bfloat16)  # the paper's teacher_model.to(torch.bfloat16) after the cut, on CPU too
     pairs = dict(lm.cosine_pairs())
     seqs = [paper_sequence(tok, d, 12) for d in tok_docs[:4]]  # buffer 1: file order
     for m in range(2):

@@ -267,20 +267,48 @@ PAPER_SKIP = 50_000  # the paper's train.py: train_dataset.skip(50000) before sh
 PAPER_SHUFFLE_BUFFER = 100_000  # ... then .shuffle(buffer_size=100_000, seed=args.seed)
 
 
+def paper_order(items: Iterable, skip: int = PAPER_SKIP, buffer_size: int = PAPER_SHUFFLE_BUFFER, seed: int = 0):
+    """The order in which the paper's code reads a stream: ``datasets`` 3.6.0's ``IterableDataset.skip(skip)``
+    followed by ``.shuffle(buffer_size=buffer_size, seed=seed)``, one process, epoch 0, written out here so that it
+    holds whatever ``datasets`` is installed (5.x rewrote the buffer: it permutes the buffer and emits half).
+
+    In 3.6.0 a ``skip`` before ``shuffle`` freezes the order of the source's shards (``SkipExamplesIterable`` is
+    built with ``block_sources_order_when_shuffling``), so the items come in source order, the first ``skip``
+    dropped. The buffer (``BufferShuffledExamplesIterable.__iter__``) fills to ``buffer_size``; from then on each
+    new item replaces the one it yields, at a slot drawn from ``numpy.random.default_rng(seed)`` in batches of 1000
+    (``rng.integers(0, buffer_size, size=1000)``, drawn when the previous batch is used up); at the end of the
+    stream what is left in the buffer is shuffled with the same generator (``rng.shuffle``) and emitted.
+    Checked against the paper's run under datasets 3.6.0 (tests/test_paper_reference.py)."""
+    import numpy as np  # a dependency of torch and datasets; only the paper recipe needs it
+
+    rng = np.random.default_rng(seed)
+    buffer, slots = [], iter(())
+    for item in itertools.islice(items, skip, None):
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        slot = next(slots, None)
+        if slot is None:
+            slots = iter(rng.integers(0, buffer_size, size=1000).tolist())
+            slot = next(slots)
+        yield buffer[slot]
+        buffer[slot] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
 def paper_documents(source: str, split: str = "train", text_field: str = "text", seed: int = 0,
                     skip: int = PAPER_SKIP, buffer_size: int = PAPER_SHUFFLE_BUFFER, flag: str = "--dataset"):
-    """The paper's document order: the dataset streamed, ``skip(skip)``, then ``shuffle(buffer_size, seed)``
-    (``datasets.IterableDataset``: a buffer of ``buffer_size`` documents sampled with the seed). A local
-    source is streamed the same way, its documents in file order. One pass, no repetition."""
-    import datasets  # slow to import; only the paper recipe needs it
-
+    """The paper's documents in the paper's order (``paper_order``): a local source's documents in file order
+    (files sorted, as ``datasets`` lists a folder), a hub dataset streamed in its own order. One pass, no repetition."""
     if is_local(source):
-        docs = read_local_documents(source, text_field, flag)
-        ds = datasets.IterableDataset.from_generator(lambda: ({text_field: d} for d in docs))
+        docs = iter(read_local_documents(source, text_field, flag))
     else:
-        ds = datasets.load_dataset(source, split=split, streaming=True)
-    for row in ds.skip(skip).shuffle(buffer_size=buffer_size, seed=seed):
-        yield _text_of(row, text_field, source, flag)
+        import datasets  # slow to import; only hub sources need it
+
+        docs = (_text_of(row, text_field, source, flag)
+                for row in datasets.load_dataset(source, split=split, streaming=True))
+    yield from paper_order(docs, skip, buffer_size, seed)
 
 
 def paper_sequence(tokenizer, text: str, max_length: int) -> dict:

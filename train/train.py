@@ -66,7 +66,7 @@ FLAGS = {
         ("save_directory", None, "output folder (student, log.jsonl, checkpoints/)", str),
         ("first_layers_to_keep", 1), ("alternate_every_n_layers", 2), ("last_layers_to_keep", 2),
         ("random_initialization", False, "student of the same shape, fresh weights"),
-        ("teacher_dtype", "auto", "auto (bfloat16 with --bf16 on GPU, else float32)"),
+        ("teacher_dtype", "auto", "auto (bfloat16 with --bf16 on GPU, else float32; --recipe paper: bfloat16 always, as the paper casts it)"),
         ("attn_implementation", "sdpa", "sdpa or eager (a per-document 4D mask is used)"),
     ],
     "recipe": [
@@ -200,11 +200,39 @@ def lr_scheduler(args, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else after_warmup(s))
 
 
-def param_groups(model, weight_decay: float):
-    """Weight decay on matrices only (not on norms and biases)."""
+def param_groups(model, weight_decay: float, recipe: str = "improved"):
+    """AdamW's groups. improved: weight decay on matrices only (not on norms and biases). paper:
+    ``paper_param_groups``."""
+    if recipe == "paper":
+        return paper_param_groups(model, weight_decay)
     ps = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
+
+
+# --- recipe: paper, weight decay (issue 26) ---
+PAPER_NO_DECAY_NAMES = ("bias", "layernorm", "rmsnorm")  # transformers 4.51.3 Trainer.get_decay_parameter_names
+
+
+def paper_param_groups(model, weight_decay: float):
+    """The groups transformers 4.51.3's Trainer gives AdamW (``create_optimizer``): no decay for a parameter inside
+    an ``nn.LayerNorm`` or a norm class that version registers in ``ALL_LAYERNORM_LAYERS`` (the family adapter's
+    ``paper_decay_exempt_norms``: Llama's ``LlamaRMSNorm``), or whose name holds "bias", "layernorm" or "rmsnorm";
+    decay for every other parameter, 1-D ones included (so Qwen3's final ``model.norm.weight`` and its
+    ``q_norm``/``k_norm`` are decayed, Llama's norms are not). Decayed group first, as the Trainer orders them."""
+    exempt_classes = set(adapter_for(model).paper_decay_exempt_norms)
+    exempt_modules = {name for name, m in model.named_modules()
+                      if isinstance(m, torch.nn.LayerNorm) or type(m).__name__ in exempt_classes}
+
+    def decayed(name: str) -> bool:
+        parents = name.split(".")[:-1]
+        inside = any(".".join(parents[:i]) in exempt_modules for i in range(1, len(parents) + 1))
+        return not inside and not any(k in name.lower() for k in PAPER_NO_DECAY_NAMES)
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if decayed(n)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not decayed(n)], "weight_decay": 0.0}]
+# --- end recipe: paper, weight decay ---
 
 
 def flops_per_token(student, teacher, seq: int) -> float:
@@ -436,11 +464,17 @@ def setup(args) -> Run:
     bf16 = args.bf16 and device.type == "cuda"
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
     teacher_dtype = dtype_from_name(args.teacher_dtype) if args.teacher_dtype != "auto" else compute_dtype
+    if args.recipe == "paper" and args.teacher_dtype == "auto":  # the paper's teacher_model.to(torch.bfloat16), CPU too
+        teacher_dtype = torch.bfloat16
 
     torch.manual_seed(args.seed)
     if rank == 0:
         log.info("teacher %s: %d layers -> student %d layers, copied %s", args.teacher_model_name_or_path,
                  layer_map.num_teacher_layers, layer_map.num_student_layers, list(layer_map.copied_teacher_layers))
+        if args.recipe == "paper" and set(cosine_pairs(args, layer_map)) != set(layer_map.cosine_pairs()):
+            log.warning("recipe paper: the paper's cosine pairs %s on this layer map, not %s (outside the presets' "
+                        "recipes the paper's code leaves student layers unpaired; docs/training.md)",
+                        cosine_pairs(args, layer_map), layer_map.cosine_pairs())
         log.info("%d process(es) on %s, fsdp=%s, bf16=%s; global batch %d sequences x %d tokens "
                  "(%d per device x %d accumulation x %d)", world, device, fsdp, bf16, global_batch,
                  args.max_length, args.per_device_train_batch_size, accum, world)
@@ -454,13 +488,23 @@ def setup(args) -> Run:
     if fsdp and bf16:
         from torch.distributed.fsdp import MixedPrecisionPolicy  # FSDP only: not loaded by one-process runs
     mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if fsdp and bf16 else None
+    paper_fsdp_bf16 = args.recipe == "paper" and fsdp and bf16
+    if paper_fsdp_bf16:  # --- recipe: paper, the precision of the paper's FSDP1 bf16 run (docs/training.md) ---
+        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
     teacher, student = build_models(args, teacher_path, layer_map, teacher_dtype, device, fsdp, mp_policy)
-    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.learning_rate,
+    if paper_fsdp_bf16:  # FSDP1's MixedPrecision(buffer_dtype=bfloat16): the student's floating buffers (inv_freq)
+        for module in student.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and buf.is_floating_point():
+                    module._buffers[name] = buf.to(torch.bfloat16)
+    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay, args.recipe), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                                  **({"fused": True} if device.type == "cuda" else {}))
+                                  # paper: the Trainer's default optim "adamw_torch" is torch's AdamW, not fused
+                                  **({"fused": True} if device.type == "cuda" and args.recipe != "paper" else {}))
     run = Run(args=args, rank=rank, world=world, device=device, fsdp=fsdp, accum=accum, global_batch=global_batch,
               compute_dtype=compute_dtype, loss_cfg=loss_cfg, layer_map=layer_map, tokenizer=tokenizer,
-              autocast=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext(),
+              autocast=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and (not fsdp or paper_fsdp_bf16)
+              else contextlib.nullcontext(),  # paper: accelerate's autocast and the paper's own, under FSDP too
               teacher=teacher, student=student, optimizer=optimizer, scheduler=lr_scheduler(args, optimizer),
               stream=make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True),
               flops_per_token=flops_per_token(student, teacher, args.max_length), last_good=resume_from)
@@ -496,10 +540,19 @@ def inputs_for(run: Run, batch: dict, model) -> dict:
     return model_inputs(batch, run.device, run.compute_dtype, model.config)
 
 
+def cosine_pairs(args, layer_map) -> list[tuple[int, int]]:
+    """The aligned (student, teacher) hidden-state pairs: the paper's own under recipe: paper (they differ from
+    ``LayerMap.cosine_pairs`` outside the presets' recipes: docs/training.md), else ``LayerMap.cosine_pairs``."""
+    if args.recipe == "paper":
+        return layer_map.paper_cosine_pairs(args.first_layers_to_keep, args.alternate_every_n_layers,
+                                            args.last_layers_to_keep)
+    return layer_map.cosine_pairs()
+
+
 def forward(run: Run, batch: dict) -> LossTerms:
     """Student and teacher forward on one micro-batch -> LossTerms (improved: sums over valid positions;
     paper: the micro-batch means the paper's code back-propagates)."""
-    cfg, pairs = run.loss_cfg, run.layer_map.cosine_pairs()
+    cfg, pairs = run.loss_cfg, cosine_pairs(run.args, run.layer_map)
     s_idx, t_idx = [s for s, _ in pairs], [t for _, t in pairs]
     inputs = inputs_for(run, batch, run.student)
     with run.autocast:
@@ -518,6 +571,18 @@ def forward(run: Run, batch: dict) -> LossTerms:
                              batch["doc_ids"].to(run.device))
 
 
+def process_share(batch: dict, recipe: str, per: int, accum: int, world: int, rank: int) -> dict:
+    """This process's ``accum`` micro-batches of ``per`` sequences (in order) from a global batch. improved: rank r
+    takes the r-th contiguous block. paper (issue 26): as accelerate 1.6.0 dispatches an IterableDataset
+    (``DataLoaderDispatcher``: process 0 reads one per-device batch per process and process r gets the r-th, for
+    every micro-batch), micro-batch m of rank r is the stream's per-device batch m * world + r. One process: the same."""
+    if recipe == "paper":
+        order = torch.arange(accum * world * per).view(accum, world, per)[:, rank].reshape(-1)
+        return {k: v[order] for k, v in batch.items()}
+    lo = rank * per * accum
+    return {k: v[lo:lo + per * accum] for k, v in batch.items()}
+
+
 def train_step(run: Run) -> dict:
     """One optimizer step on the next global batch -> its log record. Raises FloatingPointError before stepping."""
     args, per = run.args, run.args.per_device_train_batch_size
@@ -527,8 +592,7 @@ def train_step(run: Run) -> dict:
         n_valid, n_tokens = float((batch["labels"][:, 1:] != -100).sum()), int(batch["attention_mask"].sum())
     else:
         n_valid, n_tokens = float(valid_positions(batch["doc_ids"]).sum()), int((batch["doc_ids"] >= 0).sum())
-    lo = run.rank * per * run.accum
-    mine = {k: v[lo:lo + per * run.accum] for k, v in batch.items()}
+    mine = process_share(batch, args.recipe, per, run.accum, run.world, run.rank)
     sums = LossTerms(0.0, 0.0, 0.0, 0.0, num_valid=0)
     for m in range(run.accum):
         if run.fsdp:
