@@ -49,6 +49,7 @@ from boomerang.layer_map import LayerMapError
 from boomerang.models import (ModelNotFoundError, empty_model, load_config, load_model, load_shards, load_tokenizer,
                               resolve_model_path)
 from train import checkpoint as ckpt
+from train.batch import BatchError, plan_from_args
 from train.data import PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, check_source, model_inputs
 from train.init_student import init_student, plan_student, provenance_of, save_student, teacher_key
 from train.losses import LossConfig, LossTerms, distillation_loss, next_token_labels, paper_loss, valid_positions
@@ -358,7 +359,7 @@ class Run:
 
 def check_args(args):
     """Everything that can be wrong is checked before a model loads -> (loss config, teacher path, layer map,
-    checkpoint to resume or None)."""
+    checkpoint to resume or None, the batch plan for this world size)."""
     if not args.teacher_model_name_or_path:
         fail("--teacher_model_name_or_path is required (a hub name, a local folder or embedded:smollm2-135m)")
     if not args.save_directory:
@@ -382,6 +383,10 @@ def check_args(args):
         fail(str(e))
     if args.max_steps < 0:
         fail(f"--max_steps must be >= 0, got {args.max_steps}")
+    try:  # the processes torchrun starts (WORLD_SIZE), before any process group or model
+        batch = plan_from_args(args, int(os.environ.get("WORLD_SIZE", "1")))
+    except BatchError as e:
+        fail(str(e))
     if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
         fail(f"--report_to {args.report_to} needs the package {args.report_to}: pip install {args.report_to} "
              "(or --report_to none)")
@@ -397,7 +402,7 @@ def check_args(args):
         if resume_from is None:
             fail(f"--resume: --save_directory {d} holds no checkpoint (checkpoints/step-*); use --overwrite to start "
                  "again")
-    return loss_cfg, teacher_path, layer_map, resume_from
+    return loss_cfg, teacher_path, layer_map, resume_from, batch
 
 
 def check_data(args, tokenizer) -> None:
@@ -417,22 +422,9 @@ def check_data(args, tokenizer) -> None:
 
 def setup(args) -> Run:
     """Checks, processes, data, models, optimizer and schedule, a checkpoint to resume, the reporter."""
-    loss_cfg, teacher_path, layer_map, resume_from = check_args(args)
+    loss_cfg, teacher_path, layer_map, resume_from, batch = check_args(args)
     rank, world, device, fsdp = dist_setup(args)
-    accum = args.gradient_accumulation_steps
-    if args.global_batch_size:  # accumulation steps follow from it and the number of processes
-        per = args.per_device_train_batch_size * world
-        if args.global_batch_size % per:
-            fail(f"--global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size "
-                 f"x processes = {per}")
-        accum = args.global_batch_size // per
-        if "gradient_accumulation_steps" in getattr(args, "explicit_settings", ()) and \
-                args.gradient_accumulation_steps != accum:
-            fail(f"--global_batch_size {args.global_batch_size} with --per_device_train_batch_size "
-                 f"{args.per_device_train_batch_size} on {world} process(es) means {accum} accumulation step(s), "
-                 f"but --gradient_accumulation_steps {args.gradient_accumulation_steps} is also set: give only one "
-                 "of --global_batch_size and --gradient_accumulation_steps")
-    global_batch = args.per_device_train_batch_size * accum * world
+    accum, global_batch = batch.accumulation, batch.global_batch
     bf16 = args.bf16 and device.type == "cuda"
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
     teacher_dtype = dtype_from_name(args.teacher_dtype) if args.teacher_dtype != "auto" else compute_dtype
