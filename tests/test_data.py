@@ -100,3 +100,53 @@ def test_packed_documents_equal_separate_runs(family, attention):
     torch.testing.assert_close(out[:, :20], ra, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[:, 20:29], rb, rtol=1e-4, atol=1e-4)
     assert torch.isfinite(out).all()
+
+
+class CountingTokenizer:
+    """A tokenizer that records the texts it is asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, text, **kw):
+        self.texts.extend([text] if isinstance(text, str) else text)
+        return self.tokenizer(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_stream_resumed_at_its_cursor_goes_on_without_tokenizing_the_documents_before_it(tmp_path, tokenizer):
+    """Packed sequences over several epochs, cut at every point: a stream made with ``start`` = the cursor gives the
+    same sequences (document numbers too) and tokenizes only documents from the cursor's document on."""
+    from train.data import PaperStream, document_stream
+
+    src = str(tmp_path / "d.jsonl")
+    with open(src, "w") as f:
+        for i in range(12):
+            f.write(json.dumps({"text": f"doc{i} " + " ".join(["the", "man", "was", "good"][: 1 + i % 4] * (1 + i % 5))})
+                    + "\n")
+    order = [d for d, _ in zip(document_stream(src, seed=3), range(300))]
+    reference = SequenceStream(src, tokenizer, 8, seed=3).take(40)
+    for cut in range(0, 30, 3):
+        a = SequenceStream(src, tokenizer, 8, seed=3)
+        a.take(cut) if cut else None
+        start = {**a.cursor, "sequences": a.position}
+        counting = CountingTokenizer(tokenizer)
+        b = SequenceStream(src, counting, 8, seed=3, start=start)
+        assert b.position == cut
+        got = b.take(40 - cut)
+        for key in ("input_ids", "doc_ids"):
+            assert torch.equal(got[key], reference[key][cut:]), (cut, key)
+        d = start["document"]
+        assert counting.texts == order[d:d + len(counting.texts)], cut  # from the cursor's document on, in order
+    # the paper's stream: one document a sequence, the documents before the cursor read but not tokenized
+    p = PaperStream(src, tokenizer, 12, seed=1, skip=2, buffer_size=4)
+    first = p.take(6)
+    counting = CountingTokenizer(tokenizer)
+    q = PaperStream(src, counting, 12, seed=1, skip=2, buffer_size=4, start={**p.cursor, "sequences": 4})
+    assert p.cursor == {"document": 6, "token": 0} and len(counting.texts) == 0
+    p2 = PaperStream(src, tokenizer, 12, seed=1, skip=2, buffer_size=4)
+    p2.take(4)
+    q = PaperStream(src, counting, 12, seed=1, skip=2, buffer_size=4, start={**p2.cursor, "sequences": 4})
+    assert torch.equal(q.take(2)["input_ids"], first["input_ids"][4:]) and len(counting.texts) == 2

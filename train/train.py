@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import importlib.util
 import json
 import logging
@@ -109,6 +110,10 @@ FLAGS = {
          ["auto", "on", "off"]),
         ("fsdp_config", None, "the paper's Hugging Face Trainer FSDP file; not read here (FSDP2 wraps every decoder "
          "layer, found through the family adapter): giving it is an error that says which flags to use", str),
+        ("process_group_timeout_minutes", 30.0, "how long a process waits in a collective before the job is stopped "
+         "(NCCL's default is 10). 30 covers the longest wait: every process waits while the whole student is gathered "
+         "to rank 0 at the end, and at each checkpoint for the slowest process's DCP files; no process waits on "
+         "rank 0's writing of the student or pruning of checkpoints (docs/training.md)"),
         ("gradient_checkpointing", False, "activation checkpointing in the student"),
         ("peak_tflops", None, "accelerator peak for MFU (default: by GPU name)", float),
         ("num_threads", None, "torch CPU threads", int),
@@ -159,7 +164,10 @@ def dist_setup(args):
     if fsdp and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # one process with --fsdp on: torchrun sets these
         os.environ.setdefault("MASTER_PORT", "29512")
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        timeout = datetime.timedelta(minutes=args.process_group_timeout_minutes)
+        # device_id: NCCL binds the communicator to this process's GPU at once (no guessing, no hang on a wrong one)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=timeout,
+                                **({"device_id": torch.device("cuda", local)} if use_cuda else {}))
     return rank, world, torch.device(f"cuda:{local}" if use_cuda else "cpu"), fsdp
 
 
@@ -310,15 +318,18 @@ def build_models(args, teacher_path: str, layer_map, teacher_dtype, device, fsdp
     return teacher, student
 
 
-def make_stream(args, tokenizer, source: str, split: str, flag: str, training: bool, repeat: bool = True):
+def make_stream(args, tokenizer, source: str, split: str, flag: str, training: bool, repeat: bool = True,
+                start: dict | None = None):
     """The recipe's sequences: the paper's (skip, shuffle buffer, one padded document each; held-out data in file
-    order) or the improved recipe's (packed, shuffled per epoch; held-out data in file order)."""
+    order) or the improved recipe's (packed, shuffled per epoch; held-out data in file order). ``start``: a
+    checkpoint's ``data_resume``, where the stream goes on without tokenizing the documents before it."""
     if args.recipe == "paper":
         skip, buffer = (args.paper_skip_documents, args.paper_shuffle_buffer) if training else (0, 1)
         return PaperStream(source, tokenizer, args.max_length, split=split, text_field=args.text_field, seed=args.seed,
-                           skip=skip, buffer_size=buffer, flag=flag)
+                           skip=skip, buffer_size=buffer, flag=flag, start=start)
     return SequenceStream(source, tokenizer, args.max_length, packing=not args.no_packing, split=split,
-                          text_field=args.text_field, seed=args.seed, shuffle=training, repeat=repeat, flag=flag)
+                          text_field=args.text_field, seed=args.seed, shuffle=training, repeat=repeat, flag=flag,
+                          start=start)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -347,7 +358,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stream: object
     reporter: Reporter | None = None
-    eval_batches: list[dict] | None = None
+    eval_batches: list[tuple[dict, bool]] | None = None  # (batch, counted): eval_share
     step: int = 0
     tokens_seen: int = 0  # real (non-padding) tokens trained on so far, logged with every record
     last_good: str | None = None  # the newest checkpoint
@@ -383,6 +394,8 @@ def check_args(args):
         fail(str(e))
     if args.max_steps < 0:
         fail(f"--max_steps must be >= 0, got {args.max_steps}")
+    if not args.process_group_timeout_minutes > 0:
+        fail(f"--process_group_timeout_minutes must be > 0, got {args.process_group_timeout_minutes}")
     try:  # the processes torchrun starts (WORLD_SIZE), before any process group or model
         batch = plan_from_args(args, int(os.environ.get("WORLD_SIZE", "1")))
     except BatchError as e:
@@ -454,7 +467,7 @@ def setup(args) -> Run:
               compute_dtype=compute_dtype, loss_cfg=loss_cfg, layer_map=layer_map, tokenizer=tokenizer,
               autocast=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not fsdp else contextlib.nullcontext(),
               teacher=teacher, student=student, optimizer=optimizer, scheduler=lr_scheduler(args, optimizer),
-              stream=make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True),
+              stream=None,
               flops_per_token=flops_per_token(student, teacher, args.max_length), last_good=resume_from)
     if resume_from:
         try:
@@ -462,9 +475,16 @@ def setup(args) -> Run:
         except ckpt.CheckpointError as e:
             fail(str(e))
         run.step, run.tokens_seen = state["step"], state.get("tokens_seen", 0)
-        run.stream.skip(state["data_position"])
+    start = state.get("data_resume") if resume_from else None  # where the data goes on: no document re-tokenized
+    run.stream = make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True, start=start)
+    if resume_from:
+        if start is None:  # a checkpoint written before the document position was recorded
+            log.info("%s records no document position: tokenizing the %d consumed sequences again to skip them",
+                     resume_from, state["data_position"])
+            run.stream.skip(state["data_position"])
         if rank == 0:
-            log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, run.step, run.stream.position)
+            log.info("resumed from %s (step %d, %d sequences consumed, next at document %d)", resume_from, run.step,
+                     run.stream.position, run.stream.cursor["document"])
     run.reporter = Reporter(args, rank == 0, run.step if resume_from else None)
     if args.eval_dataset:  # this process's share of the held-out sequences, in batches
         es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
@@ -474,12 +494,25 @@ def setup(args) -> Run:
         except DataError:
             fail(f"--eval_dataset {args.eval_dataset} holds fewer than --eval_sequences {args.eval_sequences} "
                  f"sequences of {args.max_length} tokens; lower --eval_sequences")
-        mine, eb = {k: v[rank::world] for k, v in seqs.items()}, args.per_device_eval_batch_size
-        run.eval_batches = [{k: v[i:i + eb] for k, v in mine.items()} for i in range(0, len(mine["input_ids"]), eb)]
+        run.eval_batches = eval_share(seqs, rank, world, args.per_device_eval_batch_size)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         run.peak_flops = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)) * 1e12
     return run
+
+
+def eval_share(seqs: dict, rank: int, world: int, batch_size: int) -> list[tuple[dict, bool]]:
+    """This process's held-out batches as (batch, counted): sequences ``[rank::world]`` in batches of
+    ``batch_size``, then padding batches (one sequence, its result dropped: counted False) up to the number of
+    batches of the process with the most. Every process runs the same number of forwards, so FSDP's all-gathers
+    pair up at any world size, batch size and sequence count (a process short of a batch, or with none, would
+    leave the others waiting until the watchdog kills the job)."""
+    n = len(seqs["input_ids"])
+    most = math.ceil(math.ceil(n / world) / batch_size)
+    mine = {k: v[rank::world] for k, v in seqs.items()}
+    share = [({k: v[i:i + batch_size] for k, v in mine.items()}, True)
+             for i in range(0, len(mine["input_ids"]), batch_size)]
+    return share + [({k: v[:1] for k, v in seqs.items()}, False)] * (most - len(share))
 
 
 def inputs_for(run: Run, batch: dict, model) -> dict:
@@ -575,10 +608,12 @@ def evaluate(run: Run, model) -> float:
     model.eval()
     ce_sum = n = 0.0
     with torch.no_grad(), run.autocast:
-        for b in run.eval_batches:  # the paper's CE: every label that is not -100; improved: valid positions
+        for b, counted in run.eval_batches:  # the paper's CE: every label that is not -100; improved: valid positions
             y = b["labels"][:, 1:] if run.args.recipe == "paper" else \
                 next_token_labels(b["input_ids"], valid_positions(b["doc_ids"]))[:, :-1]
             logits = model(**inputs_for(run, b, model)).logits[:, :-1]
+            if not counted:  # a padding batch: its forward keeps the processes' collectives paired
+                continue
             ce_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten().to(run.device), reduction="sum"))
             n += float((y != -100).sum())
     ce_sum, n = all_sum([ce_sum, n], run.device)
@@ -629,9 +664,9 @@ def cleanup(run: Run) -> dict:
     summary = {"step": run.step, "history": run.history, "save_directory": args.save_directory,
                "student_parameters": count_parameters(run.student),
                "teacher_parameters": count_parameters(run.teacher), "flops_per_token": run.flops_per_token}
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    if dist.is_available() and dist.is_initialized():  # no barrier: no process waits while rank 0 writes the student
         dist.destroy_process_group()
+    ckpt.wait_for_pruning()
     return summary
 
 
@@ -677,7 +712,8 @@ def run_distillation(args) -> dict:
             run.last_good = ckpt.save_checkpoint(
                 args.save_directory, run.step, run.student, run.optimizer, run.scheduler, run.stream.position,
                 args.save_total_limit, extra={"world_size": run.world, "global_batch": run.global_batch,
-                                              "tokens_seen": run.tokens_seen})
+                                              "tokens_seen": run.tokens_seen,
+                                              "data_resume": {**run.stream.cursor, "sequences": run.stream.position}})
     bar.close()
     return cleanup(run)
 
