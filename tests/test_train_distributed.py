@@ -319,3 +319,38 @@ def test_each_process_loads_only_its_shards_and_gets_the_whole_load(tmp_path):
 
 if __name__ == "__main__":  # torchrun tests/test_train_distributed.py TEACHER...
     load_in_two_processes(sys.argv[1:])
+
+
+@pytest.mark.distributed
+def test_the_frozen_teacher_is_resharded_after_its_forward_root_included(world):
+    """FSDP2 keeps the root unit gathered after the forward unless told otherwise; the teacher never runs a
+    backward, so every unit of it, the root too, must be sharded again after its forward. The student keeps the
+    default (its root stays gathered for the backward that follows)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp._fully_shard._fsdp_param import ShardedState
+
+    from boomerang.models import load_config
+    from train.init_student import plan_student
+    from train.train import build_models, build_parser
+
+    root, teacher = world
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        a = build_parser().parse_args(["--teacher_model_name_or_path", teacher])
+        t, s = build_models(a, teacher, plan_student(load_config(teacher)), torch.float32, torch.device("cpu"),
+                            fsdp=True)
+        ids = torch.randint(3, 100, (1, 8))
+        with torch.no_grad():
+            t(ids)
+        s(ids)
+
+        def states(model):
+            return {p.sharded_state for m in model.modules() if hasattr(m, "_get_fsdp_state")
+                    for g in m._get_fsdp_state()._fsdp_param_groups for p in g.fsdp_params}
+
+        root_states = {p.sharded_state for g in t._get_fsdp_state()._fsdp_param_groups for p in g.fsdp_params}
+        assert root_states == states(t) == {ShardedState.SHARDED}
+        assert {p.sharded_state for g in s._get_fsdp_state()._fsdp_param_groups for p in g.fsdp_params} == \
+            {ShardedState.UNSHARDED}
+    finally:
+        dist.destroy_process_group()
