@@ -301,6 +301,20 @@ def build_models(args, teacher_path: str, layer_map, teacher_dtype, device, fsdp
     student = init_student(teacher, layer_map, args.random_initialization, torch.float32, args.seed)
     if source is None:
         student = copy.deepcopy(student)  # its tensors are the teacher's
+    on_meta = prepare_pair(args, teacher, student, teacher_dtype, device, fsdp, mp_policy)
+    if on_meta[0]:
+        load_shards(teacher, source, device)
+    if on_meta[1]:
+        prefix = adapter_for(student).layer_prefix()
+        load_shards(student, source, device, name_of=lambda k: teacher_key(k, layer_map, prefix), via_dtype=cut_from)
+    return teacher, student
+
+
+def prepare_pair(args, teacher, student, teacher_dtype, device, fsdp: bool, mp_policy=None, mesh=None) -> list[bool]:
+    """What the run does to a built teacher and student before training: the paper's teacher cast, the teacher
+    frozen, attention implementation, the student in training mode (activation checkpointing when asked), both on
+    ``device`` or, under FSDP, sharded (``shard``; ``mesh`` default: every process). Returns which of the two are
+    still on the meta device (``build_models`` loads their shards; ``train.plan`` gives them fake tensors)."""
     if args.recipe == "paper":
         teacher.to(teacher_dtype)  # its floating buffers too (RoPE's inv_freq), on either path
     teacher.requires_grad_(False)
@@ -315,13 +329,8 @@ def build_models(args, teacher_path: str, layer_map, teacher_dtype, device, fsdp
         if not meta:
             model.to(device)
         if fsdp:
-            shard(model, mp_policy, device.type)
-    if on_meta[0]:
-        load_shards(teacher, source, device)
-    if on_meta[1]:
-        prefix = adapter_for(student).layer_prefix()
-        load_shards(student, source, device, name_of=lambda k: teacher_key(k, layer_map, prefix), via_dtype=cut_from)
-    return teacher, student
+            shard(model, mp_policy, device.type, mesh)
+    return on_meta
 
 
 def make_stream(args, tokenizer, source: str, split: str, flag: str, training: bool, repeat: bool = True,
