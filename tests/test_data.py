@@ -150,3 +150,23 @@ def test_a_stream_resumed_at_its_cursor_goes_on_without_tokenizing_the_documents
     p2.take(4)
     q = PaperStream(src, counting, 12, seed=1, skip=2, buffer_size=4, start={**p2.cursor, "sequences": 4})
     assert torch.equal(q.take(2)["input_ids"], first["input_ids"][4:]) and len(counting.texts) == 2
+
+
+def test_a_process_tokenizes_only_its_own_sequences_of_the_papers_stream(tmp_path, tokenizer):
+    """``take(n, keep)``: the paper's stream (one document a sequence) passes over the other processes' documents
+    without tokenizing them; the kept rows are those of the whole batch, and the stream goes on in step."""
+    from train.data import PaperStream
+
+    src = str(tmp_path / "d.jsonl")
+    with open(src, "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"text": f"doc{i} the man was good " * (1 + i % 3)}) + "\n")
+    whole = PaperStream(src, tokenizer, 12, seed=1, skip=2, buffer_size=4)
+    batches = [whole.take(6) for _ in range(2)]
+    counting = CountingTokenizer(tokenizer)
+    mine = PaperStream(src, counting, 12, seed=1, skip=2, buffer_size=4)
+    for b in batches:
+        got = mine.take(6, keep=range(2, 4))
+        for key in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(got[key], b[key][2:4]), key
+    assert len(counting.texts) == 4 and mine.position == 12 and mine.cursor["document"] == 12

@@ -134,9 +134,21 @@ class Stream:
         for _ in range(n):
             self.next()
 
-    def take(self, n: int) -> dict:
-        """``n`` sequences stacked into a batch: each field of shape [n, S]."""
-        items = [self.next() for _ in range(n)]
+    def drop(self) -> None:
+        """Pass over the next sequence (another process trains on it). Packed sequences are tokenized even so: where
+        one begins depends on every document before it."""
+        self.next()
+
+    def take(self, n: int, keep: range | None = None) -> dict:
+        """``n`` sequences stacked into a batch: each field of shape [n, S]; with ``keep``, only the sequences of
+        those indices are made (``drop`` passes over the others: the paper's stream does not tokenize them)."""
+        keep = range(n) if keep is None else keep
+        items = []
+        for i in range(n):
+            if i in keep:
+                items.append(self.next())
+            else:
+                self.drop()
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
@@ -337,13 +349,23 @@ class PaperStream(Stream):
                  seed: int = 0, skip: int = PAPER_SKIP, buffer_size: int = PAPER_SHUFFLE_BUFFER,
                  flag: str = "--dataset", start: dict | None = None):
         cursor, position = resume_point(start)  # one sequence a document: the documents before it are not tokenized
-        docs = itertools.islice(paper_documents(source, split, text_field, seed, skip, buffer_size, flag),
-                                cursor["document"], None)
+        self._docs = itertools.islice(paper_documents(source, split, text_field, seed, skip, buffer_size, flag),
+                                      cursor["document"], None)
+        self._tokenizer, self._max_length = tokenizer, max_length
 
         def items():
-            for text in docs:
+            for text in self._docs:
                 cursor["document"] += 1
                 yield paper_sequence(tokenizer, text, max_length)
 
         super().__init__(items(), f"{flag}: the paper's stream ran out of documents after {{position}} (it skips the "
                          f"first {skip}; lower --paper_skip_documents for a small dataset)", cursor, position)
+
+    def drop(self) -> None:
+        """Pass over the next document without tokenizing it (one document is one sequence)."""
+        try:
+            next(self._docs)
+        except StopIteration:
+            raise DataError(self._exhausted.format(position=self.position)) from None
+        self.cursor["document"] += 1
+        self.position += 1

@@ -562,13 +562,14 @@ def train_step(run: Run) -> dict:
     """One optimizer step on the next global batch -> its log record. Raises FloatingPointError before stepping."""
     args, per = run.args, run.args.per_device_train_batch_size
     t0 = time.perf_counter()
-    batch = run.stream.take(run.global_batch)
+    lo = run.rank * per * run.accum  # this process's sequences of the global batch; the paper's stream tokenizes only
+    mine = run.stream.take(run.global_batch, keep=range(lo, lo + per * run.accum))  # these (packing: every one)
     if args.recipe == "paper":  # loss positions (what the improved recipe averages over) and real tokens (logged)
-        n_valid, n_tokens = float((batch["labels"][:, 1:] != -100).sum()), int(batch["attention_mask"].sum())
+        counts = [float((mine["labels"][:, 1:] != -100).sum()), float(mine["attention_mask"].sum())]
     else:
-        n_valid, n_tokens = float(valid_positions(batch["doc_ids"]).sum()), int((batch["doc_ids"] >= 0).sum())
-    lo = run.rank * per * run.accum
-    mine = {k: v[lo:lo + per * run.accum] for k, v in batch.items()}
+        counts = [float(valid_positions(mine["doc_ids"]).sum()), float((mine["doc_ids"] >= 0).sum())]
+    n_valid, n_tokens = all_sum(counts, run.device)  # of the global batch
+    n_tokens = int(n_tokens)
     sums = LossTerms(0.0, 0.0, 0.0, 0.0, num_valid=0)
     for m in range(run.accum):
         if run.fsdp:
