@@ -1,6 +1,7 @@
 """Data: file formats, packing with EOS, per-document positions and attention, padding, determinism."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -170,3 +171,24 @@ def test_a_process_tokenizes_only_its_own_sequences_of_the_papers_stream(tmp_pat
         for key in ("input_ids", "attention_mask", "labels"):
             assert torch.equal(got[key], b[key][2:4]), key
     assert len(counting.texts) == 4 and mine.position == 12 and mine.cursor["document"] == 12
+
+
+def test_tokenize_cost_bench_runs_on_tiny_shapes(tmp_path):
+    """bench/tokenize_cost.py at tiny shapes (its figure is taken on idle cores): it times the trainer's own stream
+    and compares with a step's FLOPs."""
+    import sys
+
+    from tiny_models import llama, save_tiny_model
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.tokenize_cost import main
+
+    teacher = save_tiny_model(str(tmp_path / "t"), llama(4))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": "the man was good " * (3 + i % 7)}) + "\n" for i in range(50)))
+    out = main(["--teacher_model_name_or_path", teacher, "--dataset", str(data), "--max_length", "16",
+                "--global_batch_size", "4", "--per_device_train_batch_size", "1", "--steps", "2",
+                "--output", str(tmp_path / "o.json")])
+    assert out["global_batch"] == 4 and len(out["tokenize_seconds"]) == 2 and out["step_seconds"] > 0
+    assert out["share_of_step"] == out["tokenize_seconds_median"] / out["step_seconds"]
+    assert json.loads((tmp_path / "o.json").read_text())["under_limit"] == out["under_limit"]

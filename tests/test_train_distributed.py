@@ -138,6 +138,20 @@ def test_one_process_checkpoint_resumes_on_two(runs):
     assert_same_run(root / "one", root / "one-to-two")
 
 
+@pytest.mark.distributed
+@pytest.mark.e2e
+def test_paper_recipe_on_two_processes_each_tokenizing_its_own_documents_matches_one(world):
+    """The paper's stream: each process tokenizes only its own documents of the global batch (the others are passed
+    over), and the token counts are summed over processes: the same losses, gradient norms, weights and logged
+    token counts as one process."""
+    root, teacher = world
+    paper = [*STEPS, "--recipe", "paper", "--paper_skip_documents", 0, "--paper_shuffle_buffer", 8]
+    main(args(root, teacher, "paper-one", *paper))
+    torchrun("--module", "train.train", *args(root, teacher, "paper-two", *paper))
+    assert_same_run(root / "paper-one", root / "paper-two")
+    assert [r["tokens"] for r in records(root / "paper-one")] == [r["tokens"] for r in records(root / "paper-two")]
+
+
 # ----------------------------------------------------------------------------- evaluation on uneven splits
 def eval_records(out_dir):
     with open(os.path.join(out_dir, "log.jsonl")) as f:
