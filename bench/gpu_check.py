@@ -57,7 +57,7 @@ from reproduce.common import default_data_dir  # noqa: E402
 PARTS = ("cuda_tests", "train", "fsdp", "bench", "sweep")
 # seconds per part on the GPU: 470 in all, leaving ~10 s of the 8 minutes for start-up and the report
 GPU_TIMEOUTS = {"cuda_tests": 90, "train": 80, "fsdp": 120, "bench": 125, "sweep": 55}
-DRY_TIMEOUTS = {"cuda_tests": 120, "train": 180, "fsdp": 420, "bench": 300, "sweep": 240}
+DRY_TIMEOUTS = {"cuda_tests": 120, "train": 180, "fsdp": 900, "bench": 300, "sweep": 240}
 # what each part needs beyond torch and transformers: a part whose package is missing is "skipped", with why
 PART_NEEDS = {"cuda_tests": ("pytest",), "train": (), "fsdp": (), "bench": (), "sweep": ("lm_eval",)}
 REQUIRED = ("torch", "transformers", "datasets", "accelerate", "safetensors", "yaml", "tqdm")
