@@ -10,6 +10,10 @@ next one runs; the JSON is rewritten after every part):
               against the dense mask, bf16 training steps, a sweep on the GPU)
   train       20 steps of the GPU preset (configs/smollm2-135m.yaml, reproduce.main_job's "gpu" preset) on the
               embedded teacher embedded:smollm2-135m in bfloat16: tokens/s, MFU, peak memory, losses, held-out CE
+  fsdp        one process with --fsdp on over NCCL (a single rank): 8 steps with a checkpoint at step 4; the same
+              run stopped there and resumed; the same steps without FSDP. Verdict: resumed losses equal to the
+              uninterrupted run's, close to the non-FSDP run's (FSDP_TOLERANCE: bf16), the loss falls; and the memory
+              plan (python -m train.plan, the same flags, 1 process) against torch.cuda.max_memory_allocated
   bench       bench/train_throughput.py on a Qwen3-1.7B-shaped random pair at sequence 2048: the packed recipe
               (transformers' masks from position ids), the same with the dense 4D mask, and the paper's padded
               recipe (--recipe paper): tokens/s, MFU, peak memory each
@@ -17,7 +21,13 @@ next one runs; the JSON is rewritten after every part):
               if training failed): perplexity, a multiple-choice task, held-out KL, seconds per size
 
 --dry-run (CPU): the same parts with tiny shapes: the CUDA tests are collected (and skipped), 2 training steps of
-a tiny random teacher with the preset's settings, the bench on random:tiny, a 3-size sweep of that student.
+a tiny random teacher with the preset's settings, the FSDP-and-resume part over gloo (4 steps, checkpoint at 2),
+the bench on random:tiny, a 3-size sweep of that student.
+
+The environment is checked first (scripts/gpu_check.sh creates .venv with scripts/setup_env.sh when there is
+none): required packages missing stop the check with their names; a part whose optional package is missing
+(lm_eval for the sweep, pytest for the CUDA tests) is recorded as "skipped" with why, and the others run. Every
+part's result is in the JSON whatever happens to the others.
 
 Data: --data, else $BOOMERANG_DATA, else ../shared/data beside the repository; where that folder is absent a
 small synthetic corpus and task are written and the JSON says so ("data": {"synthetic": true}).
@@ -44,10 +54,19 @@ from boomerang.layer_map import LayerMap  # noqa: E402
 from evaluate.results import load_failures, load_results  # noqa: E402
 from reproduce.common import default_data_dir  # noqa: E402
 
-PARTS = ("cuda_tests", "train", "bench", "sweep")
+PARTS = ("cuda_tests", "train", "fsdp", "bench", "sweep")
 # seconds per part on the GPU: 470 in all, leaving ~10 s of the 8 minutes for start-up and the report
-GPU_TIMEOUTS = {"cuda_tests": 110, "train": 100, "bench": 190, "sweep": 70}
-DRY_TIMEOUTS = {"cuda_tests": 120, "train": 180, "bench": 300, "sweep": 240}
+GPU_TIMEOUTS = {"cuda_tests": 90, "train": 80, "fsdp": 120, "bench": 125, "sweep": 55}
+DRY_TIMEOUTS = {"cuda_tests": 120, "train": 180, "fsdp": 900, "bench": 300, "sweep": 240}
+# what each part needs beyond torch and transformers: a part whose package is missing is "skipped", with why
+PART_NEEDS = {"cuda_tests": ("pytest",), "train": (), "fsdp": (), "bench": (), "sweep": ("lm_eval",)}
+REQUIRED = ("torch", "transformers", "datasets", "accelerate", "safetensors", "yaml", "tqdm")
+OPTIONAL = ("lm_eval", "pytest", "flash_attn", "tensorboard", "wandb")
+# the fsdp part: resumed vs uninterrupted, on one GPU the same kernels on the same data, but some backward kernels
+# (the embedding's index_add) add in a nondeterministic order: relative 1e-3; FSDP2 (bf16 parameters through
+# MixedPrecisionPolicy) vs the one-process run (autocast over float32 parameters): the two round differently in
+# bf16 (8 bits of mantissa, relative 4e-3 per operation): relative 3e-2 on the loss. CPU (the dry run): float32.
+FSDP_TOLERANCE = {"gpu": {"resumed": 1e-3, "no_fsdp": 3e-2}, "cpu": {"resumed": 1e-6, "no_fsdp": 1e-4}}
 GPU_PRESET = "configs/smollm2-135m.yaml"  # reproduce.main_job.PRESETS["gpu"]["train_config"]
 TEACHER = "embedded:smollm2-135m"
 BENCH_MODES = "packed+chunked,packed+dense_mask,paper"
@@ -96,12 +115,29 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- pieces
+def package_version(name: str) -> str | None:
+    """The installed version of an importable package (its distribution's version where known), or None."""
+    if importlib.util.find_spec(name) is None:
+        return None
+    dist = {"yaml": "pyyaml", "lm_eval": "lm_eval"}.get(name, name)
+    try:
+        return version(dist)
+    except Exception:  # importable but not installed as a distribution (e.g. from a source tree)
+        return "present"
+
+
 def environment() -> dict:
+    """Checked first: the Python packages (required and optional, with versions; None = missing), CUDA and the GPU.
+    A missing required package stops the check with its name; a missing optional one skips the parts needing it."""
+    packages = {name: package_version(name) for name in (*REQUIRED, *OPTIONAL)}
+    if missing := [n for n in REQUIRED if packages[n] is None]:
+        raise SystemExit(f"missing required packages {missing}: run bash scripts/setup_env.sh (it installs "
+                         "requirements.txt into .venv) or pip install -r requirements.txt")
     import torch  # lazy: see the imports at the top
 
-    env = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": version("transformers"),
-           "lm_eval": version("lm_eval"), "cuda": torch.version.cuda, "gpu": None,
-           "flash_attn": importlib.util.find_spec("flash_attn") is not None}
+    env = {"python": sys.version.split()[0], "packages": packages, "setup": os.environ.get("BOOMERANG_SETUP_STATUS"),
+           "torch": torch.__version__, "transformers": packages["transformers"], "lm_eval": packages["lm_eval"],
+           "cuda": torch.version.cuda, "gpu": None, "flash_attn": packages["flash_attn"] is not None}
     if torch.cuda.is_available():
         prop = torch.cuda.get_device_properties(0)
         env["gpu"] = {"name": prop.name, "memory_gib": round(prop.total_memory / 2**30, 1),
@@ -162,6 +198,80 @@ def sweep_figures(save_directory: str) -> dict:
     return {"points": points, "failed_points": [f["name"] for f in load_failures(save_directory)]}
 
 
+def losses_of(folder: str) -> list[float]:
+    return [r["loss"] for r in trainer_log(folder) if "loss" in r]
+
+
+def fsdp_part(py: str, common_train: list[str], work: str, log_dir: str, timeout: float, dry: bool) -> dict:
+    """One process with --fsdp on (NCCL on the GPU, gloo in the dry run): an uninterrupted run with a checkpoint, the
+    same run stopped at the checkpoint and resumed, and the same steps without FSDP. Its verdict: the resumed losses
+    equal the uninterrupted ones and are close to the non-FSDP ones (FSDP_TOLERANCE), the loss falls, and the memory
+    plan (train.plan, the same flags, 1 process) against torch.cuda.max_memory_allocated."""
+    import torch  # lazy: see the imports at the top
+
+    steps, stop = (4, 2) if dry else (8, 4)
+    flags = [*common_train, "--max_steps", str(steps), "--save_steps", str(stop), "--logging_steps", "1",
+             "--eval_steps", "0", "--eval_dataset", "", "--learning_rate", "1e-3"]
+    if not dry:  # shorter than the train part's sequences: three runs share this part's minutes
+        flags += ["--max_length", "512", "--global_batch_size", "8", "--per_device_train_batch_size", "4"]
+    runs = {"fsdp": ["--fsdp", "on"], "fsdp_resumed": ["--fsdp", "on", "--stop_at_step", str(stop)],
+            "no_fsdp": ["--fsdp", "off"]}
+    rec, t0 = {"runs": {}}, time.time()
+    for name, extra in runs.items():
+        folder = os.path.join(work, name)
+        cmd = [py, "-m", "train.train", "--config", GPU_PRESET, *flags, *extra, "--save_directory", folder,
+               "--overwrite"]
+        r = run_part(f"fsdp_{name}", cmd, max(10.0, timeout - (time.time() - t0)), log_dir)
+        if name == "fsdp_resumed" and r["status"] == "ok":
+            resume = [py, "-m", "train.train", "--config", GPU_PRESET, *flags, "--fsdp", "on", "--save_directory",
+                      folder, "--resume"]  # on to the end from the checkpoint at step `stop`
+            r2 = run_part(f"fsdp_{name}_resume", resume, max(10.0, timeout - (time.time() - t0)), log_dir)
+            r = {**r2, "first_part": {k: r[k] for k in ("status", "seconds")}}
+        r["losses"] = losses_of(folder)
+        rec["runs"][name] = r
+    full, resumed, plain = (rec["runs"][n]["losses"] for n in runs)
+    kind = "cpu" if dry else "gpu"
+    tol = FSDP_TOLERANCE[kind]
+
+    def rel(a, b):
+        return max((abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)), default=None)
+
+    rec["tolerance"] = tol
+    rec["resumed_vs_uninterrupted_max_rel"] = rel(resumed, full) if len(resumed) == len(full) == steps else None
+    rec["fsdp_vs_no_fsdp_max_rel"] = rel(full, plain) if len(plain) == len(full) == steps else None
+    rec["loss_first"], rec["loss_last"] = (full[0], full[-1]) if full else (None, None)
+    checks = {"resumed_equal": rec["resumed_vs_uninterrupted_max_rel"] is not None
+              and rec["resumed_vs_uninterrupted_max_rel"] <= tol["resumed"],
+              "close_to_no_fsdp": rec["fsdp_vs_no_fsdp_max_rel"] is not None
+              and rec["fsdp_vs_no_fsdp_max_rel"] <= tol["no_fsdp"],
+              "loss_falls": bool(full) and full[-1] < full[0]}
+    measured = [r.get("peak_memory_gb") for r in trainer_log(os.path.join(work, "fsdp")) if "peak_memory_gb" in r]
+    plan_json = os.path.join(work, "fsdp_plan.json")
+    plan = run_part("fsdp_plan", [py, "-m", "train.plan", "--config", GPU_PRESET, *flags, "--nproc", "1",
+                                  "--json", plan_json], max(10.0, timeout - (time.time() - t0)), log_dir)
+    rec["plan"] = {"status": plan["status"], "seconds": plan["seconds"]}
+    if os.path.isfile(plan_json):
+        with open(plan_json) as f:
+            p = json.load(f)
+        rec["plan"].update(peak_gib=p["peak_gib"], by_category_gib=p["by_category_gib"])
+        if measured and torch.cuda.is_available():
+            rec["plan"]["max_memory_allocated_gib"] = max(measured)  # the trainer logs GiB (2**30)
+            rec["plan"]["measured_over_planned"] = max(measured) / max(p["peak_gib"], 1e-9)
+        else:
+            rec["plan"]["measured"] = "skipped: no CUDA (dry run), torch.cuda.max_memory_allocated does not exist"
+    rec["checks"] = checks
+    rec["status"] = "ok" if all(r["status"] == "ok" for r in rec["runs"].values()) and all(checks.values()) \
+        and plan["status"] == "ok" else "failed"
+    rec.update(seconds=round(time.time() - t0, 2), timeout_s=timeout, command="(four train.train runs, train.plan)",
+               log=rec["runs"]["fsdp"]["log"], exit_code=0 if rec["status"] == "ok" else 1)
+    return rec
+
+
+def skipped(name: str, why: str, timeout: float) -> dict:
+    return {"status": "skipped", "why": why, "exit_code": None, "seconds": 0.0, "timeout_s": timeout,
+            "command": None, "log": None}
+
+
 def headline(parts: dict) -> dict:
     """The figures to read first, one level deep."""
     out = {name: rec["status"] for name, rec in parts.items()}
@@ -172,6 +282,10 @@ def headline(parts: dict) -> dict:
         for k in ("tokens_per_s", "mfu", "peak_memory_gb", "error"):
             if k in r:
                 out[f"bench_{mode}_{k}"] = r[k]
+    f = parts.get("fsdp", {})
+    for k in ("resumed_vs_uninterrupted_max_rel", "fsdp_vs_no_fsdp_max_rel", "loss_first", "loss_last"):
+        out[f"fsdp_{k}"] = f.get(k)
+    out["fsdp_measured_over_planned"] = f.get("plan", {}).get("measured_over_planned")
     points = parts.get("sweep", {}).get("points", {})
     out["sweep_seconds_per_size"] = {n: (p.get("seconds") or {}).get("total") for n, p in points.items()}
     return out
@@ -210,13 +324,19 @@ def main(argv=None) -> dict:
                     data["heldout"]]
     if dry:  # the preset's settings at tiny shapes, on CPU
         common_train += ["--max_length", "64", "--global_batch_size", "4", "--per_device_train_batch_size", "1",
-                         "--gradient_accumulation_steps", "4", "--per_device_eval_batch_size", "2", "--eval_sequences",
-                         "4", "--kl_chunk_size", "32", "--device", "cpu"]
+                         "--per_device_eval_batch_size", "2", "--eval_sequences", "4", "--kl_chunk_size", "32",
+                         "--device", "cpu"]
 
     for name in args.parts:
         timeout = args.timeout[name]
         print(f"[gpu_check] {name} (timeout {timeout:g} s)", file=sys.stderr, flush=True)
-        if name == "cuda_tests":
+        missing = [pkg for pkg in PART_NEEDS[name] if report["environment"]["packages"].get(pkg) is None]
+        if missing:
+            rec = skipped(name, f"skipped: package {', '.join(missing)} is not installed "
+                                f"(pip install {' '.join(m.replace('_', '-') for m in missing)})", timeout)
+        elif name == "fsdp":
+            rec = fsdp_part(py, common_train, work, log_dir, timeout, dry)
+        elif name == "cuda_tests":
             rec = run_part(name, [py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-m", "cuda",
                                   "tests/test_cuda.py"], timeout, log_dir)
             with open(rec["log"], errors="replace") as f:
@@ -274,7 +394,8 @@ def main(argv=None) -> dict:
         print(f"[gpu_check] {name}: {rec['status']} in {rec['seconds']} s", file=sys.stderr, flush=True)
         write_report(args.output, report)
 
-    report.update(wall_s=round(time.time() - t_start, 1), ok=all(r["status"] == "ok" for r in report["parts"].values()),
+    report.update(wall_s=round(time.time() - t_start, 1),
+                  ok=all(r["status"] in ("ok", "skipped") for r in report["parts"].values()),
                   headline=headline(report["parts"]), done=True)
     write_report(args.output, report)
     if not args.keep:

@@ -1,6 +1,7 @@
 """Data: file formats, packing with EOS, per-document positions and attention, padding, determinism."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -100,3 +101,94 @@ def test_packed_documents_equal_separate_runs(family, attention):
     torch.testing.assert_close(out[:, :20], ra, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[:, 20:29], rb, rtol=1e-4, atol=1e-4)
     assert torch.isfinite(out).all()
+
+
+class CountingTokenizer:
+    """A tokenizer that records the texts it is asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, text, **kw):
+        self.texts.extend([text] if isinstance(text, str) else text)
+        return self.tokenizer(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_stream_resumed_at_its_cursor_goes_on_without_tokenizing_the_documents_before_it(tmp_path, tokenizer):
+    """Packed sequences over several epochs, cut at every point: a stream made with ``start`` = the cursor gives the
+    same sequences (document numbers too) and tokenizes only documents from the cursor's document on."""
+    from train.data import PaperStream, document_stream
+
+    src = str(tmp_path / "d.jsonl")
+    with open(src, "w") as f:
+        for i in range(12):
+            f.write(json.dumps({"text": f"doc{i} " + " ".join(["the", "man", "was", "good"][: 1 + i % 4] * (1 + i % 5))})
+                    + "\n")
+    order = [d for d, _ in zip(document_stream(src, seed=3), range(300))]
+    reference = SequenceStream(src, tokenizer, 8, seed=3).take(40)
+    for cut in range(0, 30, 3):
+        a = SequenceStream(src, tokenizer, 8, seed=3)
+        a.take(cut) if cut else None
+        start = {**a.cursor, "sequences": a.position}
+        counting = CountingTokenizer(tokenizer)
+        b = SequenceStream(src, counting, 8, seed=3, start=start)
+        assert b.position == cut
+        got = b.take(40 - cut)
+        for key in ("input_ids", "doc_ids"):
+            assert torch.equal(got[key], reference[key][cut:]), (cut, key)
+        d = start["document"]
+        assert counting.texts == order[d:d + len(counting.texts)], cut  # from the cursor's document on, in order
+    # the paper's stream: one document a sequence, the documents before the cursor read but not tokenized
+    p = PaperStream(src, tokenizer, 12, seed=1, skip=2, buffer_size=4)
+    first = p.take(6)
+    counting = CountingTokenizer(tokenizer)
+    q = PaperStream(src, counting, 12, seed=1, skip=2, buffer_size=4, start={**p.cursor, "sequences": 4})
+    assert p.cursor == {"document": 6, "token": 0} and len(counting.texts) == 0
+    p2 = PaperStream(src, tokenizer, 12, seed=1, skip=2, buffer_size=4)
+    p2.take(4)
+    q = PaperStream(src, counting, 12, seed=1, skip=2, buffer_size=4, start={**p2.cursor, "sequences": 4})
+    assert torch.equal(q.take(2)["input_ids"], first["input_ids"][4:]) and len(counting.texts) == 2
+
+
+def test_a_process_tokenizes_only_its_own_sequences_of_the_papers_stream(tmp_path, tokenizer):
+    """``take(n, keep)``: the paper's stream (one document a sequence) passes over the other processes' documents
+    without tokenizing them; the kept rows are those of the whole batch, and the stream goes on in step."""
+    from train.data import PaperStream
+
+    src = str(tmp_path / "d.jsonl")
+    with open(src, "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"text": f"doc{i} the man was good " * (1 + i % 3)}) + "\n")
+    whole = PaperStream(src, tokenizer, 12, seed=1, skip=2, buffer_size=4)
+    batches = [whole.take(6) for _ in range(2)]
+    counting = CountingTokenizer(tokenizer)
+    mine = PaperStream(src, counting, 12, seed=1, skip=2, buffer_size=4)
+    for b in batches:
+        got = mine.take(6, keep=range(2, 4))
+        for key in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(got[key], b[key][2:4]), key
+    assert len(counting.texts) == 4 and mine.position == 12 and mine.cursor["document"] == 12
+
+
+def test_tokenize_cost_bench_runs_on_tiny_shapes(tmp_path):
+    """bench/tokenize_cost.py at tiny shapes (its figure is taken on idle cores): it times the trainer's own stream
+    and compares with a step's FLOPs."""
+    import sys
+
+    from tiny_models import llama, save_tiny_model
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.tokenize_cost import main
+
+    teacher = save_tiny_model(str(tmp_path / "t"), llama(4))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": "the man was good " * (3 + i % 7)}) + "\n" for i in range(50)))
+    out = main(["--teacher_model_name_or_path", teacher, "--dataset", str(data), "--max_length", "16",
+                "--global_batch_size", "4", "--per_device_train_batch_size", "1", "--steps", "2",
+                "--output", str(tmp_path / "o.json")])
+    assert out["global_batch"] == 4 and len(out["tokenize_seconds"]) == 2 and out["step_seconds"] > 0
+    assert out["share_of_step"] == out["tokenize_seconds_median"] / out["step_seconds"]
+    assert json.loads((tmp_path / "o.json").read_text())["under_limit"] == out["under_limit"]

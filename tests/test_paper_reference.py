@@ -171,13 +171,12 @@ def test_paper_weight_decay_groups_are_the_papers(record, paper_world):
 def test_paper_micro_batches_across_processes_are_accelerates_dispatch():
     """accelerate 1.6.0's DataLoaderDispatcher (the paper's Trainer on several GPUs): for every micro-batch process 0
     reads one per-device batch per process and process r gets the r-th. The improved recipe: contiguous blocks."""
-    from train.train import process_share
+    from train.train import process_indices
 
-    batch = {"input_ids": torch.arange(12)[:, None]}  # sequence i holds i; 2 per device, 3 micro-batches, 2 processes
-    got = {r: process_share(batch, "paper", 2, 3, 2, r)["input_ids"].view(-1).tolist() for r in (0, 1)}
+    got = {r: process_indices("paper", 2, 3, 2, r) for r in (0, 1)}  # 2 per device, 3 micro-batches, 2 processes
     assert got == {0: [0, 1, 4, 5, 8, 9], 1: [2, 3, 6, 7, 10, 11]}
-    assert process_share(batch, "improved", 2, 3, 2, 1)["input_ids"].view(-1).tolist() == [6, 7, 8, 9, 10, 11]
-    assert process_share(batch, "paper", 2, 3, 1, 0)["input_ids"].view(-1).tolist() == list(range(6))
+    assert process_indices("improved", 2, 3, 2, 1) == [6, 7, 8, 9, 10, 11]
+    assert process_indices("paper", 2, 3, 1, 0) == list(range(6))
 
 
 def test_paper_cosine_pairs_and_cut_are_the_papers_on_every_small_recipe(record):

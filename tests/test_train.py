@@ -92,15 +92,37 @@ def test_gradient_accumulation_gives_same_update(setup):
         assert any(not torch.equal(wa[k], init[k]) for k in wa)
 
 
-def test_resume_reproduces_uninterrupted_losses(setup):
+def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_documents(setup, monkeypatch):
+    """The checkpoint records the document (and token in it) where the next sequence begins; the resumed run reads
+    the documents before it but tokenizes none of them: it tokenizes exactly that many fewer documents than the
+    uninterrupted run (one document a tokenizer call here, so nothing is tokenized ahead)."""
+    from transformers import PreTrainedTokenizerBase
+
+    import train.data
+
+    texts = []
+    call = PreTrainedTokenizerBase.__call__
+
+    def counting(self, text=None, *a, **kw):
+        texts.extend([text] if isinstance(text, str) else list(text))
+        return call(self, text, *a, **kw)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", counting)
+    monkeypatch.setattr(train.data, "TOKENIZE_BATCH", 1)
     root, teacher = setup
     common = ("--max_steps", 6, "--eval_dataset", str(root / "eval.jsonl"), "--eval_sequences", 4,
               "--eval_steps", 3)
     main(args(root, teacher, "full", *common))
+    tokenized_full = len(texts)
     main(args(root, teacher, "part", *common, "--stop_at_step", 3))
     assert not (root / "part" / "config.json").exists()  # interrupted: no final student yet
     assert (root / "part" / "checkpoints" / "step-000003").is_dir()
+    state = json.loads((root / "part" / "checkpoints" / "step-000003" / "state.json").read_text())
+    consumed = state["data_resume"]["document"]
+    assert consumed >= 5 and state["data_resume"]["sequences"] == state["data_position"] == 12
+    del texts[:]
     main(args(root, teacher, "part", *common, "--resume"))
+    assert len(texts) == tokenized_full - consumed
     full, part = losses(root / "full"), losses(root / "part")
     assert [r[0] for r in part] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(full, part):
@@ -265,3 +287,19 @@ def test_distill_function_names_unknown_settings_before_any_work():
 
     with pytest.raises(ValueError, match=r"unknown settings \['max_stepz'\]"):
         distill(None, max_stepz=3)
+
+
+def test_every_process_gets_the_same_number_of_evaluation_batches():
+    """train.train.eval_share: at any world size, batch and sequence count, each process runs as many forwards as
+    the process with most; the counted batches hold every sequence exactly once."""
+    from train.train import eval_share
+
+    for n in range(0, 12):
+        seqs = {"input_ids": torch.arange(n)[:, None].repeat(1, 3), "doc_ids": torch.zeros(n, 3, dtype=torch.long)}
+        for world in (1, 2, 3, 7, 8, 64):
+            for batch in (1, 2, 4):
+                shares = [eval_share(seqs, r, world, batch) for r in range(world)]
+                assert len({len(s) for s in shares}) == 1, (n, world, batch)
+                counted = sorted(int(x) for s in shares for b, c in s if c for x in b["input_ids"][:, 0])
+                assert counted == list(range(n)), (n, world, batch)
+                assert all(len(b["input_ids"]) <= batch for s in shares for b, _ in s)

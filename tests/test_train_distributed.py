@@ -27,10 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*argv, timeout=300) -> subprocess.CompletedProcess:
+def torchrun(*argv, timeout=300, nproc=2) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
            *map(str, argv)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -138,6 +138,62 @@ def test_one_process_checkpoint_resumes_on_two(runs):
     assert_same_run(root / "one", root / "one-to-two")
 
 
+@pytest.mark.distributed
+@pytest.mark.e2e
+def test_paper_recipe_on_two_processes_each_tokenizing_its_own_documents_sees_one_process_data(world):
+    """The paper's stream: each process tokenizes only its own documents of the global batch (the others are passed
+    over), and the token counts are summed over processes: every step's logged token count is one process's, and
+    the first step (the same weights, the same one-sequence micro-batches) has one process's losses. Its gradient
+    is half of one process's: the paper's recipe sums micro-batch means, so its scale is the accumulation (4 on one
+    process, 2 on two; docs/training.md), and the later steps differ by that."""
+    root, teacher = world
+    paper = [*STEPS, "--recipe", "paper", "--paper_skip_documents", 0, "--paper_shuffle_buffer", 8]
+    main(args(root, teacher, "paper-one", *paper))
+    torchrun("--module", "train.train", *args(root, teacher, "paper-two", *paper))
+    one, two = records(root / "paper-one"), records(root / "paper-two")
+    assert [r["tokens"] for r in one] == [r["tokens"] for r in two] and len(one) == 3
+    for key in ("loss", "ce", "kl", "cosine"):
+        assert two[0][key] == pytest.approx(one[0][key], rel=1e-5), key
+    assert two[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"] / 2, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- evaluation on uneven splits
+def eval_records(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [r for r in map(json.loads, f) if "eval_ce" in r]
+
+
+@pytest.mark.distributed
+@pytest.mark.e2e  # three torchrun launches of 3 processes: a minute or more on two cores
+def test_three_processes_with_uneven_evaluation_splits_finish_with_the_one_process_held_out_loss(world):
+    """Held-out sequences [r::3] in batches: (4 sequences, batch 1) gives rank 0 two batches and the others one;
+    (2 sequences, batch 1) leaves rank 2 none; (5, 2): one batch each, the last holding one sequence. Every rank
+    runs as many forwards as the one with most (padding batches whose results are dropped), so the run finishes
+    (before, the ranks with fewer batches left rank 0 waiting in an all-gather), with one process's held-out CE.
+    The first case stops after step 1 and resumes for step 2."""
+    root, teacher = world
+    batch = ["--global_batch_size", 3, "--per_device_train_batch_size", 1, "--eval_dataset", root / "train.jsonl"]
+    cases = {"4x1": [*batch, "--eval_sequences", 4, "--per_device_eval_batch_size", 1, "--max_steps", 2,
+                     "--eval_steps", 1, "--save_steps", 1],
+             "2x1": [*batch, "--eval_sequences", 2, "--per_device_eval_batch_size", 1, "--max_steps", 0],
+             "5x2": [*batch, "--eval_sequences", 5, "--per_device_eval_batch_size", 2, "--max_steps", 0]}
+    for name, flags in cases.items():
+        main(args(root, teacher, f"eval-one-{name}", *flags))
+        resumable = "--save_steps" in flags
+        torchrun("--module", "train.train", *args(root, teacher, f"eval-three-{name}", *flags,
+                                                   *(["--stop_at_step", 1] if resumable else [])), nproc=3)
+        if resumable:
+            torchrun("--module", "train.train", *args(root, teacher, f"eval-three-{name}", *flags, "--resume"),
+                     nproc=3)
+        one, three = eval_records(root / f"eval-one-{name}"), eval_records(root / f"eval-three-{name}")
+        assert [r["step"] for r in one] == [r["step"] for r in three] == ([0, 1, 2] if resumable else [0]), name
+        for a, b in zip(one, three):
+            assert ("teacher_eval_ce" in a) == ("teacher_eval_ce" in b) == (a["step"] == 0)
+            for key in ("eval_ce", "teacher_eval_ce")[:1 + (a["step"] == 0)]:
+                assert b[key] == pytest.approx(a[key], rel=1e-5), (name, key)
+        assert (root / f"eval-three-{name}" / "student_config.json").is_file()
+
+
 # ----------------------------------------------------------------------------- checkpoint formats (one process)
 def rewrite_in_earlier_format(path, teacher):
     """Turn a DCP checkpoint into the earlier layout (model.pt, optimizer.pt, rng.pt: whole state dicts)."""
@@ -154,7 +210,10 @@ def rewrite_in_earlier_format(path, teacher):
     ckpt.load_checkpoint(str(path), student, optimizer, scheduler, fsdp=False)
     torch.save(ckpt.model_state(student, fsdp=False), path / "model.pt")
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
-    torch.save([torch.load(path / "rng-0.pt", weights_only=False)], path / "rng.pt")
+    rng = torch.load(path / "rng-0.pt", weights_only=True)
+    n = rng["numpy"]  # the earlier files held NumPy's own state tuple (a NumPy array inside)
+    rng["numpy"] = (n["name"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    torch.save([rng], path / "rng.pt")
     for f in [path / ".metadata", *path.glob("*.distcp"), *path.glob("rng-*.pt")]:
         os.unlink(f)
 
@@ -179,6 +238,48 @@ def test_earlier_checkpoint_format_resumes_and_unfit_or_incomplete_ones_are_refu
     main(args(root, teacher, "part", *STEPS, "--resume"))
     assert_same_run(root / "ref", root / "part", rel=1e-6)
     assert "checkpoint of the earlier format" in caplog.text
+
+
+class RunsCode:
+    """A pickled object whose unpickling runs a command (what a checkpoint from elsewhere could hold)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_unread(world, capsys):
+    """Every file of a checkpoint is read without unpickling arbitrary objects: the RNG file with
+    torch.load(weights_only=True), DCP's pickled .metadata with an unpickler that builds only DCP's own classes."""
+    import pickle
+
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    from train import checkpoint as ckpt
+
+    root, teacher = world
+    main(args(root, teacher, "pickled", *STEPS, "--stop_at_step", 2))
+    step2 = root / "pickled" / "checkpoints" / "step-000002"
+    ckpt.set_rng_state(ckpt.safe_load(str(step2 / "rng-0.pt")))  # what the trainer wrote loads safely
+    meta = ckpt._safe_reader(str(step2)).read_metadata()
+    assert isinstance(meta, Metadata) and any(k.startswith("model.") for k in meta.state_dict_metadata)
+    for victim in ("rng-0.pt", ".metadata"):
+        case = root / f"pickled-{victim.strip('.')}"
+        shutil.copytree(root / "pickled", case)
+        marker = case / "code-ran"
+        target = case / "checkpoints" / "step-000002" / victim
+        if victim == ".metadata":
+            meta.storage_meta = RunsCode(marker)  # an object where DCP keeps its own
+            target.write_bytes(pickle.dumps(meta))
+        else:
+            torch.save({"python": RunsCode(marker)}, target)
+        with pytest.raises(SystemExit):
+            main(args(root, teacher, case.name, *STEPS, "--resume"))
+        err = capsys.readouterr().err
+        assert "could run code" in err and victim in err, err[-2000:]
+        assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------- per-process loading
@@ -237,3 +338,38 @@ def test_each_process_loads_only_its_shards_and_gets_the_whole_load(tmp_path):
 
 if __name__ == "__main__":  # torchrun tests/test_train_distributed.py TEACHER...
     load_in_two_processes(sys.argv[1:])
+
+
+@pytest.mark.distributed
+def test_the_frozen_teacher_is_resharded_after_its_forward_root_included(world):
+    """FSDP2 keeps the root unit gathered after the forward unless told otherwise; the teacher never runs a
+    backward, so every unit of it, the root too, must be sharded again after its forward. The student keeps the
+    default (its root stays gathered for the backward that follows)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp._fully_shard._fsdp_param import ShardedState
+
+    from boomerang.models import load_config
+    from train.init_student import plan_student
+    from train.train import build_models, build_parser
+
+    root, teacher = world
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        a = build_parser().parse_args(["--teacher_model_name_or_path", teacher])
+        t, s = build_models(a, teacher, plan_student(load_config(teacher)), torch.float32, torch.device("cpu"),
+                            fsdp=True)
+        ids = torch.randint(3, 100, (1, 8))
+        with torch.no_grad():
+            t(ids)
+        s(ids)
+
+        def states(model):
+            return {p.sharded_state for m in model.modules() if hasattr(m, "_get_fsdp_state")
+                    for g in m._get_fsdp_state()._fsdp_param_groups for p in g.fsdp_params}
+
+        root_states = {p.sharded_state for g in t._get_fsdp_state()._fsdp_param_groups for p in g.fsdp_params}
+        assert root_states == states(t) == {ShardedState.SHARDED}
+        assert {p.sharded_state for g in s._get_fsdp_state()._fsdp_param_groups for p in g.fsdp_params} == \
+            {ShardedState.UNSHARDED}
+    finally:
+        dist.destroy_process_group()

@@ -16,8 +16,9 @@ document per sequence, truncated to ``max_length`` and right-padded.
 
 Order is deterministic: local documents are shuffled per epoch with ``seed`` (epochs repeat as needed); a streamed
 dataset is read in its own order (repeated when exhausted). The trainer takes global batches of ``global_batch``
-sequences from this single stream and gives rank r its slice, so 1 or N processes see the same data; resuming
-skips the sequences already consumed.
+sequences from this single stream and gives rank r its slice, so 1 or N processes see the same data. A checkpoint
+records where the next sequence begins (document number and token offset: ``Stream.cursor``); resuming reads the
+documents before it without tokenizing them and re-tokenizes only the one it begins in.
 """
 
 from __future__ import annotations
@@ -61,43 +62,64 @@ def document_stream(source: str, split: str = "train", text_field: str = "text",
             return
 
 
-def token_documents(docs: Iterable[str], tokenizer, batch: int = 64) -> Iterator[list[int]]:
-    """Token ids of each document followed by EOS (no BOS: the models here do not need one)."""
+TOKENIZE_BATCH = 64  # documents tokenized in one call of the (fast, batched) tokenizer
+
+
+def token_documents(docs: Iterable[str], tokenizer, batch: int | None = None) -> Iterator[list[int]]:
+    """Token ids of each document followed by EOS (no BOS: the models here do not need one); ``batch`` documents
+    (default ``TOKENIZE_BATCH``) a call."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos_token_id; documents cannot be separated")
-    docs = iter(docs)
+    docs, batch = iter(docs), batch or TOKENIZE_BATCH
     while chunk := list(itertools.islice(docs, batch)):  # tokenized ``batch`` documents at a time
         for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
             yield list(ids) + [eos]
 
 
-def sequences(token_docs: Iterable[list[int]], max_length: int, packing: bool = True,
-              pad_token_id: int = 0) -> Iterator[dict]:
+def sequences(token_docs: Iterable[list[int]], max_length: int, packing: bool = True, pad_token_id: int = 0,
+              start: tuple[int, int] = (0, 0), cursor: dict | None = None) -> Iterator[dict]:
     """Packed (or padded) sequences: dicts of ``input_ids`` and ``doc_ids`` (LongTensor [max_length]).
-    A last partial packed sequence is dropped (training streams repeat; eval streams are long enough)."""
+    A last partial packed sequence is dropped (training streams repeat; eval streams are long enough).
+
+    ``start`` = (document, token): the number of the first document in ``token_docs`` and how many of its tokens
+    were already consumed (a resume: ``token_docs`` then begins at that document). ``cursor``, when given, is set
+    before each sequence is yielded to where the next one begins: ``{"document": d, "token": t}``."""
     if max_length < 2:
         raise DataError(f"--max_length must be >= 2, got {max_length}")
-    ids_buf, doc_buf = [], []
-    for doc, ids in enumerate(token_docs):
+    first_doc, consumed = start
+    ids_buf, doc_buf, tok_buf = [], [], []  # tokens not yet in a sequence: id, document, offset in the document
+    for doc, ids in enumerate(token_docs, start=first_doc):
         if not packing:
             n = min(len(ids), max_length)
+            if cursor is not None:
+                cursor.update(document=doc + 1, token=0)
             yield {"input_ids": torch.tensor(ids[:n] + [pad_token_id] * (max_length - n), dtype=torch.long),
                    "doc_ids": torch.tensor([0] * n + [-1] * (max_length - n), dtype=torch.long)}
             continue
-        ids_buf.extend(ids)
-        doc_buf.extend([doc] * len(ids))
+        skip = consumed if doc == first_doc else 0
+        ids_buf.extend(ids[skip:])
+        doc_buf.extend([doc] * (len(ids) - skip))
+        tok_buf.extend(range(skip, len(ids)))
         while len(ids_buf) >= max_length:
-            yield {"input_ids": torch.tensor(ids_buf[:max_length]), "doc_ids": torch.tensor(doc_buf[:max_length])}
-            ids_buf, doc_buf = ids_buf[max_length:], doc_buf[max_length:]
+            seq = {"input_ids": torch.tensor(ids_buf[:max_length]), "doc_ids": torch.tensor(doc_buf[:max_length])}
+            ids_buf, doc_buf, tok_buf = ids_buf[max_length:], doc_buf[max_length:], tok_buf[max_length:]
+            if cursor is not None:
+                cursor.update(document=doc_buf[0], token=tok_buf[0]) if doc_buf else \
+                    cursor.update(document=doc + 1, token=0)
+            yield seq
 
 
 class Stream:
-    """A resumable stream of sequences (dicts of tensors): ``position`` counts those handed out so far;
+    """A resumable stream of sequences (dicts of tensors): ``position`` counts those handed out so far, ``cursor``
+    says where in the documents the next one begins (``{"document": d, "token": t}``: a checkpoint records it, and
+    a stream made with ``start=cursor`` goes on from there without tokenizing the documents before it);
     ``exhausted`` (formatted with ``position``) is the DataError's message when it runs out."""
 
-    def __init__(self, items: Iterator[dict], exhausted: str = "the dataset ran out of sequences"):
-        self._it, self._exhausted, self.position = items, exhausted, 0
+    def __init__(self, items: Iterator[dict], exhausted: str = "the dataset ran out of sequences",
+                 cursor: dict | None = None, position: int = 0):
+        self._it, self._exhausted, self.position = items, exhausted, position
+        self.cursor = cursor if cursor is not None else {"document": 0, "token": 0}
 
     def next(self) -> dict:
         try:
@@ -108,25 +130,49 @@ class Stream:
         return item
 
     def skip(self, n: int) -> None:
+        """Hand out and drop ``n`` sequences (tokenizing them: a checkpoint without a ``cursor`` resumes so)."""
         for _ in range(n):
             self.next()
 
-    def take(self, n: int) -> dict:
-        """``n`` sequences stacked into a batch: each field of shape [n, S]."""
-        items = [self.next() for _ in range(n)]
+    def drop(self) -> None:
+        """Pass over the next sequence (another process trains on it). Packed sequences are tokenized even so: where
+        one begins depends on every document before it."""
+        self.next()
+
+    def take(self, n: int, keep=None) -> dict:
+        """``n`` sequences stacked into a batch: each field of shape [n, S]; with ``keep`` (indices), only the sequences
+        of those indices are made, in ascending order (``drop`` passes over the others: the paper's stream does not
+        tokenize them)."""
+        keep = set(range(n) if keep is None else keep)
+        items = []
+        for i in range(n):
+            if i in keep:
+                items.append(self.next())
+            else:
+                self.drop()
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
+def resume_point(start: dict | None) -> tuple[dict, int]:
+    """(cursor, position) of a stream that starts at a checkpoint's ``data_resume`` (None: the beginning)."""
+    start = dict(start or {})
+    return {"document": int(start.get("document", 0)), "token": int(start.get("token", 0))}, int(start.get("sequences", 0))
+
+
 class SequenceStream(Stream):
-    """The improved recipe's sequences (packed or padded): ``input_ids`` and ``doc_ids``."""
+    """The improved recipe's sequences (packed or padded): ``input_ids`` and ``doc_ids``. ``start``: a checkpoint's
+    ``data_resume`` (document, token, sequences): the documents before it are read but not tokenized."""
 
     def __init__(self, source: str, tokenizer, max_length: int, packing: bool = True, split: str = "train",
                  text_field: str = "text", seed: int = 0, shuffle: bool = True, repeat: bool = True,
-                 flag: str = "--dataset"):
+                 flag: str = "--dataset", start: dict | None = None):
         requested_packed_attention()  # a bad $BOOMERANG_PACKED_ATTENTION fails with the data checks, before models load
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        docs = document_stream(source, split, text_field, seed, shuffle, repeat, flag)
-        super().__init__(sequences(token_documents(docs, tokenizer), max_length, packing, pad))
+        cursor, position = resume_point(start)
+        docs = itertools.islice(document_stream(source, split, text_field, seed, shuffle, repeat, flag),
+                                cursor["document"], None)
+        super().__init__(sequences(token_documents(docs, tokenizer), max_length, packing, pad,
+                                   (cursor["document"], cursor["token"]), cursor), cursor=cursor, position=position)
 
 
 def position_ids_from_docs(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -330,8 +376,25 @@ class PaperStream(Stream):
 
     def __init__(self, source: str, tokenizer, max_length: int, split: str = "train", text_field: str = "text",
                  seed: int = 0, skip: int = PAPER_SKIP, buffer_size: int = PAPER_SHUFFLE_BUFFER,
-                 flag: str = "--dataset"):
-        docs = paper_documents(source, split, text_field, seed, skip, buffer_size, flag)
-        super().__init__((paper_sequence(tokenizer, text, max_length) for text in docs),
-                         f"{flag}: the paper's stream ran out of documents after {{position}} (it skips the first "
-                         f"{skip}; lower --paper_skip_documents for a small dataset)")
+                 flag: str = "--dataset", start: dict | None = None):
+        cursor, position = resume_point(start)  # one sequence a document: the documents before it are not tokenized
+        self._docs = itertools.islice(paper_documents(source, split, text_field, seed, skip, buffer_size, flag),
+                                      cursor["document"], None)
+        self._tokenizer, self._max_length = tokenizer, max_length
+
+        def items():
+            for text in self._docs:
+                cursor["document"] += 1
+                yield paper_sequence(tokenizer, text, max_length)
+
+        super().__init__(items(), f"{flag}: the paper's stream ran out of documents after {{position}} (it skips the "
+                         f"first {skip}; lower --paper_skip_documents for a small dataset)", cursor, position)
+
+    def drop(self) -> None:
+        """Pass over the next document without tokenizing it (one document is one sequence)."""
+        try:
+            next(self._docs)
+        except StopIteration:
+            raise DataError(self._exhausted.format(position=self.position)) from None
+        self.cursor["document"] += 1
+        self.position += 1

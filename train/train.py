@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import importlib.util
 import json
 import logging
@@ -49,6 +50,7 @@ from boomerang.layer_map import LayerMapError
 from boomerang.models import (ModelNotFoundError, empty_model, load_config, load_model, load_shards, load_tokenizer,
                               resolve_model_path)
 from train import checkpoint as ckpt
+from train.batch import BatchError, plan_from_args
 from train.data import PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, check_source, model_inputs
 from train.init_student import init_student, plan_student, provenance_of, save_student, teacher_key
 from train.losses import LossConfig, LossTerms, distillation_loss, next_token_labels, paper_loss, valid_positions
@@ -108,6 +110,10 @@ FLAGS = {
          ["auto", "on", "off"]),
         ("fsdp_config", None, "the paper's Hugging Face Trainer FSDP file; not read here (FSDP2 wraps every decoder "
          "layer, found through the family adapter): giving it is an error that says which flags to use", str),
+        ("process_group_timeout_minutes", 30.0, "how long a process waits in a collective before the job is stopped "
+         "(NCCL's default is 10). 30 covers the longest wait: every process waits while the whole student is gathered "
+         "to rank 0 at the end, and at each checkpoint for the slowest process's DCP files; no process waits on "
+         "rank 0's writing of the student or pruning of checkpoints (docs/training.md)"),
         ("gradient_checkpointing", False, "activation checkpointing in the student"),
         ("peak_tflops", None, "accelerator peak for MFU (default: by GPU name)", float),
         ("num_threads", None, "torch CPU threads", int),
@@ -158,7 +164,10 @@ def dist_setup(args):
     if fsdp and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # one process with --fsdp on: torchrun sets these
         os.environ.setdefault("MASTER_PORT", "29512")
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        timeout = datetime.timedelta(minutes=args.process_group_timeout_minutes)
+        # device_id: NCCL binds the communicator to this process's GPU at once (no guessing, no hang on a wrong one)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=timeout,
+                                **({"device_id": torch.device("cuda", local)} if use_cuda else {}))
     return rank, world, torch.device(f"cuda:{local}" if use_cuda else "cpu"), fsdp
 
 
@@ -170,13 +179,19 @@ def all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def shard(model, mp_policy, device_type: str):
-    """FSDP2: each decoder layer is one unit, the rest (embeddings, norm, head) the root unit."""
+def shard(model, mp_policy, device_type: str, mesh=None):
+    """FSDP2: each decoder layer is one unit, the rest (embeddings, norm, head) the root unit. A frozen model (the
+    teacher: no parameter requires grad) is resharded after its forward in every unit, the root included: FSDP2
+    otherwise keeps the root's parameters (embeddings and head, 0.8 GB of bf16 for a 151,936-token vocabulary)
+    gathered from the forward until a backward that a frozen model never runs. The student keeps FSDP2's default
+    (the root stays gathered for the backward that follows at once). ``mesh``: default, one over every process."""
     from torch.distributed.device_mesh import init_device_mesh  # FSDP only: one-process runs never load these
     from torch.distributed.fsdp import fully_shard  # lazy: FSDP only with several processes
 
-    kw = {"mesh": init_device_mesh(device_type, (dist.get_world_size(),))}
+    kw = {"mesh": mesh or init_device_mesh(device_type, (dist.get_world_size(),))}
     kw.update({"mp_policy": mp_policy} if mp_policy else {})
+    if not any(p.requires_grad for p in model.parameters()):
+        kw["reshard_after_forward"] = True  # given explicitly, FSDP2 applies it to the root too
     for module in [*adapter_for(model).get_layers(model), model]:
         fully_shard(module, **kw)
     return model
@@ -314,6 +329,20 @@ def build_models(args, teacher_path: str, layer_map, teacher_dtype, device, fsdp
     student = init_student(teacher, layer_map, args.random_initialization, torch.float32, args.seed)
     if source is None:
         student = copy.deepcopy(student)  # its tensors are the teacher's
+    on_meta = prepare_pair(args, teacher, student, teacher_dtype, device, fsdp, mp_policy)
+    if on_meta[0]:
+        load_shards(teacher, source, device)
+    if on_meta[1]:
+        prefix = adapter_for(student).layer_prefix()
+        load_shards(student, source, device, name_of=lambda k: teacher_key(k, layer_map, prefix), via_dtype=cut_from)
+    return teacher, student
+
+
+def prepare_pair(args, teacher, student, teacher_dtype, device, fsdp: bool, mp_policy=None, mesh=None) -> list[bool]:
+    """What the run does to a built teacher and student before training: the paper's teacher cast, the teacher
+    frozen, attention implementation, the student in training mode (activation checkpointing when asked), both on
+    ``device`` or, under FSDP, sharded (``shard``; ``mesh`` default: every process). Returns which of the two are
+    still on the meta device (``build_models`` loads their shards; ``train.plan`` gives them fake tensors)."""
     if args.recipe == "paper":
         teacher.to(teacher_dtype)  # its floating buffers too (RoPE's inv_freq), on either path
     teacher.requires_grad_(False)
@@ -328,24 +357,22 @@ def build_models(args, teacher_path: str, layer_map, teacher_dtype, device, fsdp
         if not meta:
             model.to(device)
         if fsdp:
-            shard(model, mp_policy, device.type)
-    if on_meta[0]:
-        load_shards(teacher, source, device)
-    if on_meta[1]:
-        prefix = adapter_for(student).layer_prefix()
-        load_shards(student, source, device, name_of=lambda k: teacher_key(k, layer_map, prefix), via_dtype=cut_from)
-    return teacher, student
+            shard(model, mp_policy, device.type, mesh)
+    return on_meta
 
 
-def make_stream(args, tokenizer, source: str, split: str, flag: str, training: bool, repeat: bool = True):
+def make_stream(args, tokenizer, source: str, split: str, flag: str, training: bool, repeat: bool = True,
+                start: dict | None = None):
     """The recipe's sequences: the paper's (skip, shuffle buffer, one padded document each; held-out data in file
-    order) or the improved recipe's (packed, shuffled per epoch; held-out data in file order)."""
+    order) or the improved recipe's (packed, shuffled per epoch; held-out data in file order). ``start``: a
+    checkpoint's ``data_resume``, where the stream goes on without tokenizing the documents before it."""
     if args.recipe == "paper":
         skip, buffer = (args.paper_skip_documents, args.paper_shuffle_buffer) if training else (0, 1)
         return PaperStream(source, tokenizer, args.max_length, split=split, text_field=args.text_field, seed=args.seed,
-                           skip=skip, buffer_size=buffer, flag=flag)
+                           skip=skip, buffer_size=buffer, flag=flag, start=start)
     return SequenceStream(source, tokenizer, args.max_length, packing=not args.no_packing, split=split,
-                          text_field=args.text_field, seed=args.seed, shuffle=training, repeat=repeat, flag=flag)
+                          text_field=args.text_field, seed=args.seed, shuffle=training, repeat=repeat, flag=flag,
+                          start=start)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -374,7 +401,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     stream: object
     reporter: Reporter | None = None
-    eval_batches: list[dict] | None = None
+    eval_batches: list[tuple[dict, bool]] | None = None  # (batch, counted): eval_share
     step: int = 0
     tokens_seen: int = 0  # real (non-padding) tokens trained on so far, logged with every record
     last_good: str | None = None  # the newest checkpoint
@@ -386,7 +413,7 @@ class Run:
 
 def check_args(args):
     """Everything that can be wrong is checked before a model loads -> (loss config, teacher path, layer map,
-    checkpoint to resume or None)."""
+    checkpoint to resume or None, the batch plan for this world size)."""
     if not args.teacher_model_name_or_path:
         fail("--teacher_model_name_or_path is required (a hub name, a local folder or embedded:smollm2-135m)")
     if not args.save_directory:
@@ -410,6 +437,12 @@ def check_args(args):
         fail(str(e))
     if args.max_steps < 0:
         fail(f"--max_steps must be >= 0, got {args.max_steps}")
+    if not args.process_group_timeout_minutes > 0:
+        fail(f"--process_group_timeout_minutes must be > 0, got {args.process_group_timeout_minutes}")
+    try:  # the processes torchrun starts (WORLD_SIZE), before any process group or model
+        batch = plan_from_args(args, int(os.environ.get("WORLD_SIZE", "1")))
+    except BatchError as e:
+        fail(str(e))
     if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
         fail(f"--report_to {args.report_to} needs the package {args.report_to}: pip install {args.report_to} "
              "(or --report_to none)")
@@ -425,7 +458,7 @@ def check_args(args):
         if resume_from is None:
             fail(f"--resume: --save_directory {d} holds no checkpoint (checkpoints/step-*); use --overwrite to start "
                  "again")
-    return loss_cfg, teacher_path, layer_map, resume_from
+    return loss_cfg, teacher_path, layer_map, resume_from, batch
 
 
 def check_data(args, tokenizer) -> None:
@@ -445,22 +478,9 @@ def check_data(args, tokenizer) -> None:
 
 def setup(args) -> Run:
     """Checks, processes, data, models, optimizer and schedule, a checkpoint to resume, the reporter."""
-    loss_cfg, teacher_path, layer_map, resume_from = check_args(args)
+    loss_cfg, teacher_path, layer_map, resume_from, batch = check_args(args)
     rank, world, device, fsdp = dist_setup(args)
-    accum = args.gradient_accumulation_steps
-    if args.global_batch_size:  # accumulation steps follow from it and the number of processes
-        per = args.per_device_train_batch_size * world
-        if args.global_batch_size % per:
-            fail(f"--global_batch_size {args.global_batch_size} is not a multiple of per_device_train_batch_size "
-                 f"x processes = {per}")
-        accum = args.global_batch_size // per
-        if "gradient_accumulation_steps" in getattr(args, "explicit_settings", ()) and \
-                args.gradient_accumulation_steps != accum:
-            fail(f"--global_batch_size {args.global_batch_size} with --per_device_train_batch_size "
-                 f"{args.per_device_train_batch_size} on {world} process(es) means {accum} accumulation step(s), "
-                 f"but --gradient_accumulation_steps {args.gradient_accumulation_steps} is also set: give only one "
-                 "of --global_batch_size and --gradient_accumulation_steps")
-    global_batch = args.per_device_train_batch_size * accum * world
+    accum, global_batch = batch.accumulation, batch.global_batch
     bf16 = args.bf16 and device.type == "cuda"
     compute_dtype = torch.bfloat16 if bf16 else torch.float32
     teacher_dtype = dtype_from_name(args.teacher_dtype) if args.teacher_dtype != "auto" else compute_dtype
@@ -506,7 +526,7 @@ def setup(args) -> Run:
               autocast=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and (not fsdp or paper_fsdp_bf16)
               else contextlib.nullcontext(),  # paper: accelerate's autocast and the paper's own, under FSDP too
               teacher=teacher, student=student, optimizer=optimizer, scheduler=lr_scheduler(args, optimizer),
-              stream=make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True),
+              stream=None,
               flops_per_token=flops_per_token(student, teacher, args.max_length), last_good=resume_from)
     if resume_from:
         try:
@@ -514,9 +534,16 @@ def setup(args) -> Run:
         except ckpt.CheckpointError as e:
             fail(str(e))
         run.step, run.tokens_seen = state["step"], state.get("tokens_seen", 0)
-        run.stream.skip(state["data_position"])
+    start = state.get("data_resume") if resume_from else None  # where the data goes on: no document re-tokenized
+    run.stream = make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True, start=start)
+    if resume_from:
+        if start is None:  # a checkpoint written before the document position was recorded
+            log.info("%s records no document position: tokenizing the %d consumed sequences again to skip them",
+                     resume_from, state["data_position"])
+            run.stream.skip(state["data_position"])
         if rank == 0:
-            log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, run.step, run.stream.position)
+            log.info("resumed from %s (step %d, %d sequences consumed, next at document %d)", resume_from, run.step,
+                     run.stream.position, run.stream.cursor["document"])
     run.reporter = Reporter(args, rank == 0, run.step if resume_from else None)
     if args.eval_dataset:  # this process's share of the held-out sequences, in batches
         es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
@@ -526,12 +553,25 @@ def setup(args) -> Run:
         except DataError:
             fail(f"--eval_dataset {args.eval_dataset} holds fewer than --eval_sequences {args.eval_sequences} "
                  f"sequences of {args.max_length} tokens; lower --eval_sequences")
-        mine, eb = {k: v[rank::world] for k, v in seqs.items()}, args.per_device_eval_batch_size
-        run.eval_batches = [{k: v[i:i + eb] for k, v in mine.items()} for i in range(0, len(mine["input_ids"]), eb)]
+        run.eval_batches = eval_share(seqs, rank, world, args.per_device_eval_batch_size)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         run.peak_flops = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)) * 1e12
     return run
+
+
+def eval_share(seqs: dict, rank: int, world: int, batch_size: int) -> list[tuple[dict, bool]]:
+    """This process's held-out batches as (batch, counted): sequences ``[rank::world]`` in batches of
+    ``batch_size``, then padding batches (one sequence, its result dropped: counted False) up to the number of
+    batches of the process with the most. Every process runs the same number of forwards, so FSDP's all-gathers
+    pair up at any world size, batch size and sequence count (a process short of a batch, or with none, would
+    leave the others waiting until the watchdog kills the job)."""
+    n = len(seqs["input_ids"])
+    most = math.ceil(math.ceil(n / world) / batch_size)
+    mine = {k: v[rank::world] for k, v in seqs.items()}
+    share = [({k: v[i:i + batch_size] for k, v in mine.items()}, True)
+             for i in range(0, len(mine["input_ids"]), batch_size)]
+    return share + [({k: v[:1] for k, v in seqs.items()}, False)] * (most - len(share))
 
 
 def inputs_for(run: Run, batch: dict, model) -> dict:
@@ -571,28 +611,29 @@ def forward(run: Run, batch: dict) -> LossTerms:
                              batch["doc_ids"].to(run.device))
 
 
-def process_share(batch: dict, recipe: str, per: int, accum: int, world: int, rank: int) -> dict:
-    """This process's ``accum`` micro-batches of ``per`` sequences (in order) from a global batch. improved: rank r
-    takes the r-th contiguous block. paper (issue 26): as accelerate 1.6.0 dispatches an IterableDataset
-    (``DataLoaderDispatcher``: process 0 reads one per-device batch per process and process r gets the r-th, for
-    every micro-batch), micro-batch m of rank r is the stream's per-device batch m * world + r. One process: the same."""
+def process_indices(recipe: str, per: int, accum: int, world: int, rank: int) -> list[int]:
+    """The sequences of a global batch that this process trains on: its ``accum`` micro-batches of ``per`` sequences,
+    in order. improved: rank r takes the r-th contiguous block. paper (issue 26): as accelerate 1.6.0 dispatches an
+    IterableDataset (``DataLoaderDispatcher``: process 0 reads one per-device batch per process and process r gets the
+    r-th, for every micro-batch), micro-batch m of rank r is the stream's per-device batch m * world + r. One process:
+    the same. Ascending either way, so ``Stream.take(n, keep=...)`` returns them in micro-batch order."""
     if recipe == "paper":
-        order = torch.arange(accum * world * per).view(accum, world, per)[:, rank].reshape(-1)
-        return {k: v[order] for k, v in batch.items()}
-    lo = rank * per * accum
-    return {k: v[lo:lo + per * accum] for k, v in batch.items()}
+        return torch.arange(accum * world * per).view(accum, world, per)[:, rank].reshape(-1).tolist()
+    return list(range(rank * per * accum, (rank + 1) * per * accum))
 
 
 def train_step(run: Run) -> dict:
     """One optimizer step on the next global batch -> its log record. Raises FloatingPointError before stepping."""
     args, per = run.args, run.args.per_device_train_batch_size
     t0 = time.perf_counter()
-    batch = run.stream.take(run.global_batch)
+    # this process's sequences of the global batch; the paper's stream tokenizes only these (packing: every one)
+    mine = run.stream.take(run.global_batch, keep=process_indices(args.recipe, per, run.accum, run.world, run.rank))
     if args.recipe == "paper":  # loss positions (what the improved recipe averages over) and real tokens (logged)
-        n_valid, n_tokens = float((batch["labels"][:, 1:] != -100).sum()), int(batch["attention_mask"].sum())
+        counts = [float((mine["labels"][:, 1:] != -100).sum()), float(mine["attention_mask"].sum())]
     else:
-        n_valid, n_tokens = float(valid_positions(batch["doc_ids"]).sum()), int((batch["doc_ids"] >= 0).sum())
-    mine = process_share(batch, args.recipe, per, run.accum, run.world, run.rank)
+        counts = [float(valid_positions(mine["doc_ids"]).sum()), float((mine["doc_ids"] >= 0).sum())]
+    n_valid, n_tokens = all_sum(counts, run.device)  # of the global batch
+    n_tokens = int(n_tokens)
     sums = LossTerms(0.0, 0.0, 0.0, 0.0, num_valid=0)
     for m in range(run.accum):
         if run.fsdp:
@@ -647,10 +688,12 @@ def evaluate(run: Run, model) -> float:
     model.eval()
     ce_sum = n = 0.0
     with torch.no_grad(), run.autocast:
-        for b in run.eval_batches:  # the paper's CE: every label that is not -100; improved: valid positions
+        for b, counted in run.eval_batches:  # the paper's CE: every label that is not -100; improved: valid positions
             y = b["labels"][:, 1:] if run.args.recipe == "paper" else \
                 next_token_labels(b["input_ids"], valid_positions(b["doc_ids"]))[:, :-1]
             logits = model(**inputs_for(run, b, model)).logits[:, :-1]
+            if not counted:  # a padding batch: its forward keeps the processes' collectives paired
+                continue
             ce_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten().to(run.device), reduction="sum"))
             n += float((y != -100).sum())
     ce_sum, n = all_sum([ce_sum, n], run.device)
@@ -701,9 +744,9 @@ def cleanup(run: Run) -> dict:
     summary = {"step": run.step, "history": run.history, "save_directory": args.save_directory,
                "student_parameters": count_parameters(run.student),
                "teacher_parameters": count_parameters(run.teacher), "flops_per_token": run.flops_per_token}
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    if dist.is_available() and dist.is_initialized():  # no barrier: no process waits while rank 0 writes the student
         dist.destroy_process_group()
+    ckpt.wait_for_pruning()
     return summary
 
 
@@ -749,7 +792,8 @@ def run_distillation(args) -> dict:
             run.last_good = ckpt.save_checkpoint(
                 args.save_directory, run.step, run.student, run.optimizer, run.scheduler, run.stream.position,
                 args.save_total_limit, extra={"world_size": run.world, "global_batch": run.global_batch,
-                                              "tokens_seen": run.tokens_seen})
+                                              "tokens_seen": run.tokens_seen,
+                                              "data_resume": {**run.stream.cursor, "sequences": run.stream.position}})
     bar.close()
     return cleanup(run)
 
