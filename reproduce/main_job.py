@@ -277,8 +277,8 @@ def main(argv=None) -> dict:
     searched = []  # 3b. the searched ladder (patching.search), evaluated on the held-out text like every other point
     if not args.no_search:
         with stage("search", timings):
-            searched = searched_ladder(os.path.join(out, "search"), teacher, student, layer_map, tok, files["train"],
-                                       reference, cal, args, student_dir, dtype, calibration_ids, known=records,
+            searched = searched_ladder(os.path.join(out, "search"), teacher, teacher_eval, student, layer_map, tok,
+                                       files["train"], reference, cal, args, student_dir, calibration_ids, known=records,
                                        common_metadata={"preset": preset_name, "dtype": preset["dtype"]})
 
     with stage("alignment", timings):  # 4. student vs teacher hidden states at every seam a patched size has
@@ -297,9 +297,10 @@ def main(argv=None) -> dict:
     return {"output_dir": out, "timings": timings}
 
 
-def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, reference, cal, args, student_dir,
-                    dtype, ids=None, known=(), common_metadata=None) -> list[dict]:
-    """Run the search once (its search.json is reused by a rerun) and score its ladder against the teacher."""
+def searched_ladder(search_dir, teacher, teacher_eval, student, layer_map, tok, train_file, reference, cal, args,
+                    student_dir, ids=None, known=(), common_metadata=None) -> list[dict]:
+    """Run the search once (its search.json is reused by a rerun) and score its frontier against the teacher
+    (``teacher``: float32, for the search; ``teacher_eval``: in the student's dtype, the family's resident copy)."""
     path = os.path.join(search_dir, SEARCH_FILE)
     if not os.path.isfile(path):
         if ids is None:
@@ -314,8 +315,9 @@ def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, re
                                  "calibration": calibration, "dtype": "float32", **result})
     plan = load_plan(path)
     c = plan["cost"]
-    print(f"search: {len(plan['ladder'])} depths, {c['models_scored']} models scored in {c['wall_time_s']:.0f} s")
-    points = plan_points(plan, teacher, student, dtype, teacher_name=args.teacher_model_name_or_path,
+    print(f"search: {len(plan['ladder'])} models on the frontier, {c['models_scored']} models scored in "
+          f"{c['wall_time_s']:.0f} s")
+    points = plan_points(plan, teacher_eval, student, teacher_name=args.teacher_model_name_or_path,
                          student_name=student_dir)
     # a searched model that is also a point of the sweep (the student, the teacher, a fixed-order size) keeps its scores
     return run_sweep(points, os.path.join(search_dir, "eval"), None, reference=reference, known=known,
