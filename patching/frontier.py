@@ -104,7 +104,10 @@ def as_frontier_plan(plan: dict) -> dict:
     lists no candidates to rebuild it from, is returned as it is."""
     if (plan.get("search") or {}).get("ladder") == FRONTIER or not plan.get("candidates"):
         return plan
-    ladder = frontier(scored_entries(plan), lambda e: e["params"], lambda e: e["calibration_kl"],
-                      lambda e: (e["depth"], e["description"]))
+    def tiebreak(e):  # of equal size and KL: the fewest student parts (as patching.search breaks ties)
+        parts = [src for src, _ in e["layers"]] + [e["embeddings_from"], e["lm_head_from"]]
+        return (parts.count("student"), e["depth"], e["blocks"], e["embeddings_from"], e["lm_head_from"])
+
+    ladder = frontier(scored_entries(plan), lambda e: e["params"], lambda e: e["calibration_kl"], tiebreak)
     return {**plan, "depth_ladder": plan["ladder"], "ladder": ladder,
             "search": {**(plan.get("search") or {}), "ladder": FRONTIER}}

@@ -436,8 +436,11 @@ def check_budget(plan: dict, target_params=None, max_memory_gb=None, max_latency
         ladder = plan["ladder"]
         student = next((e for e in plan["fixed_orders"]["last-k"] if e.get("k") == 0), None)
         smallest = min(e["params"] for e in ladder)
-        teacher = next(e for e in ladder if e["depth"] == plan["num_teacher_layers"] and all(
-            src == "teacher" for src, _ in e["layers"]) and e["embeddings_from"] == "teacher")
+        teacher = next((e for e in scored_entries(plan) if e["depth"] == plan["num_teacher_layers"] and all(
+            src == "teacher" for src, _ in e["layers"]) and e["embeddings_from"] == "teacher"), None)
+        if teacher is None:
+            raise PatchError(f"--plan: {plan.get('teacher', 'the search result')} lists no teacher model; write it "
+                             "again with python -m patching.search")
         try:
             n = parse_param_count(target_params)
         except PatchError as e:

@@ -25,7 +25,7 @@ Two searches, whose candidates are pooled:
 
 Then the gaps: wherever two consecutive models of the frontier (below) are further apart than the
 largest teacher block's parameters, every model one change away from a scored model whose size falls
-in the gap is scored (up to ``--gap_candidates`` a gap, from the lowest-KL models first).
+in the gap (or equals the smaller one's) is scored (up to ``--gap_candidates`` a gap, from the lowest-KL models first).
 
 The result is the family as a frontier in size (``patching.frontier``): every scored model that no
 other scored model beats (lower or equal calibration KL) while being no larger, ordered by parameters,
@@ -279,32 +279,33 @@ def beam(space: SearchSpace, score: Scorer, width: int, seeds: list[Candidate]) 
     return [c for d in sorted(by_depth) for c in sorted(by_depth[d], key=lambda c: (score(c), c.codes()))[:width]]
 
 
-def fill_gaps(space: SearchSpace, score: "Scorer", max_gap: int, per_gap: int) -> list[Candidate]:
+def fill_gaps(space: SearchSpace, score: "Scorer", max_gap: int, per_gap: int, tries: int = 3) -> list[Candidate]:
     """Score models inside the frontier's gaps wider than ``max_gap`` parameters, until none can be filled.
 
     For a gap between consecutive frontier models of ``lo`` and ``hi`` parameters: every model one change away
-    from a scored model (the lowest-KL first) whose size lies strictly between, up to ``per_gap`` of them, is
-    scored; the frontier is then taken again. A gap is tried once: one that stays is one where no model within
-    one change of anything scored is both that size and better than the model below it."""
-    tried: set[tuple[Candidate, Candidate]] = set()
+    from a scored model (the lowest-KL first) whose size lies in ``[lo, hi)`` (the size of the model below the
+    gap counts: a better model of that size replaces it), up to ``per_gap`` of them, is scored; the frontier is then taken again. A gap that stays is tried again (models two, three changes away
+    become one change away from those just scored), up to ``tries`` times, or until nothing new lies in it within
+    one change of a scored model."""
+    attempts: dict[tuple[Candidate, Candidate], int] = {}
     added: list[Candidate] = []
     while True:
         front = search_frontier(space, score)
         gaps = [(a, b) for a, b in zip(front, front[1:])
-                if space.params(b) - space.params(a) > max_gap and (a, b) not in tried]
+                if space.params(b) - space.params(a) > max_gap and attempts.get((a, b), 0) < tries]
         if not gaps:
             return added
         for a, b in gaps:
-            tried.add((a, b))
             lo, hi = space.params(a), space.params(b)
             todo: list[Candidate] = []
-            for src in sorted((c for c in score.scores if c.depth and space.params(c) < hi),
-                              key=lambda c: (score(c), c.codes())):
+            # every scored model is a source: a change can also make a model smaller (an untied head tied again)
+            for src in sorted((c for c in score.scores if c.depth), key=lambda c: (score(c), c.codes())):
                 for m in space.moves(src):
-                    if m.depth and m not in score.scores and m not in todo and lo < space.params(m) < hi:
+                    if m.depth and m not in score.scores and m not in todo and lo <= space.params(m) < hi:
                         todo.append(m)
                 if len(todo) >= per_gap:
                     break
+            attempts[(a, b)] = attempts.get((a, b), 0) + 1 if todo else tries  # nothing left to try: closed
             for m in todo[:per_gap]:
                 score(m)
                 added.append(m)
@@ -313,8 +314,11 @@ def fill_gaps(space: SearchSpace, score: "Scorer", max_gap: int, per_gap: int) -
 
 def search_frontier(space: SearchSpace, score: "Scorer") -> list[Candidate]:
     """Every scored model that no other scored model beats while being no larger, by parameters."""
-    return frontier((c for c in score.scores if c.depth), space.params, score, lambda c: (c.depth, c.codes(),
-                                                                                       c.embeddings_from, c.head_from))
+    def tiebreak(c):  # of equal size and KL: the fewest student parts (the teacher itself over an exact copy of it)
+        parts = [src for src, _ in c.layers] + [c.embeddings_from, c.head_from]
+        return (parts.count("student"), c.depth, c.codes(), c.embeddings_from, c.head_from)
+
+    return frontier((c for c in score.scores if c.depth), space.params, score, tiebreak)
 
 
 def entry(space: SearchSpace, score: Scorer, cand: Candidate, **extra) -> dict:
@@ -449,7 +453,7 @@ def main(argv=None) -> dict:
     atomic_write_json(out, result)
     c = result["cost"]
     print(f"{out}: {len(result['ladder'])} sizes on the frontier (widest gap "
-          f"{result['search']['widest_gap_params'] / 1e6:.2f}M parameters); {c['models_scored']} models scored in {c['wall_time_s']:.0f} s "
+          f"{result['search']['widest_gap_params']:,} parameters); {c['models_scored']} models scored in {c['wall_time_s']:.0f} s "
           f"({c['layers_reused']} of {c['layers_run'] + c['layers_reused']} layer passes reused from the prefix cache)")
     for e in result["ladder"]:
         print(f"  {e['params']:>14,}  depth {e['depth']:3d}  KL {e['calibration_kl']:.4f}  {e['description']}")

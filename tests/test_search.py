@@ -263,7 +263,7 @@ def _dominated(e, others):
 def test_no_frontier_member_is_dominated_and_the_gaps_are_filled(family, tie):
     teacher, student, lm = _pair(family, 8, tie=tie)
     ids = _ids()
-    result = S.run_search(teacher, student, lm, ids, beam_width=1, allow_drop=family == "qwen3")
+    result = S.run_search(teacher, student, lm, ids, beam_width=0, allow_drop=family == "qwen3")  # greedy, gaps
     ladder, cands = result["ladder"], result["candidates"]
     # ordered by parameters, KL falling at every step, no member beaten by any scored model no larger
     assert [e["params"] for e in ladder] == sorted(e["params"] for e in ladder)
@@ -301,18 +301,26 @@ def test_no_frontier_member_is_dominated_and_the_gaps_are_filled(family, tie):
     del student_e
 
 
-def test_gap_filling_scores_models_inside_a_wide_gap():
-    teacher, student, lm = _pair("llama", 8, tie=True)
-    ids = _ids()
+@pytest.mark.parametrize("tie", [True, False])
+def test_gap_filling_leaves_no_gap_the_space_could_fill(tie):
+    # from a frontier of two (student and teacher) and every gap counted wide: after filling, no model of the
+    # whole space (enumerated) lies inside a gap of the frontier with a lower KL than the member below it
+    teacher, student, lm = _pair("llama", 8, tie=tie)
     space = _space(teacher, student, lm)
-    score = S.Scorer(space, ids)
-    for c in (space.student_candidate(), space.teacher_candidate()):  # a frontier of two: one wide gap
+    score = S.Scorer(space, _ids())
+    lo, hi = space.student_candidate(), space.teacher_candidate()
+    for c in (lo, hi):
         score(c)
-    added = S.fill_gaps(space, score, max(space.block_params), per_gap=100)
-    assert added and all(space.params(space.student_candidate()) < space.params(c)
-                         < space.params(space.teacher_candidate()) for c in added)
+    added = S.fill_gaps(space, score, 0, per_gap=1000)
+    assert added and all(space.params(lo) <= space.params(c) < space.params(hi) for c in added)
     front = S.search_frontier(space, score)
     assert len(front) > 2
+    for blocks in itertools.product(*space.options):
+        for emb, head in itertools.product(("student", "teacher"), repeat=2):
+            c = S.Candidate(blocks, emb, head)
+            for a, b in zip(front, front[1:]):
+                if space.params(a) < space.params(c) < space.params(b):
+                    assert score(c) >= score(a) - 1e-9, (c.codes(), a.codes())
 
 
 def test_an_old_search_json_is_read_as_its_frontier(tmp_path):
