@@ -52,6 +52,15 @@ def run_part(name: str, cmd: list[str], timeout: float | None, log_dir: str, env
     return rec
 
 
+def json_child(what: str, cmd: list[str]) -> dict:
+    """Run one measurement child (its own process, offline, tokenizers single-threaded) and return the JSON record
+    its last line of output holds; a failed child raises with the end of its error output."""
+    res = subprocess.run(cmd, capture_output=True, text=True, env=child_env(TOKENIZERS_PARALLELISM="false"), cwd=ROOT)
+    if res.returncode != 0:
+        raise RuntimeError(f"measurement {what} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def random_text(rng, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 

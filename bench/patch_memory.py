@@ -18,12 +18,11 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import ROOT, child_env, ensure_student  # noqa: E402  (no torch: the children time imports)
+from bench.common import ROOT, ensure_student, json_child  # noqa: E402  (no torch: the children time imports)
 
 
 def _peak_rss_bytes() -> int:
@@ -71,10 +70,7 @@ def run_child(args, what) -> dict:
            "--student", args.student, "--work_dir", args.work_dir, "--dtype", args.dtype]
     if args.patch_first_k_layers:
         cmd.append("--patch_first_k_layers")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=child_env(TOKENIZERS_PARALLELISM="false"), cwd=ROOT)
-    if res.returncode != 0:
-        raise RuntimeError(f"measurement {what} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return json_child(str(what), cmd)
 
 
 def mib(n: float) -> str:

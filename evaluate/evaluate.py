@@ -51,7 +51,6 @@ from unittest import mock
 import torch
 import torch.distributed as dist
 
-from boomerang.assemble import ModelSource
 from boomerang.cli import fail, parse_with_config, setup_logging
 from boomerang.errors import BoomerangError
 from boomerang.families import (FIRST_K, adapter_for, adapter_for_config, count_parameters, dtype_from_name, order_name,
@@ -62,7 +61,8 @@ from evaluate import results as results_mod
 from evaluate.heldout import TASK_NAME as HELDOUT_TASK, HeldoutReference
 from evaluate.plot import plot_records
 from evaluate.tasks import PAPER_EXTRA_TASKS, PAPER_TASKS, TaskError, TaskSet, resolve_tasks
-from patching.patch import assemble_plan, build_intermediate_model, load_layer_map, load_plan, plan_of
+from patching.patch import build_intermediate_model, load_layer_map, load_plan
+from patching.resident import ResidentFamily
 
 log = logging.getLogger("boomerang.evaluate")
 
@@ -641,17 +641,18 @@ def boomerang_points(teacher, student, ks: Iterable[int] | None = None, patch_fi
     return points
 
 
-def plan_points(plan: dict, teacher, student, dtype=None, curve: str = "searched", teacher_name: str | None = None,
+def plan_points(plan: dict, teacher, student, curve: str = "searched", teacher_name: str | None = None,
                 student_name: str | None = None) -> list[SweepPoint]:
-    """Sweep points of a searched ladder (``patching.search``): one model per depth, named ``searched_dNN``,
-    each assembled from the loaded teacher and student (tensors shared)."""
-    t_src, s_src = ModelSource(teacher), ModelSource(student)
+    """Sweep points of a searched family (``patching.search``): one model per member of its frontier, named
+    ``searched_p<parameters>_d<depth>``, each a member of one ``patching.resident.ResidentFamily`` of the loaded
+    teacher and student (one dtype; tensors shared, nothing copied)."""
+    family = ResidentFamily(teacher, student, plan)
     points = []
-    for e in plan["ladder"]:
-        def build(e=e):
-            return assemble_plan(t_src, s_src, plan_of(e), dtype), load_tokenizer(teacher)
+    for e in family.entries:
+        def build(e=e):  # not kept by the family: the sweep frees it after its evaluation
+            return family.model(e, keep=False), load_tokenizer(teacher)
 
-        points.append(SweepPoint(f"searched_d{e['depth']:02d}", build, {
+        points.append(SweepPoint(f"searched_p{e['params']}_d{e['depth']:02d}", build, {
             "method": "searched", "curve": curve, "role": "intermediate", "order": "searched",
             "depth": e["depth"], "layers": e["layers"], "description": e["description"],
             "calibration_kl": e["calibration_kl"], "embeddings_from": e["embeddings_from"],
@@ -781,7 +782,7 @@ def main(argv=None) -> list[dict]:
         teacher, student = load_model(teacher_path, dtype=dtype), load_model(student_path, dtype=dtype)
         student.boomerang_layer_map = layer_map
         if plan is not None:
-            points = plan_points(plan, teacher, student, dtype, curve=args.curve or "searched", **names)
+            points = plan_points(plan, teacher, student, curve=args.curve or "searched", **names)
         else:
             points = boomerang_points(teacher, student, ks, first_k, dtype, include_endpoints=not args.no_endpoints,
                                       curve=args.curve, **names)

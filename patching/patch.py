@@ -51,6 +51,7 @@ from boomerang.layer_map import LayerMap, LayerMapError, PatchPlan, format_layer
 from boomerang.models import find_tokenizer, load_model, load_tokenizer, resolve_model_path
 from boomerang.scoring import TeacherReference, fixed_length_sequences
 from boomerang.text import read_local_documents
+from patching.frontier import as_frontier_plan, scored_entries
 
 log = logging.getLogger("boomerang.patch")
 
@@ -391,7 +392,7 @@ def load_plan(path: str) -> dict:
         plan = json.load(f)
     if not isinstance(plan, dict) or not plan.get("ladder"):
         raise PatchError(f"--plan {path}: not a search result (no 'ladder'); write one with python -m patching.search")
-    return plan
+    return as_frontier_plan(plan)  # a search.json from before the frontier: its frontier rebuilt from its candidates
 
 
 def plan_of(e: dict) -> PatchPlan:
@@ -435,8 +436,11 @@ def check_budget(plan: dict, target_params=None, max_memory_gb=None, max_latency
         ladder = plan["ladder"]
         student = next((e for e in plan["fixed_orders"]["last-k"] if e.get("k") == 0), None)
         smallest = min(e["params"] for e in ladder)
-        teacher = next(e for e in ladder if e["depth"] == plan["num_teacher_layers"] and all(
-            src == "teacher" for src, _ in e["layers"]) and e["embeddings_from"] == "teacher")
+        teacher = next((e for e in scored_entries(plan) if e["depth"] == plan["num_teacher_layers"] and all(
+            src == "teacher" for src, _ in e["layers"]) and e["embeddings_from"] == "teacher"), None)
+        if teacher is None:
+            raise PatchError(f"--plan: {plan.get('teacher', 'the search result')} lists no teacher model; write it "
+                             "again with python -m patching.search")
         try:
             n = parse_param_count(target_params)
         except PatchError as e:
@@ -460,13 +464,15 @@ def check_budget(plan: dict, target_params=None, max_memory_gb=None, max_latency
 
 def choose(plan: dict, budget: dict, teacher_src=None, student_src=None, batch_size: int = 1,
            context_length: int = 2048, dtype: torch.dtype = torch.float32, latency_of=None) -> dict:
-    """The ladder entry with the lowest calibration KL whose size fits ``budget`` (from check_budget).
+    """The searched model with the lowest calibration KL whose size fits ``budget`` (from check_budget).
 
-    Memory: weights + KV cache from the config; latency: ``latency_of(entry)`` in ms, measured by the
-    caller on its device. Returns the entry with ``predicted`` figures added."""
+    Parameters and latency: from the ladder (the frontier in parameters; latency ``latency_of(entry)`` in ms,
+    measured by the caller on its device). Memory: weights + KV cache from the config, over every scored model
+    (the frontier in memory for this dtype, batch and context: a deeper model can be smaller in parameters and
+    larger in KV cache). Returns the entry with ``predicted`` figures added."""
     bpv = torch.finfo(dtype).bits // 8
     fits = []
-    for e in plan["ladder"]:
+    for e in scored_entries(plan) if budget["kind"] == "memory" else plan["ladder"]:
         figures = {"params": e["params"]}
         if budget["kind"] == "memory":
             figures["memory_gb"] = entry_memory_bytes(teacher_src, student_src, e, batch_size, context_length,

@@ -23,10 +23,17 @@ Two searches, whose candidates are pooled:
 - beam search of width W over depths: at each depth the W best models found so far are expanded by
   every single change; with ``--allow_drop`` first downward from the student, then upward.
 
-The result is a ladder, the best model found at every depth, in ``search.json``; ``python -m
-patching.patch --plan search.json --target_params N`` (or ``--max_memory_gb`` / ``--max_latency_ms``)
-builds the best model under a budget, ``python -m evaluate.evaluate --sweep --plan search.json``
-evaluates the ladder.
+Then the gaps: wherever two consecutive models of the frontier (below) are further apart than the
+largest teacher block's parameters, every model one change away from a scored model whose size falls
+in the gap (or equals the smaller one's) is scored (up to ``--gap_candidates`` a gap, from the lowest-KL models first).
+
+The result is the family as a frontier in size (``patching.frontier``): every scored model that no
+other scored model beats (lower or equal calibration KL) while being no larger, ordered by parameters,
+in ``search.json``'s ``ladder`` (depth is a property of each model; ``depth_ladder`` keeps the lowest
+KL at each depth). ``python -m patching.patch --plan search.json --target_params N`` (or
+``--max_memory_gb`` / ``--max_latency_ms``) builds the best model under a budget, ``python -m
+evaluate.evaluate --sweep --plan search.json`` evaluates the frontier, ``python -m patching.generate``
+runs any of its members from one resident copy of teacher and student.
 
     python -m patching.search --teacher_model_name_or_path T --student_model_name_or_path S \\
         --calibration_data ../shared/data/corpus/brown_train.jsonl --save_directory D \\
@@ -53,6 +60,7 @@ from boomerang.layer_map import LayerMap, PatchPlan, format_layers
 from boomerang.models import load_config, load_model, load_tokenizer, resolve_model_path
 from boomerang.scoring import TeacherReference, fixed_length_sequences
 from boomerang.text import read_local_documents
+from patching.frontier import FRONTIER, frontier, widest_gap
 from patching.patch import assemble_plan, load_layer_map
 
 log = logging.getLogger("boomerang.search")
@@ -128,6 +136,8 @@ class SearchSpace:
                     self._layer_params[(name, i)] = self._layer_params.get((name, i), 0) + src.get(key).numel()
         self._part_params = {(name, role): sum(src.get(k).numel() for k in src.role_keys(role))
                              for name, src in self._sources.items() for role in ("embeddings", "final_norm", "lm_head")}
+        # parameters of each whole teacher block: the frontier's gaps are filled down to the largest of them
+        self.block_params = [sum(self._layer_params[x] for x in full) for full in self.full_blocks]
         self._vocab_matrix = {name: src.get(self.adapter.tied_embedding_weight).numel()
                               if self.adapter.tied_embedding_weight else 0 for name, src in self._sources.items()}
 
@@ -269,6 +279,48 @@ def beam(space: SearchSpace, score: Scorer, width: int, seeds: list[Candidate]) 
     return [c for d in sorted(by_depth) for c in sorted(by_depth[d], key=lambda c: (score(c), c.codes()))[:width]]
 
 
+def fill_gaps(space: SearchSpace, score: "Scorer", max_gap: int, per_gap: int, tries: int = 3) -> list[Candidate]:
+    """Score models inside the frontier's gaps wider than ``max_gap`` parameters, until none can be filled.
+
+    For a gap between consecutive frontier models of ``lo`` and ``hi`` parameters: every model one change away
+    from a scored model (the lowest-KL first) whose size lies in ``[lo, hi)`` (the size of the model below the
+    gap counts: a better model of that size replaces it), up to ``per_gap`` of them, is scored; the frontier is then taken again. A gap that stays is tried again (models two, three changes away
+    become one change away from those just scored), up to ``tries`` times, or until nothing new lies in it within
+    one change of a scored model."""
+    attempts: dict[tuple[Candidate, Candidate], int] = {}
+    added: list[Candidate] = []
+    while True:
+        front = search_frontier(space, score)
+        gaps = [(a, b) for a, b in zip(front, front[1:])
+                if space.params(b) - space.params(a) > max_gap and attempts.get((a, b), 0) < tries]
+        if not gaps:
+            return added
+        for a, b in gaps:
+            lo, hi = space.params(a), space.params(b)
+            todo: list[Candidate] = []
+            # every scored model is a source: a change can also make a model smaller (an untied head tied again)
+            for src in sorted((c for c in score.scores if c.depth), key=lambda c: (score(c), c.codes())):
+                for m in space.moves(src):
+                    if m.depth and m not in score.scores and m not in todo and lo <= space.params(m) < hi:
+                        todo.append(m)
+                if len(todo) >= per_gap:
+                    break
+            attempts[(a, b)] = attempts.get((a, b), 0) + 1 if todo else tries  # nothing left to try: closed
+            for m in todo[:per_gap]:
+                score(m)
+                added.append(m)
+            log.info("gap %.2fM-%.2fM: %d models scored", lo / 1e6, hi / 1e6, len(todo[:per_gap]))
+
+
+def search_frontier(space: SearchSpace, score: "Scorer") -> list[Candidate]:
+    """Every scored model that no other scored model beats while being no larger, by parameters."""
+    def tiebreak(c):  # of equal size and KL: the fewest student parts (the teacher itself over an exact copy of it)
+        parts = [src for src, _ in c.layers] + [c.embeddings_from, c.head_from]
+        return (parts.count("student"), c.depth, c.codes(), c.embeddings_from, c.head_from)
+
+    return frontier((c for c in score.scores if c.depth), space.params, score, tiebreak)
+
+
 def entry(space: SearchSpace, score: Scorer, cand: Candidate, **extra) -> dict:
     plan = cand.plan()
     return {"params": space.params(cand), "depth": cand.depth, "calibration_kl": score(cand),
@@ -278,9 +330,10 @@ def entry(space: SearchSpace, score: Scorer, cand: Candidate, **extra) -> dict:
 
 
 def run_search(teacher, student, layer_map: LayerMap, calibration: torch.Tensor, *, beam_width: int = 2,
-               allow_drop: bool = False, use_greedy: bool = True, cache_bytes: int = 2 * 2**30) -> dict:
-    """Score the fixed orders, run greedy and the beam search, and return the ladder (the best candidate
-    at every depth) with everything ``search.json`` holds. ``teacher``/``student``: loaded models, one dtype
+               allow_drop: bool = False, use_greedy: bool = True, cache_bytes: int = 2 * 2**30,
+               fill: bool = True, gap_candidates: int | None = None) -> dict:
+    """Score the fixed orders, run greedy and the beam search, fill the frontier's gaps (``fill``), and return the
+    ladder (the frontier in parameters and calibration KL) with everything ``search.json`` holds. ``teacher``/``student``: loaded models, one dtype
     (their parts are mixed in every candidate)."""
     t_dtype, s_dtype = next(teacher.parameters()).dtype, next(student.parameters()).dtype
     if t_dtype != s_dtype:
@@ -309,19 +362,29 @@ def run_search(teacher, student, layer_map: LayerMap, calibration: torch.Tensor,
     if beam_width > 0:
         for c in beam(space, score, beam_width, list(found)):
             found.setdefault(c, set()).add("beam")
+    max_gap = max(space.block_params)
+    if fill:
+        per_gap = gap_candidates if gap_candidates is not None else 2 * (layer_map.num_student_layers + 2)
+        for c in fill_gaps(space, score, max_gap, per_gap):
+            found.setdefault(c, set()).add("gap")
     best = {d: min((c for c in score.scores if c.depth == d), key=lambda c: (score(c), space.params(c)))
             for d in {c.depth for c in score.scores if c.depth}}  # per depth: the lowest KL, then the fewest parameters
-    # found_by: the searches whose answer holds it (a fixed order, greedy's path, the beam), or "scored" for a
-    # candidate only met as a neighbour
-    ladder = [entry(space, score, best[d], found_by=sorted(found.get(best[d], {"scored"}))) for d in sorted(best)]
+
+    def found_by(c):  # the searches whose answer holds it (a fixed order, greedy's path, the beam, the gap
+        return sorted(found.get(c, {"scored"}))  # filling), or "scored" for a candidate only met as a neighbour
+
+    front = search_frontier(space, score)
+    gap = widest_gap([space.params(c) for c in front])
     candidates = sorted(score.scores, key=lambda c: (c.depth, score(c)))
     return {
-        "ladder": ladder,
+        "ladder": [entry(space, score, c, found_by=found_by(c)) for c in front],
+        "depth_ladder": [entry(space, score, best[d], found_by=found_by(best[d])) for d in sorted(best)],
         "fixed_orders": {order: [entry(space, score, c, k=k) for k, c in cands] for order, cands in fixed.items()},
         "candidates": [{"params": space.params(c), "depth": c.depth, "calibration_kl": score(c),
                         "embeddings_from": c.embeddings_from, "head_from": c.head_from, "blocks": c.codes()}
                        for c in candidates if c.depth],
-        "search": {"greedy": use_greedy, "beam_width": beam_width, "allow_drop": allow_drop,
+        "search": {"ladder": FRONTIER, "greedy": use_greedy, "beam_width": beam_width, "allow_drop": allow_drop,
+                   "fill_gaps": fill, "max_gap_params": max_gap, "widest_gap_params": gap[0] if gap else 0,
                    "positions": layer_map.num_student_layers, "options_per_position": [len(o) for o in space.options]},
         "cost": {**score.stats, "wall_time_s": round(time.time() - t0, 1), "teacher_reference_s": round(t_ref, 1)},
         "copied_teacher_layers": list(layer_map.copied_teacher_layers),
@@ -343,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_greedy", action="store_true", help="beam search only")
     p.add_argument("--allow_drop", action="store_true",
                    help="positions may also be removed, and teacher blocks taken in part (as layer pruning does)")
+    p.add_argument("--no_fill", action="store_true",
+                   help="do not score models inside the frontier's gaps wider than the largest teacher block")
+    p.add_argument("--gap_candidates", type=int, default=None,
+                   help="models scored per gap (default: 2 x (student layers + 2))")
     p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
     p.add_argument("--cache_gb", type=float, default=2.0, help="memory for cached prefix hidden states")
     p.add_argument("--overwrite", action="store_true", help="replace an existing search.json")
@@ -358,6 +425,8 @@ def main(argv=None) -> dict:
             raise SearchError(f"--beam_width must be >= 0, got {args.beam_width}")
         if args.no_greedy and args.beam_width == 0:
             raise SearchError("--no_greedy with --beam_width 0 leaves no search to run")
+        if args.gap_candidates is not None and args.gap_candidates < 1:
+            raise SearchError(f"--gap_candidates must be >= 1, got {args.gap_candidates} (--no_fill: no gap filling)")
         if args.calibration_samples < 1 or args.calibration_seq_len < 2:
             raise SearchError("--calibration_samples must be >= 1 and --calibration_seq_len >= 2")
         if os.path.isfile(out) and not args.overwrite:
@@ -376,16 +445,18 @@ def main(argv=None) -> dict:
     teacher = load_model(teacher_path, dtype=dtype)
     student = load_model(student_path, dtype=dtype)
     result = run_search(teacher, student, layer_map, ids, beam_width=args.beam_width, allow_drop=args.allow_drop,
-                        use_greedy=not args.no_greedy, cache_bytes=int(args.cache_gb * 2**30))
+                        use_greedy=not args.no_greedy, cache_bytes=int(args.cache_gb * 2**30), fill=not args.no_fill,
+                        gap_candidates=args.gap_candidates)
     result = {"teacher": args.teacher_model_name_or_path, "student": args.student_model_name_or_path,
               "calibration": {"data": os.path.abspath(args.calibration_data), "samples": args.calibration_samples,
                               "seq_len": args.calibration_seq_len}, "dtype": args.dtype, **result}
     atomic_write_json(out, result)
     c = result["cost"]
-    print(f"{out}: {len(result['ladder'])} sizes; {c['models_scored']} models scored in {c['wall_time_s']:.0f} s "
+    print(f"{out}: {len(result['ladder'])} sizes on the frontier (widest gap "
+          f"{result['search']['widest_gap_params']:,} parameters); {c['models_scored']} models scored in {c['wall_time_s']:.0f} s "
           f"({c['layers_reused']} of {c['layers_run'] + c['layers_reused']} layer passes reused from the prefix cache)")
     for e in result["ladder"]:
-        print(f"  depth {e['depth']:3d}  {e['params'] / 1e6:8.1f}M  KL {e['calibration_kl']:.4f}  {e['description']}")
+        print(f"  {e['params']:>14,}  depth {e['depth']:3d}  KL {e['calibration_kl']:.4f}  {e['description']}")
     return result
 
 

@@ -10,15 +10,17 @@ Stages (each resumable: a rerun skips what is done and continues what was interr
   3. sweep every size from student to teacher in the paper's order for the teacher's family (first-k for
      Llama teachers such as SmolLM2; ``--override_llama_patching``: last-k, into OUTPUT_DIR/last-k/) on held-out
      Brown perplexity and KL from the teacher and the multiple-choice tasks of ``DATA/tasks`` (the CPU preset:
-     at the student, the teacher and every 4th size, ``--mc_every``), with the naive-pruning baseline (and, in
-     the GPU preset, ShortGPT and LaCo) at the same sizes, in one sweep folder;
-  3b. search the best model the pair assembles at every depth (``patching.search``; ``--no_search`` skips it)
-     and score that ladder on the same held-out text;
+     at the student, the teacher and every 4th size, ``--mc_every``), with the naive-pruning and ShortGPT
+     baselines (and, in the GPU preset, LaCo) at the same sizes, in one sweep folder;
+  3b. search the family the pair assembles as a frontier in size (``patching.search``: every scored model no
+     other beats while being no larger; ``--no_search`` skips it) and score its members on the same held-out text;
   4. measure the seam alignment: the cosine of student and teacher hidden states at every aligned
      pair, on the held-out documents (``alignment.md``; ``python -m evaluate.alignment`` goes further);
   5. write the results (per-size JSON, summary CSV/markdown, plots, a boomerang-vs-baselines table)
-     and print a short report: the table, where perplexity rises along the ladder and by how much,
-     where the plots are, how long each stage took.
+     and print a short report: the table, every family by size (``evaluate.by_size``: parameters, depth, parts,
+     calibration KL, held-out perplexity and KL with bootstrap intervals, members beaten beyond noise by a
+     smaller one, the widest gap; one plot of them all against parameters in ``plots-by-size``), where
+     perplexity rises along the ladder and by how much, where the plots are, how long each stage took.
 
 The data folder is ``--data_dir`` (default ``$BOOMERANG_DATA``, else ``../shared/data`` beside the
 repository): ``corpus/brown_train.jsonl``, ``corpus/brown_heldout.jsonl`` and ``tasks/*.jsonl``.
@@ -49,8 +51,7 @@ from evaluate.alignment import render as render_alignment
 from baselines.family import build_family, calibration_batches
 from boomerang.text import load_texts
 from evaluate.baselines import family_points
-from evaluate.compare import compare_rows, ladder_by_depth
-from evaluate.compare import render as render_comparison
+from evaluate.by_size import family_tables, plot_by_size
 from evaluate.evaluate import boomerang_points, plan_points, run_sweep
 from evaluate.heldout import TASK_NAME as HELDOUT_TASK, HeldoutReference
 from evaluate.results import fmt_number
@@ -74,7 +75,9 @@ PRESETS = {
             "mc_every": 4,
             # naive pruning on held-out perplexity and KL only: its accuracy sat at chance at every size (0.31-0.375,
             # docs/results/main-cpu), and the five tasks would cost it 14 x 30-45 s on 2 cores
-            "baselines": ["naive"], "baseline_tasks": False, "dtype": "float32", "eval_batch_size": "8",
+            # ShortGPT on held-out perplexity and KL only, for the families-by-size table and plot (its calibration: one
+            # teacher pass over 32 x 256 tokens)
+            "baselines": ["naive", "shortgpt"], "baseline_tasks": False, "dtype": "float32", "eval_batch_size": "8",
             # greedy and both fixed orders (199 models) on 8 x 128 calibration tokens: 296 s on 2 idle cores against 696 s
             # for 16 x 128 (runs/main-e2e2, runs/main-e2e), and on the held-out text no worse: 10 of the 15 depths chose
             # the same model, and over the other 5 the held-out KL summed 0.10 lower (runs/search-cal8, 2026-12-02). A
@@ -274,11 +277,11 @@ def main(argv=None) -> dict:
         records = run_sweep(points, eval_dir, tasks, limit=mc_limit, batch_size=preset["eval_batch_size"],
                             common_metadata={"preset": preset_name, "dtype": preset["dtype"]}, reference=reference)
 
-    searched = []  # 3b. the searched ladder (patching.search), evaluated on the held-out text like every other point
+    searched, plan = [], None  # 3b. the searched family (patching.search), evaluated on the held-out text
     if not args.no_search:
         with stage("search", timings):
-            searched = searched_ladder(os.path.join(out, "search"), teacher, student, layer_map, tok, files["train"],
-                                       reference, cal, args, student_dir, dtype, calibration_ids, known=records,
+            searched, plan = searched_ladder(os.path.join(out, "search"), teacher, teacher_eval, student, layer_map, tok,
+                                       files["train"], reference, cal, args, student_dir, calibration_ids, known=records,
                                        common_metadata={"preset": preset_name, "dtype": preset["dtype"]})
 
     with stage("alignment", timings):  # 4. student vs teacher hidden states at every seam a patched size has
@@ -292,14 +295,16 @@ def main(argv=None) -> dict:
 
     with stage("report", timings):  # 5.
         report = write_report(results_dir, eval_dir, records, timings, preset_name, time.time() - t_start, alignment,
-                              order, searched)
+                              order, searched, plan)
     print(report, flush=True)
     return {"output_dir": out, "timings": timings}
 
 
-def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, reference, cal, args, student_dir,
-                    dtype, ids=None, known=(), common_metadata=None) -> list[dict]:
-    """Run the search once (its search.json is reused by a rerun) and score its ladder against the teacher."""
+def searched_ladder(search_dir, teacher, teacher_eval, student, layer_map, tok, train_file, reference, cal, args,
+                    student_dir, ids=None, known=(), common_metadata=None) -> tuple[list[dict], dict]:
+    """Run the search once (its search.json is reused by a rerun) and score its frontier against the teacher
+    (``teacher``: float32, for the search; ``teacher_eval``: in the student's dtype, the family's resident copy).
+    Returns the frontier's result records and the search result."""
     path = os.path.join(search_dir, SEARCH_FILE)
     if not os.path.isfile(path):
         if ids is None:
@@ -314,12 +319,13 @@ def searched_ladder(search_dir, teacher, student, layer_map, tok, train_file, re
                                  "calibration": calibration, "dtype": "float32", **result})
     plan = load_plan(path)
     c = plan["cost"]
-    print(f"search: {len(plan['ladder'])} depths, {c['models_scored']} models scored in {c['wall_time_s']:.0f} s")
-    points = plan_points(plan, teacher, student, dtype, teacher_name=args.teacher_model_name_or_path,
+    print(f"search: {len(plan['ladder'])} models on the frontier, {c['models_scored']} models scored in "
+          f"{c['wall_time_s']:.0f} s")
+    points = plan_points(plan, teacher_eval, student, teacher_name=args.teacher_model_name_or_path,
                          student_name=student_dir)
     # a searched model that is also a point of the sweep (the student, the teacher, a fixed-order size) keeps its scores
     return run_sweep(points, os.path.join(search_dir, "eval"), None, reference=reference, known=known,
-                     common_metadata=common_metadata)
+                     common_metadata=common_metadata), plan
 
 
 def _value(r: dict, task: str, metric: str):
@@ -370,18 +376,23 @@ def comparison(records: list[dict]) -> tuple[str, dict]:
 
 
 def write_report(out: str, eval_dir: str, records: list[dict], timings: dict, preset: str, total_s: float,
-                 alignment: dict | None = None, order: str = "last-k", searched: list[dict] | None = None) -> str:
+                 alignment: dict | None = None, order: str = "last-k", searched: list[dict] | None = None,
+                 plan: dict | None = None) -> str:
     table, facts = comparison(records)
     lines = [f"# boomerang main job ({preset} preset)", "",
              "Held-out Brown token perplexity (lower is better) and mean accuracy over "
              f"{', '.join(MC_TASKS)} (higher is better), {order} order:", "", table]
-    if searched:
-        rows = compare_rows(ladder_by_depth(records, "boomerang"), ladder_by_depth(searched))
-        facts["searched"] = [{k: r[k] for k in ("depth", "ppl_ratio", "ppl_ci95", "kl_diff", "kl_ci95")} for r in rows]
-        lines += [f"The searched ladder (python -m patching.search: the lowest calibration KL at every depth) against the "
-                  f"{order} order, on the held-out documents cut to 512 tokens (perplexity, and mean KL(teacher || model) "
-                  "per token; intervals from a paired bootstrap over documents):", "",
-                  render_comparison(rows, order, "searched")]
+    by_size, facts["by_size"] = family_tables(records + list(searched or []), plan)
+    plots = plot_by_size(records + list(searched or []), os.path.join(out, "plots-by-size"))
+    lines += ["## Every family by size", "",
+              f"Each family ordered by parameters (its teacher at the right): the searched frontier (python -m "
+              f"patching.search: every scored model that no other beats on calibration KL while being no larger), the "
+              f"{order} order (the curve `boomerang`, with its student and teacher) and the baselines, each model at its "
+              "true size. Held-out perplexity and mean KL(teacher || model) per token on the held-out documents cut to "
+              "512 tokens, 95% bootstrap intervals over documents; \"beaten beyond noise\": a model of the same family "
+              "with no more parameters whose perplexity is lower, the whole paired-bootstrap interval of the ratio "
+              "above 1; \"gap\": parameters added since the member before.", "", by_size,
+              f"Plots by size: {os.path.join(out, 'plots-by-size')} ({len(plots)} files)", ""]
     if facts["monotone"]:
         lines.append("Perplexity along the boomerang ladder (student, then every added block): monotone, never rises.")
     else:

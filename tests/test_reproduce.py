@@ -25,9 +25,10 @@ def test_main_job_end_to_end(tiny_world, capsys):
     lk = out / "last-k"
     assert os.path.isfile(out / "student" / "student_config.json")
     results = os.listdir(lk / "eval" / "results")
-    # student, k = 0..2, teacher (k = 3), and naive pruning at the depths of k = 0..2
+    # student, k = 0..2, teacher (k = 3), and naive pruning and ShortGPT at the depths of k = 0..2
     assert sorted(results) == sorted(["student.json", "last_k00.json", "last_k01.json", "last_k02.json",
-                                      "teacher.json", "naive_d05.json", "naive_d06.json", "naive_d07.json"])
+                                      "teacher.json", "naive_d05.json", "naive_d06.json", "naive_d07.json",
+                                      "shortgpt_d05.json", "shortgpt_d06.json", "shortgpt_d07.json"])
     for name in ("summary.csv", "summary.md"):
         assert os.path.isfile(lk / "eval" / name)
     assert any(p.endswith(".png") for p in os.listdir(lk / "eval" / "plots"))
@@ -52,11 +53,20 @@ def test_main_job_end_to_end(tiny_world, capsys):
     for name, with_tasks in (("student", True), ("last_k00", True), ("last_k01", False), ("last_k02", False)):
         metrics = json.loads((lk / "eval" / "results" / f"{name}.json").read_text())["metrics"]
         assert ("arc_easy" in metrics) == with_tasks
-    # the searched ladder: one model per depth, scored like the rest, compared with the fixed order in the report
+    # the searched family: its frontier by parameters, every member scored like the rest; every family by size in
+    # the report (the searched frontier, the order, naive pruning, ShortGPT), with one plot of them all
     plan = json.loads((out / "search" / "search.json").read_text())
-    assert [e["depth"] for e in plan["ladder"]] == [5, 6, 7, 8]
-    assert sorted(os.listdir(out / "search" / "eval" / "results")) == [f"searched_d0{d}.json" for d in (5, 6, 7, 8)]
-    assert "searched ladder" in report and len(facts["searched"]) == 4
+    params = [e["params"] for e in plan["ladder"]]
+    assert params == sorted(params) and plan["search"]["ladder"] == "frontier"
+    assert sorted(os.listdir(out / "search" / "eval" / "results")) == sorted(
+        f"searched_p{e['params']}_d{e['depth']:02d}.json" for e in plan["ladder"])
+    by_size = facts["by_size"]
+    assert set(by_size) == {"searched", "boomerang", "naive pruning", "ShortGPT"}
+    assert by_size["searched"]["params"] == params and by_size["searched"]["widest_gap"]["params"] == max(
+        b - a for a, b in zip(params, params[1:]))
+    assert by_size["boomerang"]["members"] == 5 and by_size["ShortGPT"]["members"] == 4  # with the teacher
+    assert "Every family by size" in report and "searched frontier" in report
+    assert any(p.endswith("heldout_kl__token_perplexity.png") for p in os.listdir(lk / "plots-by-size"))
 
     # A second run reuses everything: no training, no evaluation.
     mtimes = {n: os.path.getmtime(lk / "eval" / "results" / n) for n in results}
@@ -72,7 +82,8 @@ def test_main_job_end_to_end(tiny_world, capsys):
     first = out
     assert sorted(os.listdir(first / "eval" / "results")) == sorted(
         ["student.json", "first_k00.json", "first_k01.json", "first_k02.json", "teacher.json",
-         "naive_d05.json", "naive_d06.json", "naive_d07.json"])
+         "naive_d05.json", "naive_d06.json", "naive_d07.json", "shortgpt_d05.json", "shortgpt_d06.json",
+         "shortgpt_d07.json"])
     naive_first = json.loads((first / "eval" / "results" / "naive_d06.json").read_text())
     naive_last = json.loads((lk / "eval" / "results" / "naive_d06.json").read_text())
     assert (naive_first["order"], naive_last["order"]) == ("first-k", "last-k")

@@ -14,6 +14,7 @@ from boomerang.layer_map import LayerMap
 from boomerang.scoring import TeacherReference
 from patching import search as S
 from patching import patch as P
+from patching.frontier import scored_entries
 from patching.patch import assemble_plan, count_plan_parameters
 from train.init_student import init_student
 
@@ -85,7 +86,7 @@ def test_large_beam_finds_the_exhaustive_optimum(allow_drop):
                 n += 1
                 best[c.depth] = min(best.get(c.depth, float("inf")), scorer(c))
     assert n == (2 * 2 * 2 * 4 if not allow_drop else 5 * 3 * 3 * 4 - 4)
-    ladder = {e["depth"]: e["calibration_kl"] for e in result["ladder"]}
+    ladder = {e["depth"]: e["calibration_kl"] for e in result["depth_ladder"]}
     assert set(ladder) == set(best)
     for d in best:
         assert ladder[d] == pytest.approx(best[d], rel=1e-6, abs=1e-9), d
@@ -99,12 +100,16 @@ def test_ladder_is_never_worse_than_either_fixed_order_and_is_deterministic():
     b = S.run_search(teacher, student, lm, ids, beam_width=1)
     strip = lambda r: [(e["depth"], e["calibration_kl"], e["description"]) for e in r["ladder"]]  # noqa: E731
     assert strip(a) == strip(b)
-    ladder = {e["depth"]: e["calibration_kl"] for e in a["ladder"]}
+    ladder = {e["depth"]: e["calibration_kl"] for e in a["depth_ladder"]}
     for order, entries in a["fixed_orders"].items():
         assert [e["k"] for e in entries] == list(range(lm.max_patch + 1))
         for e in entries:
             assert ladder[e["depth"]] <= e["calibration_kl"] + 1e-12, (order, e["depth"])
-    assert a["ladder"][0]["depth"] == lm.num_student_layers and a["ladder"][-1]["depth"] == 8
+            # by size: a frontier model no larger is no worse
+            assert any(f["params"] <= e["params"] and f["calibration_kl"] <= e["calibration_kl"] + 1e-12
+                       for f in a["ladder"]), (order, e["k"])
+    assert a["depth_ladder"][0]["depth"] == lm.num_student_layers and a["depth_ladder"][-1]["depth"] == 8
+    assert a["ladder"][-1]["depth"] == 8
     assert a["ladder"][-1]["calibration_kl"] == pytest.approx(0.0, abs=1e-6)  # the teacher
     # greedy walks from the student to the teacher, one change toward the teacher at a time
     space = _space(teacher, student, lm)
@@ -180,8 +185,9 @@ def test_cli_writes_search_json_and_patch_builds_the_budgeted_model(tmp_path):
                 "--dtype", "float32"])
     info2 = json.loads(d2.joinpath("boomerang_provenance.json").read_text())
     assert info2["search"]["predicted"]["memory_gb"] <= limit
-    assert info2["search"]["calibration_kl"] == min(e["calibration_kl"] for i, e in enumerate(saved["ladder"])
-                                                     if mem[i] <= limit)
+    scored = scored_entries(saved)  # a memory budget chooses among every scored model (the frontier in memory)
+    assert info2["search"]["calibration_kl"] == min(
+        e["calibration_kl"] for e in scored if P.entry_memory_bytes(t_src, s_src, e, 1, 32, 4) / 2**30 <= limit)
     # a latency budget that every size meets: the best of the ladder (the teacher)
     d3 = tmp_path / "chosen-latency"
     patch_main(["--teacher_model_name_or_path", tdir, "--student_model_name_or_path", sdir, "--save_directory",
@@ -235,7 +241,7 @@ def test_evaluate_sweep_of_a_plan(tmp_path):
                          "--save_directory", str(tmp_path / "eval"), "--sweep", "--plan", str(out),
                          "--tasks", "", "--heldout_kl", str(heldout), "--dtype", "float32"])
     names = sorted(r["name"] for r in records)
-    assert names == sorted(f"searched_d{e['depth']:02d}" for e in result["ladder"])
+    assert names == sorted(f"searched_p{e['params']}_d{e['depth']:02d}" for e in result["ladder"])
     assert all(r["curve"] == "searched" and "heldout_kl" in r["metrics"] for r in records)
 
 
@@ -243,3 +249,89 @@ def test_a_teacher_and_student_in_two_dtypes_are_refused_before_scoring():
     teacher, student, lm = _pair("llama", 8)
     with pytest.raises(S.SearchError, match="torch.float32 and the student torch.bfloat16"):
         S.run_search(teacher, student.to(torch.bfloat16), lm, _ids(), beam_width=1)
+
+
+# ---------------------------------------------------------------------------------------------- the frontier
+def _dominated(e, others):
+    """Another model no larger with a KL no higher, better in one of the two."""
+    return any(o["params"] <= e["params"] and o["calibration_kl"] <= e["calibration_kl"]
+               and (o["params"], o["calibration_kl"]) != (e["params"], e["calibration_kl"]) for o in others)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt_neox"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_no_frontier_member_is_dominated_and_the_gaps_are_filled(family, tie):
+    teacher, student, lm = _pair(family, 8, tie=tie)
+    ids = _ids()
+    result = S.run_search(teacher, student, lm, ids, beam_width=0, allow_drop=family == "qwen3")  # greedy, gaps
+    ladder, cands = result["ladder"], result["candidates"]
+    # ordered by parameters, KL falling at every step, no member beaten by any scored model no larger
+    assert [e["params"] for e in ladder] == sorted(e["params"] for e in ladder)
+    assert all(b["params"] > a["params"] and b["calibration_kl"] < a["calibration_kl"]
+               for a, b in zip(ladder, ladder[1:]))
+    for e in ladder:
+        assert not _dominated(e, cands), e["description"]
+    on = {(e["params"], e["calibration_kl"]) for e in ladder}
+    assert all(_dominated(c, ladder) or (c["params"], c["calibration_kl"]) in on for c in cands)
+    # the teacher at the top; nothing larger than it, nothing the student's size and worse than it
+    space = _space(teacher, student, lm, allow_drop=family == "qwen3")
+    assert ladder[-1]["params"] == space.params(space.teacher_candidate()) and ladder[-1]["calibration_kl"] < 1e-6
+    student_e = next(e for e in result["fixed_orders"]["last-k"] if e["k"] == 0)
+    assert ladder[0]["params"] <= space.params(space.student_candidate())
+    # every entry a ladder had keeps its fields; depth is a property, several members may share one
+    assert all({"params", "depth", "calibration_kl", "description", "blocks", "layers", "found_by"} <= set(e)
+               for e in ladder)
+    # the gaps: where two members are further apart than the largest teacher block, no model of the whole
+    # space (enumerated) lies between them with a lower KL than the member below
+    max_gap = max(space.block_params)
+    assert result["search"]["max_gap_params"] == max_gap
+    wide = [(a, b) for a, b in zip(ladder, ladder[1:]) if b["params"] - a["params"] > max_gap]
+    if wide:
+        scorer = S.Scorer(space, ids)
+        for blocks in itertools.product(*space.options):
+            for emb, head in itertools.product(("student", "teacher"), repeat=2):
+                c = S.Candidate(blocks, emb, head)
+                if not c.depth:
+                    continue
+                for a, b in wide:
+                    if a["params"] < space.params(c) < b["params"]:
+                        assert scorer(c) >= a["calibration_kl"] - 1e-9, (c.codes(), a["description"])
+    assert result["search"]["widest_gap_params"] == max((b["params"] - a["params"] for a, b in zip(ladder, ladder[1:])),
+                                                        default=0)
+    del student_e
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_gap_filling_leaves_no_gap_the_space_could_fill(tie):
+    # from a frontier of two (student and teacher) and every gap counted wide: after filling, no model of the
+    # whole space (enumerated) lies inside a gap of the frontier with a lower KL than the member below it
+    teacher, student, lm = _pair("llama", 6, tie=tie)  # 4 positions: 64 models in the whole space
+    space = _space(teacher, student, lm)
+    score = S.Scorer(space, _ids())
+    lo, hi = space.student_candidate(), space.teacher_candidate()
+    for c in (lo, hi):
+        score(c)
+    added = S.fill_gaps(space, score, 0, per_gap=1000)
+    assert added and all(space.params(lo) <= space.params(c) < space.params(hi) for c in added)
+    front = S.search_frontier(space, score)
+    assert len(front) > 2
+    for blocks in itertools.product(*space.options):
+        for emb, head in itertools.product(("student", "teacher"), repeat=2):
+            c = S.Candidate(blocks, emb, head)
+            for a, b in zip(front, front[1:]):
+                if space.params(a) < space.params(c) < space.params(b):
+                    assert score(c) >= score(a) - 1e-9, (c.codes(), a.codes())
+
+
+def test_an_old_search_json_is_read_as_its_frontier(tmp_path):
+    from patching.frontier import as_frontier_plan
+
+    teacher, student, lm = _pair("llama", 8, tie=True)
+    result = S.run_search(teacher, student, lm, _ids(), beam_width=0)
+    old = {**result, "ladder": result["depth_ladder"], "search": {k: v for k, v in result["search"].items()
+                                                                   if k != "ladder"}}
+    rebuilt = as_frontier_plan(old)
+    assert [(e["params"], e["calibration_kl"], e["layers"], e["lm_head_from"]) for e in rebuilt["ladder"]] == \
+        [(e["params"], e["calibration_kl"], e["layers"], e["lm_head_from"]) for e in result["ladder"]]
+    assert [e["description"] for e in rebuilt["ladder"]] == [e["description"] for e in result["ladder"]]
+    assert as_frontier_plan(result) is result
