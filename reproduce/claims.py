@@ -36,6 +36,10 @@ def _scores(r: dict) -> Scores:
     return Scores.from_dict(r["heldout_scores"])
 
 
+def _count(items, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def _key(r: dict):
     """A ladder record's place: "student" for the student itself, else its depth."""
     return "student" if r.get("role") == "student" else int(r["depth"])
@@ -74,6 +78,7 @@ class ClaimsReport:
         self.seeds, self.resamples, self.heldout = seeds, resamples, heldout
         self.chance: dict = {}  # task -> accuracy of a uniform guess on the items scored (chance.json)
         self.facts: dict = {}
+        self.rise_seeds: dict[str, list[int]] = {}  # student -> the seeds its ladder's steps were judged on
 
     @classmethod
     def load(cls, root: str, resamples: int = 2000, heldout: str = "") -> "ClaimsReport":
@@ -93,7 +98,7 @@ class ClaimsReport:
         return {s: sd.same[depth] for s, sd in self.seeds.items() if depth in sd.same}
 
     def naive(self) -> dict:
-        """Naive pruning's records: the teacher's layers, the same at every seed (taken from the first seed with them)."""
+        """Naive pruning's records: the teacher's layers, the same at every seed (from the first seed holding them)."""
         return next((sd.naive for sd in self.seeds.values() if sd.naive), {})
 
     def compare(self, a: dict[int, dict], b: dict[int, dict], paired: bool = False) -> dict:
@@ -197,6 +202,7 @@ class ClaimsReport:
     def rises(self, student: str) -> list[dict]:
         keys = [d for d in self.depths() if self.seeded(student, d)]
         seeds = set.intersection(*(set(self.seeded(student, d)) for d in keys)) if keys else set()
+        self.rise_seeds[student] = sorted(seeds)  # only seeds that hold every step of the ladder
         ladder = [{s: _scores(self.seeded(student, d)[s]) for s in sorted(seeds)} for d in keys]
         return [st for st in seeded_steps([str(k) for k in keys], ladder, self.resamples) if st["verdict"] == "rises"]
 
@@ -231,7 +237,9 @@ class ClaimsReport:
                "Rises beyond noise along each ladder (student, then every added block; seeds paired):", ""]
         for n, r in rises.items():
             steps = ", ".join(f"{st['from']}->{st['to']} (x{st['ratio']:.2f})" for st in r) or "none"
-            out.append(f"- {n} ({len(self.seeded(n, 'student'))} seeds): {len(r)} ({steps})")
+            used = self.rise_seeds.get(n, [])
+            seeds = ", ".join(map(str, used)) or "none"
+            out.append(f"- {n} (seeds {seeds} hold the whole ladder): {len(r)} ({steps})")
         return out + [""]
 
     def claim3(self) -> list[str]:
@@ -396,7 +404,8 @@ class ClaimsReport:
         c2 = self.facts.get("claim2")
         if c2:
             n_sizes = sum(next(iter(c2["against_full"].values())).values())
-            parts = [f"{n} ({len(c2['seeds'][n])} seeds) against the full loss ({len(c2['seeds']['full'])} seeds): worse "
+            full = _count(c2["seeds"]["full"], "seed")
+            parts = [f"{n} ({_count(c2['seeds'][n], 'seed')}) against the full loss ({full}): worse "
                      f"beyond noise at {v['worse']} of {n_sizes} sizes, better at {v['better']}"
                      for n, v in c2["against_full"].items()]
             parts.append("rises beyond noise: " + ", ".join(f"{n} {len(r)}" for n, r in c2["rises"].items()))
@@ -404,7 +413,8 @@ class ClaimsReport:
             if no_cos and all(v["worse"] == n_sizes for v in no_cos):
                 verdict = "**holds in direction**: without the cosine term every size is worse beyond noise"
             elif no_cos and all(v["worse"] > 0 and v["better"] == 0 for v in no_cos):
-                verdict = "**holds at some sizes**: without the cosine term some sizes are worse beyond noise, none better"
+                verdict = ("**holds at some sizes**: without the cosine term some sizes are worse beyond noise, "
+                           "none better")
             else:
                 verdict = "**not shown** beyond training-seed noise"
             if no_cos and all(len(c2["rises"].get(n, [])) <= len(c2["rises"]["full"]) for n in ("ce", "ce-kl")

@@ -133,7 +133,7 @@ def test_experiments_end_to_end_and_resume(world, monkeypatch):
         assert (out / f"seed-{s}" / "students" / "ce-cos" / "student_config.json").is_file()
     report = (out / "REPORT.md").read_text()
     assert "| 1      | ce-cos" in report and "| 2      | ce-cos" in report
-    assert "ce-cos (3 seeds)" in report and "full (1 seeds)" in report
+    assert "ce-cos (seeds 0, 1, 2 hold the whole ladder)" in report and "full (seeds 0 hold" in report
 
     # the result files alone (as committed under docs/results/experiments/data) resume without the students:
     # nothing is distilled or evaluated again, and the report is the same
