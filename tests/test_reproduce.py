@@ -260,7 +260,9 @@ def test_stage_ledger_sums_time_and_other_processes_load(tmp_path, monkeypatch, 
             raise KeyboardInterrupt  # interrupted: summed, not complete
     with common.stage("distill", timings, ledger):
         pass
-    assert json.load(open(ledger))["distill"] == {"seconds": 90.0, "complete": True, "runs": 2, "other_cpu_s": 50.0}
+    entry = json.load(open(ledger))["distill"]
+    assert entry.pop("max_rss_kib") >= 1  # this process's peak resident memory so far
+    assert entry == {"seconds": 90.0, "complete": True, "runs": 2, "other_cpu_s": 50.0}
     assert "=== distill: 30 s (other processes: 0.00 cores) ===" in capsys.readouterr().out
     json.dump({"old": {"seconds": 5.0, "complete": False, "runs": 1}}, open(ledger, "w"))
     with common.stage("old", timings, ledger):

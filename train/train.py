@@ -617,8 +617,8 @@ def process_indices(recipe: str, per: int, accum: int, world: int, rank: int) ->
     IterableDataset (``DataLoaderDispatcher``: process 0 reads one per-device batch per process and process r gets the
     r-th, for every micro-batch), micro-batch m of rank r is the stream's per-device batch m * world + r. One process:
     the same. Ascending either way, so ``Stream.take(n, keep=...)`` returns them in micro-batch order."""
-    if recipe == "paper":
-        return torch.arange(accum * world * per).view(accum, world, per)[:, rank].reshape(-1).tolist()
+    if recipe == "paper":  # plain integers: this runs under the memory plan's fake tensors too (train.plan)
+        return [(m * world + rank) * per + j for m in range(accum) for j in range(per)]
     return list(range(rank * per * accum, (rank + 1) * per * accum))
 
 
