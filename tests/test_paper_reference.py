@@ -70,9 +70,9 @@ def run_ours(paths: dict, family: str, run: dict, save_directory: str) -> dict:
     rec = {"micro_batches": [], "steps": [], "init": world.tensor_summary(r.student.named_parameters())}
     take, forward = r.stream.take, tt.forward
 
-    def recording_take(n):
-        batch = take(n)
-        for m in range(0, n, run["per_device_train_batch_size"]):
+    def recording_take(n, keep=None):
+        batch = take(n, keep)
+        for m in range(0, len(batch["input_ids"]), run["per_device_train_batch_size"]):
             rec["micro_batches"].append({"doc_ids": world.doc_ids_of(
                 batch["input_ids"][m:m + run["per_device_train_batch_size"]], r.tokenizer.bos_token_id)})
         return batch

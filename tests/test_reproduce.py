@@ -149,7 +149,8 @@ def test_layer_map_option_trains_that_student(tmp_path):
     assert json.loads((out / "student_settings.json").read_text())["layer_map"] == [2, 2, 1]
     results = sorted(os.listdir(out / "eval" / "results"))  # first-k: the default for a Llama teacher
     assert results == sorted(["student.json", "first_k00.json", "first_k01.json", "first_k02.json", "teacher.json",
-                              "naive_d05.json", "naive_d06.json", "naive_d07.json"])
+                              "naive_d05.json", "naive_d06.json", "naive_d07.json",
+                              "shortgpt_d05.json", "shortgpt_d06.json", "shortgpt_d07.json"])
 
 
 @pytest.mark.parametrize("layer_map, message", [("2,2", "expected three integers F,N,L"),
