@@ -53,6 +53,22 @@ def paper_corpus(dataset: str, folder: str) -> str:
     return folder
 
 
+def paper_teacher(teacher: str, folder: str) -> str:
+    """The teacher folder as transformers 4.51.3 reads it: every file linked, and the tokenizer named by the class both
+    versions know (transformers 5 writes "TokenizersBackend", which 4.51.3 does not have; the tokenizer.json is the
+    same)."""
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(teacher):
+        if name != "tokenizer_config.json":
+            os.symlink(os.path.join(teacher, name), os.path.join(folder, name))
+    with open(os.path.join(teacher, "tokenizer_config.json")) as f:
+        cfg = json.load(f)
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    return folder
+
+
 def summarize(steps: list[dict], warmup: int) -> dict:
     """steps: {step, step_time_s, tokens, sequence_tokens} per optimizer step -> the timed steps' rates."""
     timed = [s for s in steps if s["step"] > warmup]
@@ -112,7 +128,8 @@ def main(argv=None) -> dict:
             "--logging_steps", "1", "--save_steps", "0", "--eval_steps", "0"]
     commands = {
         "paper_code": [python, os.path.join(ROOT, "bench", "paper_reference", "harness.py"), "--speed",
-                       "--threads", "0", "--teacher", teacher, "--corpus", corpus,
+                       "--threads", "0", "--teacher", paper_teacher(teacher, os.path.join(work, "paper_teacher")),
+                       "--corpus", corpus,
                        "--out", os.path.join(work, "paper_code.json"), "--save_directory",
                        os.path.join(work, "paper_code"), *shape_flags, "--eval_strategy", "no", "--logging_steps", "1",
                        "--report_to", "none", "--dataloader_pin_memory", "false",
