@@ -92,3 +92,17 @@ def trainer_log(folder: str) -> list[dict]:
     """The records of the trainer's ``log.jsonl`` in ``folder`` (none when it has none)."""
     path = os.path.join(folder, "log.jsonl")
     return [r for _, r in read_jsonl(path)] if os.path.isfile(path) else []
+
+
+def print_results(results: dict, columns: list[tuple[str, str, str]], label: str = "run") -> None:
+    """The results table a benchmark prints: one row per run, ``columns`` (header, key, format) read from each run's
+    figures; a figure the run lacks shows "-", a run that failed shows its error."""
+    width = max([len(label)] + [len(n) for n in results]) + 2
+    print("\n" + f"{label:{width}}" + " ".join(f"{h:>{max(len(h), 8)}}" for h, _, _ in columns))
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:{width}}{r['error']}")
+            continue
+        cells = [format(r[k], f) if r.get(k) is not None else "-" for _, k, f in columns]
+        print(f"{name:{width}}" + " ".join(f"{c:>{max(len(h), 8)}}" for c, (h, _, _) in zip(cells, columns)))
+

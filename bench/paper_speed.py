@@ -34,7 +34,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.common import run_part, trainer_log  # noqa: E402
+from bench.common import print_results, run_part, trainer_log  # noqa: E402
 from boomerang.io import atomic_write_json  # noqa: E402
 
 PAPER_SKIP = 50_000  # the paper's train_dataset.skip(50000)
@@ -158,14 +158,9 @@ def main(argv=None) -> dict:
     for r in results.values():
         if base and "useful_tokens_per_s" in r:
             r["ratio_to_paper_code"] = r["useful_tokens_per_s"] / base
-    print(f"\n{'run':14} {'useful tok/s':>13} {'seq tok/s':>10} {'s/step':>8} {'useful%':>8} {'x paper':>8}")
-    for name, r in results.items():
-        if "error" in r:
-            print(f"{name:14} {r['error']}")
-            continue
-        ratio = f"{r['ratio_to_paper_code']:.2f}" if "ratio_to_paper_code" in r else "-"
-        print(f"{name:14} {r['useful_tokens_per_s']:13.1f} {r['sequence_tokens_per_s']:10.1f} {r['step_time_s']:8.2f} "
-              f"{100 * r['useful_fraction']:7.0f}% {ratio:>8}")
+    print_results(results, [("useful tok/s", "useful_tokens_per_s", ".1f"), ("seq tok/s", "sequence_tokens_per_s", ".1f"),
+                            ("s/step", "step_time_s", ".2f"), ("useful", "useful_fraction", ".0%"),
+                            ("x paper", "ratio_to_paper_code", ".2f")])
     if a.output:
         atomic_write_json(a.output, {"args": vars(a), "teacher_folder": teacher, "results": results})
     if not a.keep:

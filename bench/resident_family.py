@@ -6,8 +6,9 @@
 Three fresh processes, each reporting its peak resident memory (``ru_maxrss``):
 
 - ``baseline``: the interpreter and the imports only;
-- ``pair``: teacher and student loaded (the family's weights, nothing built), the teacher run once (one forward
-  pass over ``--tokens`` tokens: the activations every process below also holds);
+- ``pair``: teacher and student loaded (the family's weights, nothing built), each run once (one forward pass over
+  ``--tokens`` tokens: the weights are memory-mapped from their files and resident only once read, and the
+  activations every process below also holds);
 - ``family``: teacher and student loaded, then every member of the family (the search's frontier with
   ``--search``, else the paper's order for the teacher's family) built and run once (one forward pass over
   ``--tokens`` tokens), then every member asked for again (kept: a switch costs no build) and each run once more.
@@ -55,9 +56,10 @@ def child(args) -> None:
     out = {"what": args.child, "weights_bytes": family.resident_bytes(), "load_s": load_s,
            "members": len(family.entries), "params": [e["params"] for e in family.entries]}
     ids = torch.randint(3, family.teacher.config.vocab_size, (1, args.tokens), generator=torch.Generator().manual_seed(0))
-    if args.child == "pair":
+    if args.child == "pair":  # both read once: a model loaded from safetensors is resident only where it was read
         with torch.no_grad():
             family.teacher(input_ids=ids)
+            family.student(input_ids=ids)
     if args.child == "family":
         build, switch, run = [], [], []
         with torch.no_grad():
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     print(f"teacher {args.teacher}, student {args.student}, {args.dtype}, family: "
           f"{'frontier of ' + args.search if args.search else 'the fixed order'}, {fam['members']} members "
           f"({fam['params'][0] / 1e6:.2f}M to {fam['params'][-1] / 1e6:.2f}M parameters); one fresh process per row")
-    rows = [("interpreter + imports", base["peak_rss"]), ("teacher + student loaded, the teacher run once", pair["peak_rss"]),
+    rows = [("interpreter + imports", base["peak_rss"]), ("teacher + student loaded, each run once", pair["peak_rss"]),
             (f"+ every member built and run once ({args.tokens} tokens), then again", fam["peak_rss"])]
     print("| process | peak RSS MiB | above the imports MiB |\n|---|---|---|")
     for name, rss in rows:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import peak_memory, run_part, synthetic_corpus, trainer_log  # noqa: E402
+from bench.common import peak_memory, print_results, run_part, synthetic_corpus, trainer_log  # noqa: E402
 from boomerang.io import atomic_write_json  # noqa: E402
 
 MODES = {  # name: (train.train flags, environment)
@@ -153,14 +153,9 @@ def main(argv=None):
         row["packed_attention"] = chosen[-1] if chosen else None  # None: the paper's recipe (its own masks)
         results[mode] = row
         print(f"[{mode}] {json.dumps(row)}", file=sys.stderr, flush=True)
-    print(f"\n{'mode':16} {'tok/s(real)':>12} {'tok/s(seq)':>11} {'s/step':>8} {'real%':>6} {'peak GB':>8} {'MFU':>6}")
-    for mode, r in results.items():
-        if "error" in r:
-            print(f"{mode:16} {r['error']}")
-            continue
-        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
-        print(f"{mode:16} {r['tokens_per_s']:12.1f} {r['sequence_tokens_per_s']:11.1f} {r['step_time_s']:8.2f} "
-              f"{100 * r['real_token_fraction']:5.0f}% {r['peak_memory_gb']:8.2f} {mfu:>6}")
+    print_results(results, [("tok/s(real)", "tokens_per_s", ".1f"), ("tok/s(seq)", "sequence_tokens_per_s", ".1f"),
+                            ("s/step", "step_time_s", ".2f"), ("real", "real_token_fraction", ".0%"),
+                            ("peak GB", "peak_memory_gb", ".2f"), ("MFU", "mfu", ".1%")], label="mode")
     if args.output:
         atomic_write_json(args.output, {"args": vars(args), "results": results})
     if not args.keep:

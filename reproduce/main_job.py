@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reproduce.main_job", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="cpu (default without a GPU; 48 min on 2 idle cores on 2026-12-02) or gpu (the full-size micro-reproduction)")
+                   help="cpu (default without a GPU; 41.7 min on 2 idle cores on 2026-12-06, 43.5 with a fresh setup) or gpu (the full-size micro-reproduction)")
     p.add_argument("--output_dir", default=None, help="default runs/main-<preset>")
     p.add_argument("--data_dir", default=None, help="default $BOOMERANG_DATA, else ../shared/data")
     p.add_argument("--max_steps", type=int, default=None, help="override the preset's distillation steps")

@@ -120,6 +120,7 @@ def test_pages_write_check_and_collect(tmp_path, monkeypatch):
     readme.write_text("top\n<!-- claims: start -->\n<!-- claims: end -->\n")
     monkeypatch.setattr(pages, "EXPERIMENTS_PAGE", str(page))
     monkeypatch.setattr(pages, "README", str(readme))
+    monkeypatch.setattr(pages, "MAIN_DATA", str(tmp_path / "no-main-job"))  # the README's main-job blocks: none
     assert len(pages.check(str(data))) == 2
     assert sorted(pages.write(str(data))) == sorted([str(page), str(readme)])
     assert pages.check(str(data)) == [] and pages.write(str(data)) == []  # idempotent
