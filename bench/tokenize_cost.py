@@ -1,19 +1,19 @@
-"""What tokenizing a preset's global batch costs against one GPU step of the same preset.
+"""What one process's tokenizing costs against one GPU step of the same preset.
 
-    python bench/tokenize_cost.py --config configs/smollm2-135m.yaml --steps 5          # idle cores: the figure
-    python bench/tokenize_cost.py --config configs/smollm2-135m.yaml --step_seconds 1.9  # a measured GPU step
+    python bench/tokenize_cost.py --config configs/smollm2-135m.yaml --steps 5 --nproc 8  # idle cores: the figure
+    python bench/tokenize_cost.py --config configs/smollm2-135m.yaml --nproc 8 --step_seconds 1.9  # a measured step
     python bench/tokenize_cost.py --teacher_model_name_or_path T --dataset D --max_length 64 --global_batch_size 4 \
-        --per_device_train_batch_size 1 --steps 2                                        # tiny check (tests)
+        --per_device_train_batch_size 1 --nproc 2 --steps 2                                        # tiny check (tests)
 
-Every process of a packed (improved-recipe) run tokenizes and packs the whole global batch (where each sequence
-begins depends on every document before it), inside its step. This times exactly that, on this CPU: the trainer's
-own stream (``train.train.make_stream``) taking ``global_batch_size`` sequences, ``--steps`` times after one
-warm-up batch. The GPU step it is compared with is ``--step_seconds`` when given (the gpu check's
-``step_time_s_median``), else the FLOPs of one step (``train.train.flops_per_token``: 6 N_student + 2 N_teacher +
-attention, the models built on the meta device from the teacher's config) over ``--nproc`` GPUs at ``--mfu``
-of ``--bench_peak_tflops``.
-The verdict: tokenizing is under ``--limit`` (2%) of the step, or not. (The paper's recipe tokenizes only each
-process's own documents: ``Stream.take(n, keep)``.)
+Each process tokenizes and packs, inside its step, only the sequences of the global batch it trains on (the
+improved recipe's ``train.data.SlottedStream``: one slot a sequence; the paper's recipe: its own documents). This
+times exactly that, on this CPU: the trainer's own stream (``train.train.make_stream``) as rank 0 of ``--nproc``
+processes makes it, taking its rows of a global batch ``--steps`` times after one warm-up batch; and, beside it,
+the whole global batch (what one process makes, and what every process made before the slots). The GPU step it is
+compared with is ``--step_seconds`` when given (the gpu check's ``step_time_s_median``), else the FLOPs of one step
+(``train.train.flops_per_token``: 6 N_student + 2 N_teacher + attention, the models built on the meta device from
+the teacher's config) over ``--nproc`` GPUs at ``--mfu`` of ``--bench_peak_tflops``.
+The verdict: rank 0's tokenizing is under ``--limit`` (2%) of the step, or not.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from boomerang.cli import parse_with_config  # noqa: E402
+from boomerang.cli import fail, parse_with_config  # noqa: E402
 
 
 def build_parser():
@@ -36,8 +36,8 @@ def build_parser():
     g = p.add_argument_group("benchmark")
     g.add_argument("--steps", type=int, default=5, help="global batches timed after one warm-up batch")
     g.add_argument("--step_seconds", type=float, default=None, help="a measured GPU step of the preset (seconds)")
-    g.add_argument("--nproc", type=int, default=1, help="GPUs sharing the step's FLOPs (each still tokenizes the "
-                   "whole global batch)")
+    g.add_argument("--nproc", type=int, default=1, help="processes (GPUs): they share the step's FLOPs, and each "
+                   "tokenizes its share of the global batch (rank 0's is timed)")
     g.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilization without --step_seconds")
     g.add_argument("--bench_peak_tflops", type=float, default=989.0, help="GPU bf16 peak (H100: 989)")
     g.add_argument("--limit", type=float, default=0.02, help="the share of a step tokenizing may cost")
@@ -45,26 +45,41 @@ def build_parser():
     return p
 
 
+def median_take(stream, global_batch: int, keep, steps: int) -> tuple[float, list[float]]:
+    """(median, all) seconds of ``steps`` takes of one global batch's rows ``keep``, after one warm-up take (the file
+    read, the tokenizer's first call)."""
+    stream.take(global_batch, keep=keep)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        stream.take(global_batch, keep=keep)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], times
+
+
 def main(argv=None) -> dict:
     import torch
 
     from boomerang.models import empty_model, load_tokenizer, resolve_model_path
-    from train.batch import plan_from_args
+    from train.batch import BatchError, plan_from_args
     from train.init_student import init_student, plan_student
     from train.plan import teacher_config
-    from train.train import flops_per_token, make_stream
+    from train.train import flops_per_token, make_stream, process_indices
 
     args = parse_with_config(build_parser(), argv)
-    batch = plan_from_args(args, 1)  # the global batch: the same on any number of processes
+    try:
+        batch = plan_from_args(args, args.nproc)
+    except BatchError as e:  # it names the batches that would work on --nproc processes
+        fail(str(e))
+    mine = process_indices(args.recipe, batch.per_device, batch.accumulation, batch.world, 0)
     tokenizer = load_tokenizer(resolve_model_path(args.teacher_model_name_or_path))
-    stream = make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True)
-    stream.take(batch.global_batch)  # warm-up: the file read, the tokenizer's first call
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        stream.take(batch.global_batch)
-        times.append(time.perf_counter() - t0)
-    tokenize_s = sorted(times)[len(times) // 2]
+
+    def stream(own):
+        return make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True,
+                           slots=batch.global_batch, own=own)
+
+    tokenize_s, times = median_take(stream(mine), batch.global_batch, mine, args.steps)
+    whole_s, whole_times = median_take(stream(None), batch.global_batch, None, args.steps)
     config = teacher_config(args)
     teacher = empty_model(config, torch.bfloat16)
     student = init_student(teacher, plan_student(config, args.first_layers_to_keep, args.alternate_every_n_layers,
@@ -76,9 +91,12 @@ def main(argv=None) -> dict:
         step_s = step_flops / (args.nproc * args.bench_peak_tflops * 1e12 * args.mfu)
         basis = (f"estimated: {step_flops:.3g} FLOPs over {args.nproc} GPU(s) at {args.mfu:.0%} of "
                  f"{args.bench_peak_tflops:g} TFLOP/s")
-    out = {"config": args.config, "global_batch": batch.global_batch, "max_length": args.max_length,
-           "tokenize_seconds_median": tokenize_s, "tokenize_seconds": times, "step_seconds": step_s,
-           "step_basis": basis, "share_of_step": tokenize_s / step_s, "limit": args.limit,
+    out = {"config": args.config, "recipe": args.recipe, "global_batch": batch.global_batch,
+           "max_length": args.max_length, "nproc": args.nproc, "rank_sequences": len(mine),
+           "tokenize_seconds_median": tokenize_s, "tokenize_seconds": times,
+           "whole_batch_tokenize_seconds_median": whole_s, "whole_batch_tokenize_seconds": whole_times,
+           "step_seconds": step_s, "step_basis": basis, "share_of_step": tokenize_s / step_s,
+           "whole_batch_share_of_step": whole_s / step_s, "limit": args.limit,
            "under_limit": tokenize_s / step_s < args.limit}
     print(json.dumps(out, indent=2))
     if args.output:

@@ -187,8 +187,140 @@ def test_tokenize_cost_bench_runs_on_tiny_shapes(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": "the man was good " * (3 + i % 7)}) + "\n" for i in range(50)))
     out = main(["--teacher_model_name_or_path", teacher, "--dataset", str(data), "--max_length", "16",
-                "--global_batch_size", "4", "--per_device_train_batch_size", "1", "--steps", "2",
+                "--global_batch_size", "4", "--per_device_train_batch_size", "1", "--nproc", "2", "--steps", "2",
                 "--output", str(tmp_path / "o.json")])
-    assert out["global_batch"] == 4 and len(out["tokenize_seconds"]) == 2 and out["step_seconds"] > 0
+    assert out["global_batch"] == 4 and out["rank_sequences"] == 2 and out["step_seconds"] > 0
+    assert len(out["tokenize_seconds"]) == len(out["whole_batch_tokenize_seconds"]) == 2
     assert out["share_of_step"] == out["tokenize_seconds_median"] / out["step_seconds"]
+    assert out["whole_batch_share_of_step"] == out["whole_batch_tokenize_seconds_median"] / out["step_seconds"]
     assert json.loads((tmp_path / "o.json").read_text())["under_limit"] == out["under_limit"]
+    with pytest.raises(SystemExit):  # 4 sequences cannot be split over 3 processes
+        main(["--teacher_model_name_or_path", teacher, "--dataset", str(data), "--global_batch_size", "4",
+              "--per_device_train_batch_size", "1", "--nproc", "3"])
+
+
+# ----------------------------------------------------------------------------- the slotted training stream
+def unique_docs(path, n=300):
+    """``n`` documents of distinct texts (so a tokenized text names its document within the first epoch)."""
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": f"doc{i} " + " ".join(["the", "man", "was", "good"][: 1 + i % 4] * (1 + i % 3))})
+                    + "\n")
+    return str(path)
+
+
+def owners(slots, world):
+    """The rows of a global batch each of ``world`` processes trains on (the trainer's ``process_indices``)."""
+    from train.train import process_indices
+
+    return [process_indices("improved", 1, slots // world, world, r) for r in range(world)]
+
+
+def test_slotted_stream_gives_every_layout_the_same_global_batches_each_process_tokenizing_only_its_slots(
+        tmp_path, tokenizer):
+    """Slot j packs the documents numbered j modulo the global batch. The rows each process of a 2- or 3-process
+    layout makes are exactly those rows of the one-process batches; a process tokenizes only its own slots'
+    documents (each text is one document here), together exactly what one process tokenizes, so each of 2 tokenizes
+    about half. One process is deterministic for a seed, and another seed gives other data."""
+    from collections import Counter
+
+    from train.data import SlottedStream, document_stream
+
+    src = unique_docs(tmp_path / "d.jsonl")
+    order = [d for d, _ in zip(document_stream(src, seed=3), range(300))]  # epoch 0: the text names its number
+    G = 6
+    counting = CountingTokenizer(tokenizer)
+    one = SlottedStream(src, counting, 8, G, seed=3)
+    batches = [one.take(G) for _ in range(4)]
+    assert len(set(map(order.index, counting.texts))) == len(counting.texts) < 300  # no epoch boundary crossed
+    again = SlottedStream(src, tokenizer, 8, G, seed=3)
+    assert all(torch.equal(again.take(G)["input_ids"], b["input_ids"]) for b in batches)
+    assert not torch.equal(SlottedStream(src, tokenizer, 8, G, seed=4).take(G)["input_ids"], batches[0]["input_ids"])
+    assert (batches[0]["input_ids"] == tokenizer.eos_token_id).any() and one.position == 4 * G
+    for world in (2, 3):
+        seen = Counter()
+        for own in owners(G, world):
+            mine = CountingTokenizer(tokenizer)
+            stream = SlottedStream(src, mine, 8, G, own=own, seed=3)
+            for b in batches:
+                got = stream.take(G, keep=own)
+                for key in ("input_ids", "doc_ids"):
+                    assert torch.equal(got[key], b[key][own]), (world, own, key)
+            assert {order.index(t) % G for t in mine.texts} <= set(own), (world, own)  # only its slots' documents
+            if world == 2:
+                assert 0.3 < len(mine.texts) / len(counting.texts) < 0.7
+            seen.update(mine.texts)
+        assert seen == Counter(counting.texts), world  # together: what one process tokenizes, nothing more
+
+
+def test_slotted_stream_resumes_every_slot_on_any_layout_without_tokenizing_what_it_consumed(tmp_path, tokenizer):
+    """Cut after any batch, a stream made with ``start`` = ``resume_state()`` gives the same rows on one process and
+    on each process of 2 and 3, and tokenizes exactly the documents of its slots that the uninterrupted stream
+    tokenizes from each slot's cursor on (the one a slot's cursor stands in, and the later ones)."""
+    from train.data import SlottedStream, document_stream
+
+    src = unique_docs(tmp_path / "d.jsonl")
+    order = [d for d, _ in zip(document_stream(src, seed=3), range(300))]
+    G, N = 6, 5
+    counting = CountingTokenizer(tokenizer)
+    reference = SlottedStream(src, counting, 8, G, seed=3)
+    batches = [reference.take(G) for _ in range(N)]
+    tokenized = set(map(order.index, counting.texts))
+    for cut in range(N):
+        a = SlottedStream(src, tokenizer, 8, G, seed=3)
+        for _ in range(cut):
+            a.take(G)
+        start = a.resume_state()
+        assert start["sequences"] == cut * G and len(start["slots"]) == G
+        assert json.loads(json.dumps(start)) == start  # what state.json holds
+        cursors = [c["document"] for c in start["slots"]]
+        for world in (1, 2, 3):
+            for own in owners(G, world):
+                mine = CountingTokenizer(tokenizer)
+                b = SlottedStream(src, mine, 8, G, own=own, seed=3, start=start)
+                for batch in batches[cut:]:
+                    got = b.take(G, keep=own)
+                    for key in ("input_ids", "doc_ids"):
+                        assert torch.equal(got[key], batch[key][own]), (cut, world, own, key)
+                assert b.position == N * G
+                expected = {d for d in tokenized if d % G in own and d >= cursors[d % G]}
+                assert sorted(map(order.index, mine.texts)) == sorted(expected), (cut, world, own)
+
+
+def test_slotted_stream_without_packing_keeps_the_single_streams_order(tmp_path, tokenizer):
+    """One padded document a sequence: slot j's k-th sequence is document j + k x slots, so global batch k holds the
+    documents k x slots .. k x slots + slots - 1, in the single stream's order."""
+    from train.data import SlottedStream
+
+    src = unique_docs(tmp_path / "d.jsonl", 40)
+    single = SequenceStream(src, tokenizer, 8, packing=False, seed=2).take(12)
+    slotted = SlottedStream(src, tokenizer, 8, 4, packing=False, seed=2)
+    got = [slotted.take(4) for _ in range(3)]
+    for key in ("input_ids", "doc_ids"):
+        assert torch.equal(torch.cat([g[key] for g in got]), single[key]), key
+    assert slotted.resume_state()["slots"] == [{"document": 12 + j, "token": 0} for j in range(4)]
+
+
+def test_slotted_stream_refuses_a_start_it_cannot_go_on_from(tmp_path, tokenizer):
+    """Another global batch than the checkpoint's (its slots) and a cursor outside its slot are refused with the
+    fix; a checkpoint of the single stream (one cursor) goes on as a single stream, exactly where it was."""
+    from train.data import SlottedStream
+    from train.train import build_parser, make_stream
+
+    src = unique_docs(tmp_path / "d.jsonl", 40)
+    start = SlottedStream(src, tokenizer, 8, 4, seed=2).resume_state()
+    with pytest.raises(DataError, match="--global_batch_size 4"):
+        SlottedStream(src, tokenizer, 8, 6, seed=2, start=start)
+    start["slots"][2] = {"document": 3, "token": 0}
+    with pytest.raises(DataError, match="slot 2 .*damaged"):
+        SlottedStream(src, tokenizer, 8, 4, seed=2, start=start)
+    args = build_parser().parse_args(["--max_length", "8", "--seed", "2"])
+    single = SequenceStream(src, tokenizer, 8, seed=2)
+    single.take(5)
+    old = single.resume_state()
+    assert set(old) == {"document", "token", "sequences"}
+    legacy = make_stream(args, tokenizer, src, "train", "--dataset", training=True, start=old, slots=4, own=[0, 1])
+    assert isinstance(legacy, SequenceStream) and legacy.position == 5
+    assert torch.equal(legacy.take(4, keep=[0, 1])["input_ids"], single.take(4)["input_ids"][:2])
+    assert isinstance(make_stream(args, tokenizer, src, "train", "--dataset", training=True, slots=4, own=[0, 1]),
+                      SlottedStream)

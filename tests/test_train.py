@@ -92,10 +92,11 @@ def test_gradient_accumulation_gives_same_update(setup):
         assert any(not torch.equal(wa[k], init[k]) for k in wa)
 
 
-def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_documents(setup, monkeypatch):
-    """The checkpoint records the document (and token in it) where the next sequence begins; the resumed run reads
-    the documents before it but tokenizes none of them: it tokenizes exactly that many fewer documents than the
-    uninterrupted run (one document a tokenizer call here, so nothing is tokenized ahead)."""
+def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_documents(setup, monkeypatch, capsys):
+    """The checkpoint records, for every slot of the training stream (one a sequence of the global batch), the
+    document (and token in it) where its next sequence begins; the resumed run reads the documents before them but
+    tokenizes none of them: it tokenizes exactly that many fewer documents than the uninterrupted run (the held-out
+    and data-check streams tokenize one document a call here, so they tokenize nothing ahead; the slots never do)."""
     from transformers import PreTrainedTokenizerBase
 
     import train.data
@@ -118,8 +119,9 @@ def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_docu
     assert not (root / "part" / "config.json").exists()  # interrupted: no final student yet
     assert (root / "part" / "checkpoints" / "step-000003").is_dir()
     state = json.loads((root / "part" / "checkpoints" / "step-000003" / "state.json").read_text())
-    consumed = state["data_resume"]["document"]
-    assert consumed >= 5 and state["data_resume"]["sequences"] == state["data_position"] == 12
+    slots = state["data_resume"]["slots"]  # slot j holds the documents numbered j modulo the global batch
+    consumed = sum((c["document"] - j) // len(slots) for j, c in enumerate(slots))  # documents before the cursors
+    assert len(slots) == 4 and consumed >= 4 and state["data_resume"]["sequences"] == state["data_position"] == 12
     del texts[:]
     main(args(root, teacher, "part", *common, "--resume"))
     assert len(texts) == tokenized_full - consumed
@@ -133,6 +135,9 @@ def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_docu
     with open(root / "full" / "log.jsonl") as f:
         evals = [r["eval_ce"] for r in map(json.loads, f) if "eval_ce" in r]
     assert len(evals) == 3 and evals[-1] < evals[0]
+    with pytest.raises(SystemExit):  # another global batch is other slots: refused before any model loads
+        main(args(root, teacher, "part", *common, "--resume", "--global_batch_size", 8))
+    assert "--global_batch_size 4" in capsys.readouterr().err
 
 
 def test_existing_output_folder_and_missing_data_fail_early(setup, capsys):

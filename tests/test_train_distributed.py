@@ -108,7 +108,10 @@ def test_two_processes_match_one_in_losses_gradient_norms_and_weights(runs):
 def test_two_process_checkpoint_is_sharded_and_resumes_on_two_and_on_one(runs):
     root, teacher = runs
     ckpt_two, ckpt_one = root / "two" / "checkpoints" / "step-000002", root / "one" / "checkpoints" / "step-000002"
-    assert json.loads((ckpt_two / "state.json").read_text())["format"] == "dcp"
+    state_two, state_one = (json.loads((c / "state.json").read_text()) for c in (ckpt_two, ckpt_one))
+    assert state_two["format"] == "dcp"
+    # each process advanced only its own slots of the data: gathered, they are the one process's every slot
+    assert state_two["data_resume"] == state_one["data_resume"] and len(state_one["data_resume"]["slots"]) == 4
     # Each process wrote its own file holding its shards: together one copy of model + Adam states (what the
     # one-process checkpoint holds in its single file), not one per process.
     whole = os.path.getsize(ckpt_one / "__0_0.distcp")

@@ -6,7 +6,8 @@ Layout: ``<save_directory>/checkpoints/step-000040/`` holding
   ``__<rank>_0.distcp`` file per process that wrote it, each holding only that process's shards (FSDP2) or
   everything (one process, no FSDP);
 * ``rng-<rank>.pt``: each process's Python, NumPy, torch (and CUDA) RNG states;
-* ``state.json``: step, data position (sequences of the global stream), scheduler, world size, ``"format": "dcp"``.
+* ``state.json``: step, data position (sequences of the global stream) and ``data_resume`` (where the data goes on:
+  ``train.data.SlottedStream.resume_state``), scheduler, world size, ``"format": "dcp"``.
 
 Every process writes its own files into one temporary folder that rank 0 renames to ``step-N`` once all of them
 are done (``boomerang.io.atomic_directory``): a crash mid-write never leaves a half-written checkpoint that
@@ -232,10 +233,15 @@ def wait_for_pruning() -> None:
         _pruning.pop().join()
 
 
+def read_state(path: str) -> dict:
+    """A checkpoint's ``state.json`` (step, data position and ``data_resume``, scheduler, world size)."""
+    with open(os.path.join(path, "state.json")) as f:
+        return json.load(f)
+
+
 def load_checkpoint(path: str, model, optimizer, scheduler, fsdp: bool) -> dict:
     """Restore model, optimizer, scheduler and this rank's RNG; returns ``state.json``'s dict."""
-    with open(os.path.join(path, "state.json")) as f:
-        state = json.load(f)
+    state = read_state(path)
     if os.path.isfile(os.path.join(path, "model.pt")):  # the earlier format: whole state dicts, read by every process
         log.warning("%s is a checkpoint of the earlier format (whole state dicts): every process reads all of it; "
                     "checkpoints written from now on are sharded", path)

@@ -15,14 +15,19 @@ continue in the next sequence, where it counts as a new document). ``packing=Fal
 document per sequence, truncated to ``max_length`` and right-padded.
 
 Order is deterministic: local documents are shuffled per epoch with ``seed`` (epochs repeat as needed); a streamed
-dataset is read in its own order (repeated when exhausted). The trainer takes global batches of ``global_batch``
-sequences from this single stream and gives rank r its slice, so 1 or N processes see the same data. A checkpoint
-records where the next sequence begins (document number and token offset: ``Stream.cursor``); resuming reads the
-documents before it without tokenizing them and re-tokenizes only the one it begins in.
+dataset is read in its own order (repeated when exhausted). The improved recipe's training data is a
+``SlottedStream``: as many slots as the global batch has sequences, slot j packing the documents numbered j modulo
+the global batch, global batch k holding the k-th sequence of every slot. Rank r trains on the rows
+``train.train.process_indices`` gives it and makes only those slots, so it tokenizes only the documents it trains on,
+and 1 or N processes see the same global batches. A checkpoint records where each slot's next sequence begins
+(document number and token offset); resuming reads the documents before it without tokenizing them and
+re-tokenizes only the one it begins in. Held-out data is one ``SequenceStream`` (as is the training data of a run
+whose checkpoint was written before the slots: it goes on in that order). The paper's recipe: ``PaperStream``.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -77,36 +82,73 @@ def token_documents(docs: Iterable[str], tokenizer, batch: int | None = None) ->
             yield list(ids) + [eos]
 
 
+class Packer:
+    """Documents (token ids, one ``add`` each, in order) in, sequences out (``pop``, while ``ready``): packed into
+    full ``max_length`` sequences (a document can continue in the next sequence, where it counts as a new document),
+    or with ``packing=False`` one document a sequence, truncated and right-padded with ``pad_token_id``.
+
+    ``start`` = (document, token): the number of the first document added and how many of its tokens were already
+    consumed (a resume). Documents are numbered from it in steps of ``stride`` (a slot of ``SlottedStream`` holds
+    every ``stride``-th document of the stream). ``cursor``: where the next sequence begins, (document, token)."""
+
+    def __init__(self, max_length: int, packing: bool = True, pad_token_id: int = 0, start: tuple[int, int] = (0, 0),
+                 stride: int = 1):
+        if max_length < 2:
+            raise DataError(f"--max_length must be >= 2, got {max_length}")
+        self.max_length, self.packing, self.pad, self.stride = max_length, packing, pad_token_id, stride
+        self._first, self._consumed = start
+        self._next = self._first  # the number of the next document added
+        self._ids, self._docs, self._toks = [], [], []  # tokens not yet in a sequence: id, document, offset in it
+
+    def add(self, ids: list[int]) -> None:
+        doc, self._next = self._next, self._next + self.stride
+        if not self.packing:  # one document a sequence (pop comes before the next add): its first max_length tokens
+            self._ids, self._docs, self._toks = list(ids[:self.max_length]), [doc], [0]
+            return
+        skip = self._consumed if doc == self._first else 0
+        self._ids.extend(ids[skip:])
+        self._docs.extend([doc] * (len(ids) - skip))
+        self._toks.extend(range(skip, len(ids)))
+
+    def ready(self) -> bool:
+        return len(self._ids) >= self.max_length if self.packing else bool(self._docs)
+
+    def pop(self) -> dict:
+        """The next sequence: ``input_ids`` and ``doc_ids`` (LongTensor [max_length]; -1 marks padding)."""
+        S = self.max_length
+        if not self.packing:
+            n = len(self._ids)  # _docs, _toks: the document's number and 0, for the cursor until this pop
+            seq = {"input_ids": torch.tensor(self._ids + [self.pad] * (S - n), dtype=torch.long),
+                   "doc_ids": torch.tensor([0] * n + [-1] * (S - n), dtype=torch.long)}
+            self._ids, self._docs, self._toks = [], [], []
+            return seq
+        seq = {"input_ids": torch.tensor(self._ids[:S]), "doc_ids": torch.tensor(self._docs[:S])}
+        self._ids, self._docs, self._toks = self._ids[S:], self._docs[S:], self._toks[S:]
+        return seq
+
+    @property
+    def cursor(self) -> dict:
+        """``{"document": d, "token": t}``: where the next sequence begins."""
+        if self._docs:
+            return {"document": self._docs[0], "token": self._toks[0]}
+        return {"document": self._next, "token": 0}
+
+
 def sequences(token_docs: Iterable[list[int]], max_length: int, packing: bool = True, pad_token_id: int = 0,
               start: tuple[int, int] = (0, 0), cursor: dict | None = None) -> Iterator[dict]:
-    """Packed (or padded) sequences: dicts of ``input_ids`` and ``doc_ids`` (LongTensor [max_length]).
+    """Packed (or padded) sequences of one stream of documents (``Packer``): dicts of ``input_ids`` and ``doc_ids``.
     A last partial packed sequence is dropped (training streams repeat; eval streams are long enough).
 
     ``start`` = (document, token): the number of the first document in ``token_docs`` and how many of its tokens
     were already consumed (a resume: ``token_docs`` then begins at that document). ``cursor``, when given, is set
     before each sequence is yielded to where the next one begins: ``{"document": d, "token": t}``."""
-    if max_length < 2:
-        raise DataError(f"--max_length must be >= 2, got {max_length}")
-    first_doc, consumed = start
-    ids_buf, doc_buf, tok_buf = [], [], []  # tokens not yet in a sequence: id, document, offset in the document
-    for doc, ids in enumerate(token_docs, start=first_doc):
-        if not packing:
-            n = min(len(ids), max_length)
+    packer = Packer(max_length, packing, pad_token_id, start)
+    for ids in token_docs:
+        packer.add(ids)
+        while packer.ready():
+            seq = packer.pop()
             if cursor is not None:
-                cursor.update(document=doc + 1, token=0)
-            yield {"input_ids": torch.tensor(ids[:n] + [pad_token_id] * (max_length - n), dtype=torch.long),
-                   "doc_ids": torch.tensor([0] * n + [-1] * (max_length - n), dtype=torch.long)}
-            continue
-        skip = consumed if doc == first_doc else 0
-        ids_buf.extend(ids[skip:])
-        doc_buf.extend([doc] * (len(ids) - skip))
-        tok_buf.extend(range(skip, len(ids)))
-        while len(ids_buf) >= max_length:
-            seq = {"input_ids": torch.tensor(ids_buf[:max_length]), "doc_ids": torch.tensor(doc_buf[:max_length])}
-            ids_buf, doc_buf, tok_buf = ids_buf[max_length:], doc_buf[max_length:], tok_buf[max_length:]
-            if cursor is not None:
-                cursor.update(document=doc_buf[0], token=tok_buf[0]) if doc_buf else \
-                    cursor.update(document=doc + 1, token=0)
+                cursor.update(packer.cursor)
             yield seq
 
 
@@ -135,8 +177,8 @@ class Stream:
             self.next()
 
     def drop(self) -> None:
-        """Pass over the next sequence (another process trains on it). Packed sequences are tokenized even so: where
-        one begins depends on every document before it."""
+        """Pass over the next sequence (another process trains on it). A packed single stream tokenizes it even so:
+        where a sequence begins depends on every document before it (``SlottedStream`` has no such dependence)."""
         self.next()
 
     def take(self, n: int, keep=None) -> dict:
@@ -152,6 +194,11 @@ class Stream:
                 self.drop()
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
+    def resume_state(self) -> dict:
+        """What a checkpoint records as ``data_resume`` (``start=`` of a stream that goes on from here): the cursor
+        and ``sequences`` (the position). Every process holds the same."""
+        return {**self.cursor, "sequences": self.position}
+
 
 def resume_point(start: dict | None) -> tuple[dict, int]:
     """(cursor, position) of a stream that starts at a checkpoint's ``data_resume`` (None: the beginning)."""
@@ -160,19 +207,135 @@ def resume_point(start: dict | None) -> tuple[dict, int]:
 
 
 class SequenceStream(Stream):
-    """The improved recipe's sequences (packed or padded): ``input_ids`` and ``doc_ids``. ``start``: a checkpoint's
-    ``data_resume`` (document, token, sequences): the documents before it are read but not tokenized."""
+    """One stream of packed (or padded) sequences, ``input_ids`` and ``doc_ids``: held-out data, and the training
+    data of a run whose checkpoint was written before ``SlottedStream``. ``start``: a checkpoint's ``data_resume``
+    (document, token, sequences): the documents before it are read but not tokenized."""
 
     def __init__(self, source: str, tokenizer, max_length: int, packing: bool = True, split: str = "train",
                  text_field: str = "text", seed: int = 0, shuffle: bool = True, repeat: bool = True,
                  flag: str = "--dataset", start: dict | None = None):
         requested_packed_attention()  # a bad $BOOMERANG_PACKED_ATTENTION fails with the data checks, before models load
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         cursor, position = resume_point(start)
         docs = itertools.islice(document_stream(source, split, text_field, seed, shuffle, repeat, flag),
                                 cursor["document"], None)
-        super().__init__(sequences(token_documents(docs, tokenizer), max_length, packing, pad,
+        super().__init__(sequences(token_documents(docs, tokenizer), max_length, packing, pad_id(tokenizer),
                                    (cursor["document"], cursor["token"]), cursor), cursor=cursor, position=position)
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def slot_cursors(start: dict | None, slots: int) -> list[dict]:
+    """Every slot's cursor (``{"document": d, "token": t}``, d counted in the whole document stream) from a
+    checkpoint's ``data_resume`` written by ``SlottedStream.resume_state``; None: the beginning (slot j at document
+    j). A DataError names what does not fit: another global batch (the slots are the global batch) or a cursor that
+    is not one of its slot's documents."""
+    if start is None:
+        return [{"document": j, "token": 0} for j in range(slots)]
+    if "slots" not in start:
+        raise DataError("the checkpoint's data_resume holds one cursor of a single stream (written before the slotted "
+                        "stream), not one per slot: it goes on in a SequenceStream (train.train.make_stream does so)")
+    saved = start["slots"]
+    if len(saved) != slots:
+        raise DataError(f"the checkpoint's data is {len(saved)} slots (one sequence of each in every global batch: it "
+                        f"was written with a global batch of {len(saved)} sequences) but this run's global batch is "
+                        f"{slots}; resume with --global_batch_size {len(saved)} (any number of processes), or "
+                        "--overwrite to start again")
+    cursors = [{"document": int(c["document"]), "token": int(c["token"])} for c in saved]
+    for j, c in enumerate(cursors):
+        if c["document"] < 0 or c["document"] % slots != j or c["token"] < 0:
+            raise DataError(f"the checkpoint's data_resume gives slot {j} the cursor {c}, which is not one of its "
+                            f"documents (those numbered {j} modulo {slots}): its state.json is damaged or was edited; "
+                            "resume from another checkpoint or use --overwrite to start again")
+    return cursors
+
+
+class SlottedStream:
+    """The improved recipe's training sequences (packed or padded), built so that each process tokenizes only the
+    sequences it trains on, and a global batch holds the same data on any number of processes.
+
+    The stream has ``slots`` (= the global batch) independent slots. Slot j holds the documents whose number in the
+    (shuffled, repeated) document stream is j modulo ``slots``, packs (or pads) them with its own ``Packer`` and
+    has its own cursor; global batch k is the k-th sequence of every slot, slot j at row j. A process makes only the
+    slots it trains on (``own``, default all: one process), so it tokenizes only their documents; it still reads
+    every document's text (reading is cheap, tokenizing is the cost), once, handing each to the slot it belongs to.
+    ``take`` tokenizes the documents its slots need in one batched tokenizer call per round, nothing ahead.
+
+    ``start``: a checkpoint's ``data_resume`` from ``resume_state`` (every slot's cursor and the sequence count):
+    each slot goes on from its cursor, the documents before it read but not tokenized, on any number of processes
+    with the same global batch."""
+
+    def __init__(self, source: str, tokenizer, max_length: int, slots: int, own: Iterable[int] | None = None,
+                 packing: bool = True, split: str = "train", text_field: str = "text", seed: int = 0,
+                 shuffle: bool = True, repeat: bool = True, flag: str = "--dataset", start: dict | None = None):
+        requested_packed_attention()  # a bad $BOOMERANG_PACKED_ATTENTION fails with the data checks, before models load
+        if slots < 1:
+            raise DataError(f"a slotted stream needs at least one slot (the global batch), got {slots}")
+        self.slots, self.own = slots, sorted(set(range(slots) if own is None else own))
+        if not self.own or not 0 <= self.own[0] <= self.own[-1] < slots:
+            raise ValueError(f"own must be slots among 0..{slots - 1}, got {self.own}")
+        self._cursors = slot_cursors(start, slots)  # every slot's; this process advances only its own
+        self.position = int((start or {}).get("sequences", 0))
+        self._tokenizer, self._flag = tokenizer, flag
+        self._packers = {j: Packer(max_length, packing, pad_id(tokenizer),
+                                   (self._cursors[j]["document"], self._cursors[j]["token"]), slots) for j in self.own}
+        self._pending = {j: collections.deque() for j in self.own}  # texts read for slot j, not yet tokenized
+        self._wanted = {j: self._cursors[j]["document"] for j in self.own}  # the first document each slot reads
+        first = min(self._wanted.values())
+        self._docs = enumerate(itertools.islice(document_stream(source, split, text_field, seed, shuffle, repeat, flag),
+                                                first, None), start=first)
+
+    def _text_for(self, j: int) -> str:
+        """Slot j's next document, reading the stream on as far as it (texts of this process's other slots met on
+        the way are kept for them; the rest are dropped untokenized)."""
+        while not self._pending[j]:
+            try:
+                d, text = next(self._docs)
+            except StopIteration:
+                raise DataError(f"{self._flag}: the dataset ran out of documents after {self.position} sequences") \
+                    from None
+            slot = d % self.slots
+            if slot in self._pending and d >= self._wanted[slot]:
+                self._pending[slot].append(text)
+        return self._pending[j].popleft()
+
+    def take(self, n: int, keep=None) -> dict:
+        """The next global batch (``n`` must be ``slots``): this process's rows, those of ``keep`` (default: its own
+        slots; it must be exactly them), stacked in ascending order, each field of shape [len(keep), S]."""
+        if n != self.slots:
+            raise ValueError(f"this stream's global batch is {self.slots} sequences (its slots), not {n}")
+        if keep is not None and sorted(set(keep)) != self.own:
+            raise ValueError(f"keep {sorted(set(keep))} is not this stream's own slots {self.own}")
+        need = [j for j in self.own if not self._packers[j].ready()]
+        while need:  # one document more for every slot still short of a sequence, tokenized in one batch
+            texts = [self._text_for(j) for j in need]
+            for j, ids in zip(need, token_documents(texts, self._tokenizer)):
+                self._packers[j].add(ids)
+            need = [j for j in need if not self._packers[j].ready()]
+        items = []
+        for j in self.own:
+            items.append(self._packers[j].pop())
+            self._cursors[j] = self._packers[j].cursor
+        self.position += n
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    def resume_state(self) -> dict:
+        """``data_resume`` for a checkpoint: every slot's cursor (``slots``, a list of ``slots`` cursors) and
+        ``sequences`` (the position). Each process knows only its own slots' cursors: under torch.distributed this is
+        a collective that gathers them (every process calls it, every one gets the whole list)."""
+        import torch.distributed as dist  # the process group, when the trainer made one
+
+        mine = {j: self._cursors[j] for j in self.own}
+        parts = [mine]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, mine)
+        cursors = [dict(c) for c in self._cursors]
+        for part in parts:
+            for j, c in part.items():
+                cursors[j] = dict(c)
+        return {"slots": cursors, "sequences": self.position}
 
 
 def position_ids_from_docs(doc_ids: torch.Tensor) -> torch.Tensor:

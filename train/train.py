@@ -51,7 +51,8 @@ from boomerang.models import (ModelNotFoundError, empty_model, load_config, load
                               resolve_model_path)
 from train import checkpoint as ckpt
 from train.batch import BatchError, plan_from_args
-from train.data import PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, check_source, model_inputs
+from train.data import (PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, SlottedStream,
+                        check_source, model_inputs, slot_cursors)
 from train.init_student import init_student, plan_student, provenance_of, save_student, teacher_key
 from train.losses import LossConfig, LossTerms, distillation_loss, next_token_labels, paper_loss, valid_positions
 
@@ -362,17 +363,27 @@ def prepare_pair(args, teacher, student, teacher_dtype, device, fsdp: bool, mp_p
 
 
 def make_stream(args, tokenizer, source: str, split: str, flag: str, training: bool, repeat: bool = True,
-                start: dict | None = None):
+                start: dict | None = None, slots: int | None = None, own: list[int] | None = None):
     """The recipe's sequences: the paper's (skip, shuffle buffer, one padded document each; held-out data in file
     order) or the improved recipe's (packed, shuffled per epoch; held-out data in file order). ``start``: a
-    checkpoint's ``data_resume``, where the stream goes on without tokenizing the documents before it."""
+    checkpoint's ``data_resume``, where the stream goes on without tokenizing the documents before it.
+
+    ``slots`` (the global batch) and ``own`` (this process's rows of it, ``process_indices``): the improved recipe's
+    training data as a ``SlottedStream``, of which this process tokenizes only its rows; without them (the data check,
+    held-out data), or from a checkpoint written before slots (one cursor), a single ``SequenceStream``."""
     if args.recipe == "paper":
         skip, buffer = (args.paper_skip_documents, args.paper_shuffle_buffer) if training else (0, 1)
         return PaperStream(source, tokenizer, args.max_length, split=split, text_field=args.text_field, seed=args.seed,
                            skip=skip, buffer_size=buffer, flag=flag, start=start)
-    return SequenceStream(source, tokenizer, args.max_length, packing=not args.no_packing, split=split,
-                          text_field=args.text_field, seed=args.seed, shuffle=training, repeat=repeat, flag=flag,
-                          start=start)
+    common = dict(packing=not args.no_packing, split=split, text_field=args.text_field, seed=args.seed,
+                  shuffle=training, repeat=repeat, flag=flag, start=start)
+    if slots and (start is None or "slots" in start):
+        return SlottedStream(source, tokenizer, args.max_length, slots, own, **common)
+    if slots:  # the run began on the single stream: it goes on in that order, exactly
+        log.warning("the checkpoint records one data cursor (written before the slotted stream): this run goes on in "
+                    "the single-stream order it began in, every process tokenizing the whole global batch; a new run "
+                    "(--overwrite) tokenizes on each process only its own sequences")
+    return SequenceStream(source, tokenizer, args.max_length, **common)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -458,6 +469,12 @@ def check_args(args):
         if resume_from is None:
             fail(f"--resume: --save_directory {d} holds no checkpoint (checkpoints/step-*); use --overwrite to start "
                  "again")
+        data_resume = ckpt.read_state(resume_from).get("data_resume") or {}
+        if args.recipe != "paper" and "slots" in data_resume:  # its slots are its global batch: this run's must match
+            try:
+                slot_cursors(data_resume, batch.global_batch)
+            except DataError as e:
+                fail(f"--resume {resume_from}: {e}")
     return loss_cfg, teacher_path, layer_map, resume_from, batch
 
 
@@ -534,16 +551,19 @@ def setup(args) -> Run:
         except ckpt.CheckpointError as e:
             fail(str(e))
         run.step, run.tokens_seen = state["step"], state.get("tokens_seen", 0)
-    start = state.get("data_resume") if resume_from else None  # where the data goes on: no document re-tokenized
-    run.stream = make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True, start=start)
+    # where the data goes on, no document re-tokenized; a checkpoint from before data_resume: the single stream from
+    # its beginning (make_stream), the consumed sequences tokenized again below to skip them
+    start = state.get("data_resume", {"document": 0, "token": 0, "sequences": 0}) if resume_from else None
+    run.stream = make_stream(args, tokenizer, args.dataset, args.dataset_split, "--dataset", training=True, start=start,
+                             slots=global_batch, own=process_indices(args.recipe, args.per_device_train_batch_size,
+                                                                     accum, world, rank))
     if resume_from:
-        if start is None:  # a checkpoint written before the document position was recorded
+        if "data_resume" not in state:
             log.info("%s records no document position: tokenizing the %d consumed sequences again to skip them",
                      resume_from, state["data_position"])
             run.stream.skip(state["data_position"])
         if rank == 0:
-            log.info("resumed from %s (step %d, %d sequences consumed, next at document %d)", resume_from, run.step,
-                     run.stream.position, run.stream.cursor["document"])
+            log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, run.step, run.stream.position)
     run.reporter = Reporter(args, rank == 0, run.step if resume_from else None)
     if args.eval_dataset:  # this process's share of the held-out sequences, in batches
         es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
@@ -626,7 +646,7 @@ def train_step(run: Run) -> dict:
     """One optimizer step on the next global batch -> its log record. Raises FloatingPointError before stepping."""
     args, per = run.args, run.args.per_device_train_batch_size
     t0 = time.perf_counter()
-    # this process's sequences of the global batch; the paper's stream tokenizes only these (packing: every one)
+    # this process's sequences of the global batch, the only ones its stream tokenizes (slots; the paper's documents)
     mine = run.stream.take(run.global_batch, keep=process_indices(args.recipe, per, run.accum, run.world, run.rank))
     if args.recipe == "paper":  # loss positions (what the improved recipe averages over) and real tokens (logged)
         counts = [float((mine["labels"][:, 1:] != -100).sum()), float(mine["attention_mask"].sum())]
@@ -793,7 +813,7 @@ def run_distillation(args) -> dict:
                 args.save_directory, run.step, run.student, run.optimizer, run.scheduler, run.stream.position,
                 args.save_total_limit, extra={"world_size": run.world, "global_batch": run.global_batch,
                                               "tokens_seen": run.tokens_seen,
-                                              "data_resume": {**run.stream.cursor, "sequences": run.stream.position}})
+                                              "data_resume": run.stream.resume_state()})  # a collective
     bar.close()
     return cleanup(run)
 
