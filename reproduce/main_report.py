@@ -34,7 +34,9 @@ from patching.patch import load_plan
 from reproduce.common import read_json
 
 # what --collect_main copies from a main job's folder (globs relative to it): no weights
-MAIN_FILES = ("eval/results/*.json", "search/search.json", "search/eval/results/*.json", "report.json")
+MAIN_FILES = ("eval/results/*.json", "search/search.json", "search/eval/results/*.json", "report.json",
+              "first-k/eval/results/*.json", "last-k/eval/results/*.json")  # the other order, when swept
+ORDERS = ("first-k", "last-k")
 BASELINES = ("naive", "shortgpt", "laco")
 
 
@@ -51,8 +53,21 @@ def _ci(lo_hi, digits: int = 3) -> str:
 
 
 def _method(r: dict) -> str:
-    """boomerang (the fixed order), naive, shortgpt, laco or searched."""
+    """boomerang (the job's fixed order), boomerang:<order> (the other), naive, shortgpt, laco or searched."""
     return r.get("method") or r.get("curve") or "model"
+
+
+def _order_records(folder: str, order: str, main: bool) -> list[dict]:
+    """A fixed order's records, its curve named by the order (the other order's teacher is left out: it is the
+    job's, which every family shares)."""
+    out = []
+    for r in load_results(folder):
+        if "heldout_scores" not in r or (not main and r.get("role") == "teacher"):
+            continue
+        if _method(r) == "boomerang":
+            r = {**r, "curve": f"{order} order", "method": "boomerang" if main else f"boomerang:{order}"}
+        out.append(r)
+    return out
 
 
 @dataclasses.dataclass
@@ -70,11 +85,16 @@ class MainReport:
                                     "python -m reproduce.pages --collect_main RUN")
         plan_path = os.path.join(root, "search", "search.json")
         searched_dir = os.path.join(root, "search", "eval")
-        return cls([r for r in load_results(os.path.join(root, "eval")) if "heldout_scores" in r],
+        report = read_json(os.path.join(root, "report.json")) or {}
+        order = report.get("order", "fixed")
+        records = _order_records(os.path.join(root, "eval"), order, True)
+        for other in ORDERS:
+            if other != order and os.path.isdir(os.path.join(root, other, "eval")):
+                records += _order_records(os.path.join(root, other, "eval"), other, False)
+        return cls(records,
                    [r for r in load_results(searched_dir) if "heldout_scores" in r]
                    if os.path.isdir(searched_dir) else [],
-                   load_plan(plan_path) if os.path.isfile(plan_path) else None,
-                   read_json(os.path.join(root, "report.json")) or {}, resamples)
+                   load_plan(plan_path) if os.path.isfile(plan_path) else None, report, resamples)
 
     # ------------------------------------------------------------------ pieces
     def _curve(self, method: str) -> list[dict]:
@@ -156,8 +176,7 @@ class MainReport:
         for curve, recs in families(self.records).items():
             rows = family_rows(recs, None, self.resamples)
             if rows:
-                label = f"the {order} order" if curve == "boomerang" else curve
-                summaries.append("- " + render_family(label, rows, teacher)[0].strip().split("\n")[-1])
+                summaries.append("- " + render_family(curve, rows, teacher)[0].strip().split("\n")[-1])
         lines += ["Every family at its true size (the teacher, "
                   f"{fmt_params(teacher) if teacher else '?'}, ends each):", ""] + summaries + [""]
         if self.searched:
@@ -172,8 +191,8 @@ class MainReport:
         return "\n".join(lines).strip() + "\n"
 
     def _against_frontier_table(self) -> str:
-        rows, order = [], self.report.get("order", "fixed")
-        for method in ["boomerang"] + [m for m in BASELINES]:
+        rows = []
+        for method in ["boomerang"] + [f"boomerang:{o}" for o in ORDERS] + list(BASELINES):
             recs = [r for r in self._curve(method) if r.get("role") not in ("student", "teacher")]
             if not recs:
                 continue
@@ -183,7 +202,7 @@ class MainReport:
             count = {k: [int(v["record"]["depth"]) for v in vs if v["verdict"] == k]
                      for k in ("better", "within noise", "worse")}
             ratios = [v["ppl_ratio"] for v in vs]
-            rows.append([f"{order} order" if method == "boomerang" else recs[0].get("curve", method),
+            rows.append([recs[0].get("curve", method),
                          f"{len(vs)} ({fmt_params(min(v['record']['parameters']['total'] for v in vs))} to "
                          f"{fmt_params(max(v['record']['parameters']['total'] for v in vs))})",
                          f"{min(ratios):.3f} to {max(ratios):.3f}"]

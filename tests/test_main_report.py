@@ -37,6 +37,11 @@ def write_main_job(root, shortgpt_wins_at: int | None = 7) -> None:
     for i, d in enumerate((4, 5, 6, 7)):
         r = model(f"searched_{d}", d, 5.9 - 0.35 * i, method="searched", params=1000 + 150 * i)
         (se / f"{r['name']}.json").write_text(json.dumps(r))
+    other = root / "first-k" / "eval" / "results"  # the other order, swept into its own folder
+    other.mkdir(parents=True)
+    for r in [recs[0], recs[1]] + [model(f"first_k{i:02d}", d, 5.8 - 0.2 * i, params=1300 + 200 * i)
+                                   for i, d in enumerate((5, 6, 7))]:
+        (other / f"{r['name']}.json").write_text(json.dumps(r))
     (root / "report.json").write_text(json.dumps({"timings": {"distillation": 10.0}, "total_s": 60.0,
                                                   "preset": "cpu", "order": "last-k"}))
     (root / "student").mkdir()
@@ -59,8 +64,11 @@ def test_claims_and_ladder_from_result_files(tmp_path):
     # ShortGPT model, 1,250 parameters, against the 1,150 one)
     rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
                                               for line in ladder.splitlines() if line.startswith("| "))}
-    for family in ("last-k order", "naive pruning", "ShortGPT"):
+    for family in ("last-k order", "first-k order", "naive pruning", "ShortGPT"):
         assert rows[family][2:] == ["3", "0", "0"], rows[family]
+    # the other order is a family of its own (with the student; the teacher is the job's), not in the claims
+    assert "- **first-k order**: 4 models, 1,000 to 1,700 parameters" in ladder  # the student and k = 0..2
+    assert "first-k" not in claims
     assert rows["ShortGPT"][0] == "3 (1,250 to 1,650)"
     assert "![held-out perplexity by size](docs/plots/heldout_kl__token_perplexity.png)" in ladder
     assert (tmp_path / "plots" / "heldout_kl__token_perplexity.png").is_file()
@@ -79,7 +87,7 @@ def test_collect_main_and_readme_blocks(tmp_path, monkeypatch):
     run, data = tmp_path / "run", tmp_path / "data"
     write_main_job(run)
     copied = pages.collect_main(str(run), str(data))
-    assert len(copied) == 11 + 4 + 1 and not (data / "student").exists()
+    assert len(copied) == 11 + 4 + 1 + 5 and not (data / "student").exists()
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- claims: start -->\n<!-- claims: end -->\n<!-- ladder: start -->\n<!-- ladder: end -->\n"
                       "<!-- budget-claims: start -->\n<!-- budget-claims: end -->\n")
