@@ -20,16 +20,16 @@ module reads such a folder and writes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 
 from boomerang.io import markdown_table
 from boomerang.scoring import Scores
 from evaluate.bootstrap import paired_comparison, step_changes
-from evaluate.by_size import SEARCHED, family_rows, families, fmt_params, plot_by_size, render_family
-from evaluate.by_size import calibration_lookup
+from evaluate.by_size import calibration_lookup, family_rows, families, fmt_params, plot_by_size, render_family
 from evaluate.heldout import TASK_NAME
-from evaluate.results import fmt_number, load_results
+from evaluate.results import load_results
 from patching.patch import load_plan
 from reproduce.common import read_json
 
@@ -46,10 +46,6 @@ def _scores(r: dict) -> Scores:
 
 def _ppl(r: dict) -> float:
     return r["metrics"][TASK_NAME]["token_perplexity"]["value"]
-
-
-def _ci(lo_hi, digits: int = 3) -> str:
-    return f"[{lo_hi[0]:.{digits}f}, {lo_hi[1]:.{digits}f}]"
 
 
 def _method(r: dict) -> str:
@@ -111,8 +107,10 @@ class MainReport:
         return ([(f"{student['depth']} (student)", student)] if student else []) + [
             (f"{r['depth']}" + (" (teacher)" if r.get("role") == "teacher" else ""), r) for r in rungs]
 
+    @functools.cached_property
     def _frontier_rows(self) -> list[dict]:
-        """The frontier, ending at the teacher (the sweep's record, unless the search's family holds it already)."""
+        """The frontier, ending at the teacher (the sweep's record, unless the search's family holds it already);
+        computed once (a paired bootstrap of every pair of members), for both blocks."""
         teacher = [r for r in self.records if r.get("role") == "teacher"]
         has = {(r["parameters"]["total"], int(r["depth"])) for r in self.searched}
         teacher = [t for t in teacher if (t["parameters"]["total"], int(t["depth"])) not in has]
@@ -169,10 +167,10 @@ class MainReport:
         teacher = self._teacher_params()
         lines = [self.heading(), ""]
         if self.searched:
-            table, facts = render_family("searched frontier", self._frontier_rows(), teacher)
+            table, _ = render_family("searched frontier", self._frontier_rows, teacher)
             lines += ["**The searched family, a frontier in size** (`patching.search`: every scored model that no "
                       "other beats on calibration KL while being no larger; the teacher at the end):", "", table]
-        summaries, order = [], self.report.get("order", "fixed")
+        summaries = []
         for curve, recs in families(self.records).items():
             rows = family_rows(recs, None, self.resamples)
             if rows:
@@ -233,7 +231,7 @@ class MainReport:
             rows.append([label, measured, verdict])
         chains = [(f"the {self.report.get('order', 'fixed')} order", self._ladder())]
         if self.searched:
-            frontier = [(f"{fmt_params(r['params'])}", r) for r in self._frontier_rows()]
+            frontier = [(f"{fmt_params(r['params'])}", r) for r in self._frontier_rows]
             by_name = {r["name"]: r for r in self.searched + self.records}
             chains.append(("the searched frontier (by size)", [(label, by_name[r["name"]]) for label, r in frontier]))
         parts, smooth = [], []
