@@ -178,6 +178,10 @@ def train_figures(save_directory: str, log_path: str) -> dict:
     out = {"steps": steps[-1]["step"] if steps else 0,
            "loss_first": steps[0]["loss"] if steps else None, "loss_last": steps[-1]["loss"] if steps else None,
            "step_time_s_median": sorted(r["step_time_s"] for r in steps)[len(steps) // 2] if steps else None,
+           # what the steps after the first waited for their prefetched batch, against their time (the 2% limit of
+           # docs/training.md's tokenizing figure)
+           "data_wait_share": (sum(r.get("data_wait_s", 0.0) for r in steps[1:]) /
+                               max(sum(r["step_time_s"] for r in steps[1:]), 1e-9)) if len(steps) > 1 else None,
            "tokens_per_s": sum(r["tokens_per_s"] for r in later) / len(later) if later else None,
            "mfu": (sum(r["mfu"] for r in later) / len(later)) if later and "mfu" in later[-1] else None,
            **peak_memory(windows[-1] if windows else {}),

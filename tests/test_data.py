@@ -174,8 +174,8 @@ def test_a_process_tokenizes_only_its_own_sequences_of_the_papers_stream(tmp_pat
 
 
 def test_tokenize_cost_bench_runs_on_tiny_shapes(tmp_path):
-    """bench/tokenize_cost.py at tiny shapes (its figure is taken on idle cores): it times the trainer's own stream
-    and compares with a step's FLOPs."""
+    """bench/tokenize_cost.py at tiny shapes (its figure is taken on idle cores): it times the trainer's own stream,
+    inside the step and prefetched beside a simulated step (both bounds), and compares with a step's FLOPs."""
     import sys
 
     from tiny_models import llama, save_tiny_model
@@ -193,6 +193,11 @@ def test_tokenize_cost_bench_runs_on_tiny_shapes(tmp_path):
     assert len(out["tokenize_seconds"]) == len(out["whole_batch_tokenize_seconds"]) == 2
     assert out["share_of_step"] == out["tokenize_seconds_median"] / out["step_seconds"]
     assert out["whole_batch_share_of_step"] == out["whole_batch_tokenize_seconds_median"] / out["step_seconds"]
+    waits = out["prefetched_wait_seconds"]
+    assert set(waits) == {"sleeping", "python"} and all(len(w["all"]) == 2 for w in waits.values())
+    worst = max(w["mean"] for w in waits.values())
+    assert out["prefetched_wait_share_of_step"] == worst / out["step_seconds"]
+    assert out["under_limit"] == (worst / out["step_seconds"] < out["limit"])
     assert json.loads((tmp_path / "o.json").read_text())["under_limit"] == out["under_limit"]
     with pytest.raises(SystemExit):  # 4 sequences cannot be split over 3 processes
         main(["--teacher_model_name_or_path", teacher, "--dataset", str(data), "--global_batch_size", "4",
@@ -324,3 +329,90 @@ def test_slotted_stream_refuses_a_start_it_cannot_go_on_from(tmp_path, tokenizer
     assert torch.equal(legacy.take(4, keep=[0, 1])["input_ids"], single.take(4)["input_ids"][:2])
     assert isinstance(make_stream(args, tokenizer, src, "train", "--dataset", training=True, slots=4, own=[0, 1]),
                       SlottedStream)
+
+
+class FileCountingTokenizer(CountingTokenizer):
+    """A CountingTokenizer that also appends each text to a file, so that the texts a worker process tokenizes
+    are counted too."""
+
+    def __init__(self, tokenizer, path):
+        super().__init__(tokenizer)
+        self.path = str(path)
+
+    def __call__(self, text, **kw):
+        with open(self.path, "a") as f:
+            f.writelines(json.dumps(t) + "\n" for t in ([text] if isinstance(text, str) else text))
+        return super().__call__(text, **kw)
+
+    def logged(self) -> list[str]:
+        with open(self.path) as f:
+            return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("kind", ["slotted", "paper"])
+def test_prefetcher_hands_out_the_streams_batches_and_resumes_at_the_last_one_handed_out(tmp_path, tokenizer, kind):
+    """Batches made ahead in the worker process are the stream's own, in order; while the worker has made batches
+    ahead, ``position`` and ``resume_state`` are those of the last batch handed out, so a stream started there gives
+    the next batch; the worker tokenizes nothing beyond ``takes`` batches (the same texts as the stream alone);
+    depth 0 makes them in the caller."""
+    import time
+
+    from train.data import PaperStream, Prefetcher, SlottedStream
+
+    src = unique_docs(tmp_path / "d.jsonl")
+    G, keep, N = 6, [2, 3], 5
+
+    def make(start=None, tok=tokenizer):
+        if kind == "paper":
+            return PaperStream(src, tok, 8, skip=3, buffer_size=10, start=start)
+        return SlottedStream(src, tok, 8, G, own=keep, seed=3, start=start)
+
+    plain = make()
+    expected, states = [], [plain.resume_state()]
+    for _ in range(N):
+        expected.append(plain.take(G, keep=keep))
+        states.append(plain.resume_state())
+    reference = FileCountingTokenizer(tokenizer, tmp_path / "reference.jsonl")
+    stream = make(tok=reference)
+    for _ in range(N):
+        stream.take(G, keep=keep)
+    for depth in (0, 1, 3):
+        counting = FileCountingTokenizer(tokenizer, tmp_path / f"depth{depth}.jsonl")
+        fetch = Prefetcher(make(tok=counting), G, keep, depth=depth, takes=N)
+        assert fetch.resume_state() == states[0] and fetch.position == 0
+        for i in range(N):
+            time.sleep(0.2 if i == 0 else 0.0)  # the worker makes its batches ahead meanwhile
+            got = fetch.take(G, keep=keep)
+            for key in expected[i]:
+                assert torch.equal(got[key], expected[i][key]), (depth, i, key)
+            assert fetch.resume_state() == states[i + 1] and fetch.position == states[i + 1]["sequences"]
+            resumed = make(start=fetch.resume_state())
+            if i + 1 < N:
+                assert torch.equal(resumed.take(G, keep=keep)["input_ids"], expected[i + 1]["input_ids"])
+        with pytest.raises(ValueError, match="all handed out"):
+            fetch.take(G, keep=keep)
+        fetch.close()
+        assert counting.logged() == reference.logged(), depth  # nothing tokenized beyond the last batch asked for
+
+
+def test_prefetcher_raises_the_streams_error_at_the_batch_that_needs_it(tmp_path, tokenizer):
+    """A stream that runs out while the worker works ahead: every batch before is handed out, the DataError comes
+    with the first one it could not make, and the worker has stopped."""
+    from train.data import Prefetcher, SlottedStream
+
+    src = unique_docs(tmp_path / "d.jsonl", 12)
+    plain = SlottedStream(src, tokenizer, 8, 4, seed=1, repeat=False)
+    made = 0
+    with pytest.raises(DataError):
+        while True:
+            plain.take(4)
+            made += 1
+    fetch = Prefetcher(SlottedStream(src, tokenizer, 8, 4, seed=1, repeat=False), 4, depth=2)
+    assert fetch.depth == 2
+    for _ in range(made):
+        fetch.take(4)
+    with pytest.raises(DataError, match="ran out"):
+        fetch.take(4)
+    assert fetch._batches is None
+    with pytest.raises(ValueError, match="rows"):
+        Prefetcher(SlottedStream(src, tokenizer, 8, 4, seed=1), 4, depth=0).take(4, keep=[0, 1])

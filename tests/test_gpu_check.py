@@ -80,6 +80,7 @@ def test_dry_run_writes_one_json_with_every_part(tmp_path):
     assert f["plan"]["measured"].startswith("skipped: no CUDA")
     t = parts["train"]
     assert t["steps"] == 2 and t["student_written"] and t["tokens_per_s"] > 0 and t["peak_memory_gb"] > 0
+    assert 0 <= t["data_wait_share"] < 1  # the second step's wait for its prefetched batch, against its time
     assert t["packed_attention"].startswith("dense_mask")  # the CPU fallback
     assert set(parts["bench"]["modes"]) == {"packed+chunked", "paper"}
     for row in parts["bench"]["modes"].values():

@@ -101,20 +101,24 @@ def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_docu
 
     import train.data
 
-    texts = []
     call = PreTrainedTokenizerBase.__call__
+    root, teacher = setup
+    log = root / "tokenized.txt"  # a file: the batches are made ahead in a worker process, which counts here too
 
     def counting(self, text=None, *a, **kw):
-        texts.extend([text] if isinstance(text, str) else list(text))
+        with open(log, "a") as f:
+            f.write("x\n" * (1 if isinstance(text, str) else len(text)))
         return call(self, text, *a, **kw)
+
+    def tokenized() -> int:
+        return len(log.read_text().splitlines()) if log.exists() else 0
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", counting)
     monkeypatch.setattr(train.data, "TOKENIZE_BATCH", 1)
-    root, teacher = setup
     common = ("--max_steps", 6, "--eval_dataset", str(root / "eval.jsonl"), "--eval_sequences", 4,
               "--eval_steps", 3)
     main(args(root, teacher, "full", *common))
-    tokenized_full = len(texts)
+    tokenized_full = tokenized()
     main(args(root, teacher, "part", *common, "--stop_at_step", 3))
     assert not (root / "part" / "config.json").exists()  # interrupted: no final student yet
     assert (root / "part" / "checkpoints" / "step-000003").is_dir()
@@ -122,9 +126,9 @@ def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_docu
     slots = state["data_resume"]["slots"]  # slot j holds the documents numbered j modulo the global batch
     consumed = sum((c["document"] - j) // len(slots) for j, c in enumerate(slots))  # documents before the cursors
     assert len(slots) == 4 and consumed >= 4 and state["data_resume"]["sequences"] == state["data_position"] == 12
-    del texts[:]
+    log.unlink()
     main(args(root, teacher, "part", *common, "--resume"))
-    assert len(texts) == tokenized_full - consumed
+    assert tokenized() == tokenized_full - consumed
     full, part = losses(root / "full"), losses(root / "part")
     assert [r[0] for r in part] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(full, part):
@@ -135,6 +139,12 @@ def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_docu
     with open(root / "full" / "log.jsonl") as f:
         evals = [r["eval_ce"] for r in map(json.loads, f) if "eval_ce" in r]
     assert len(evals) == 3 and evals[-1] < evals[0]
+    # the batches made ahead in a thread (the default) are the ones made inside the step: the same losses, exactly
+    main(args(root, teacher, "inline", *common, "--prefetch_batches", 0))
+    assert losses(root / "inline") == full
+    with open(root / "full" / "log.jsonl") as f:
+        waits = [r["data_wait_s"] for r in map(json.loads, f) if "loss" in r]
+    assert len(waits) == 6 and all(w >= 0 for w in waits)
     with pytest.raises(SystemExit):  # another global batch is other slots: refused before any model loads
         main(args(root, teacher, "part", *common, "--resume", "--global_batch_size", 8))
     assert "--global_batch_size 4" in capsys.readouterr().err

@@ -23,6 +23,7 @@ and 1 or N processes see the same global batches. A checkpoint records where eac
 (document number and token offset); resuming reads the documents before it without tokenizing them and
 re-tokenizes only the one it begins in. Held-out data is one ``SequenceStream`` (as is the training data of a run
 whose checkpoint was written before the slots: it goes on in that order). The paper's recipe: ``PaperStream``.
+The trainer takes its batches through a ``Prefetcher``: a worker process makes the next ones while the step computes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import itertools
 import logging
 import os
 import random
+import time
 from typing import Iterable, Iterator
 
 import torch
@@ -194,10 +196,14 @@ class Stream:
                 self.drop()
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
-    def resume_state(self) -> dict:
-        """What a checkpoint records as ``data_resume`` (``start=`` of a stream that goes on from here): the cursor
-        and ``sequences`` (the position). Every process holds the same."""
+    def snapshot(self) -> dict:
+        """This process's state now, a copy (``Prefetcher`` keeps the one of the last batch handed out)."""
         return {**self.cursor, "sequences": self.position}
+
+    def resume_state(self, snapshot: dict | None = None) -> dict:
+        """What a checkpoint records as ``data_resume`` (``start=`` of a stream that goes on from here): the cursor
+        and ``sequences`` (the position), now or at ``snapshot``. Every process holds the same."""
+        return dict(snapshot) if snapshot is not None else self.snapshot()
 
 
 def resume_point(start: dict | None) -> tuple[dict, int]:
@@ -320,22 +326,110 @@ class SlottedStream:
         self.position += n
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
-    def resume_state(self) -> dict:
-        """``data_resume`` for a checkpoint: every slot's cursor (``slots``, a list of ``slots`` cursors) and
-        ``sequences`` (the position). Each process knows only its own slots' cursors: under torch.distributed this is
-        a collective that gathers them (every process calls it, every one gets the whole list)."""
+    def snapshot(self) -> dict:
+        """This process's state now, a copy: its own slots' cursors and the position (``resume_state`` gathers the
+        other processes' slots)."""
+        return {"own": {j: dict(self._cursors[j]) for j in self.own}, "sequences": self.position}
+
+    def resume_state(self, snapshot: dict | None = None) -> dict:
+        """``data_resume`` for a checkpoint, now or at ``snapshot``: every slot's cursor (``slots``, a list of
+        ``slots`` cursors) and ``sequences`` (the position). Each process knows only its own slots' cursors: under
+        torch.distributed this is a collective that gathers them (every process calls it, every one gets the whole
+        list)."""
         import torch.distributed as dist  # the process group, when the trainer made one
 
-        mine = {j: self._cursors[j] for j in self.own}
-        parts = [mine]
+        snapshot = snapshot if snapshot is not None else self.snapshot()
+        parts = [snapshot["own"]]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, mine)
-        cursors = [dict(c) for c in self._cursors]
+            dist.all_gather_object(parts, snapshot["own"])
+        cursors = [{"document": j, "token": 0} for j in range(self.slots)]  # every slot is some process's own
         for part in parts:
             for j, c in part.items():
-                cursors[j] = dict(c)
-        return {"slots": cursors, "sequences": self.position}
+                cursors[int(j)] = dict(c)
+        return {"slots": cursors, "sequences": snapshot["sequences"]}
+
+
+class _AheadBatches(torch.utils.data.IterableDataset):
+    """The stream's next ``takes`` global batches (rows ``keep``), each with the stream's state after it, made in
+    ``Prefetcher``'s worker process; an error the stream raises is handed on as an item and ends the batches."""
+
+    def __init__(self, stream, n: int, keep, takes: int | None):
+        super().__init__()
+        self.stream, self.n, self.keep, self.takes = stream, n, keep, takes
+
+    def __iter__(self):
+        made = 0
+        while self.takes is None or made < self.takes:
+            made += 1
+            try:  # numpy arrays: pickled through the worker's pipe, cheaper than tensors in shared memory
+                batch = {k: v.numpy() for k, v in self.stream.take(self.n, keep=self.keep).items()}
+                yield batch, self.stream.snapshot(), None
+            except Exception as e:  # raised by the take that asks for this batch
+                yield None, None, e
+                return
+
+
+def _as_made(item):
+    """The worker's items as they are (the DataLoader's default would turn the arrays into shared-memory tensors)."""
+    return item
+
+
+class Prefetcher:
+    """A training stream whose next global batches are read, tokenized and packed ahead, in a worker process (a
+    ``torch.utils.data.DataLoader`` worker, forked so that it goes on from the stream's state), while the current
+    step computes: the data leave the step, and the worker needs neither the GPU nor the trainer's Python lock.
+    ``take(n, keep)`` hands out the batches in the stream's own order, the same values as the stream's ``take``
+    called in a loop, and ``wait_s`` is how long the last one was waited for (about 0 when it was ready).
+
+    ``depth``: batches made ahead (0, or no ``fork`` on this platform: none, the stream's ``take`` in the caller).
+    ``takes``: how many batches will be asked for at most; nothing is made beyond them. ``position`` and
+    ``resume_state`` are the stream's as of the last batch handed out, not of those made ahead: a checkpoint goes on
+    with the first batch not trained on. An error the stream raises making a batch (the data ran out) is raised by
+    the ``take`` that asks for it. ``close`` stops the worker."""
+
+    def __init__(self, stream, n: int, keep=None, depth: int = 2, takes: int | None = None):
+        import multiprocessing
+
+        self.stream, self._n, self._keep = stream, n, None if keep is None else list(keep)
+        self.depth = depth if "fork" in multiprocessing.get_all_start_methods() else 0
+        self._state, self.position, self.wait_s = stream.snapshot(), stream.position, 0.0
+        self._left, self._handed, self._batches = takes, 0, None
+        if self.depth > 0 and (takes is None or takes > 0):
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the worker is one thread; no fork warning
+            loader = torch.utils.data.DataLoader(
+                _AheadBatches(stream, n, self._keep, takes), batch_size=None, num_workers=1, collate_fn=_as_made,
+                prefetch_factor=self.depth, multiprocessing_context="fork")
+            self._batches = iter(loader)
+
+    def take(self, n: int, keep=None) -> dict:
+        if n != self._n or (None if keep is None else list(keep)) != self._keep:
+            raise ValueError(f"this prefetcher makes batches of {self._n} sequences, rows {self._keep}; asked for "
+                             f"{n}, rows {keep}")
+        if self._left is not None and self._handed >= self._left:
+            raise ValueError(f"this prefetcher was made for {self._left} batches, all handed out")
+        self._handed += 1
+        t0 = time.perf_counter()
+        if self._batches is None:
+            batch, state, error = self.stream.take(n, keep=keep), self.stream.snapshot(), None
+        else:
+            batch, state, error = next(self._batches)
+            batch = batch and {k: torch.from_numpy(v) for k, v in batch.items()}
+        self.wait_s = time.perf_counter() - t0
+        if error is not None:
+            self.close()
+            raise error
+        self._state, self.position = state, state["sequences"]
+        return batch
+
+    def resume_state(self) -> dict:
+        return self.stream.resume_state(self._state)
+
+    def close(self) -> None:
+        """Stop the worker (the batches it made ahead are dropped)."""
+        if self._batches is not None:
+            self._batches._shutdown_workers()
+            self._batches = None
 
 
 def position_ids_from_docs(doc_ids: torch.Tensor) -> torch.Tensor:

@@ -51,8 +51,8 @@ from boomerang.models import (ModelNotFoundError, empty_model, load_config, load
                               resolve_model_path)
 from train import checkpoint as ckpt
 from train.batch import BatchError, plan_from_args
-from train.data import (PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, SequenceStream, SlottedStream,
-                        check_source, model_inputs, slot_cursors)
+from train.data import (PAPER_SHUFFLE_BUFFER, PAPER_SKIP, DataError, PaperStream, Prefetcher, SequenceStream,
+                        SlottedStream, check_source, model_inputs, slot_cursors)
 from train.init_student import init_student, plan_student, provenance_of, save_student, teacher_key
 from train.losses import LossConfig, LossTerms, distillation_loss, next_token_labels, paper_loss, valid_positions
 
@@ -89,6 +89,9 @@ FLAGS = {
         ("eval_split", "validation"), ("text_field", "text"), ("max_length", 2048, "tokens per sequence"),
         ("no_packing", False, "one document per sequence, truncated and padded (the paper's recipe)"),
         ("eval_sequences", 32, "held-out sequences per evaluation"),
+        ("prefetch_batches", 4, "global batches (this process's rows) read, tokenized and packed ahead in a worker "
+         "process while the step computes (0: inside the step); the data are the same either way, and log.jsonl's "
+         "data_wait_s says how long each step waited for its batch"),
     ],
     "loss": [
         ("use_cross_entropy", True), ("use_kl_loss", True), ("kl_loss_weight", 0.1), ("T", 1.0, "KL temperature"),
@@ -448,6 +451,8 @@ def check_args(args):
         fail(str(e))
     if args.max_steps < 0:
         fail(f"--max_steps must be >= 0, got {args.max_steps}")
+    if args.prefetch_batches < 0:
+        fail(f"--prefetch_batches must be >= 0 (0: the data are made inside the step), got {args.prefetch_batches}")
     if not args.process_group_timeout_minutes > 0:
         fail(f"--process_group_timeout_minutes must be > 0, got {args.process_group_timeout_minutes}")
     try:  # the processes torchrun starts (WORLD_SIZE), before any process group or model
@@ -564,6 +569,9 @@ def setup(args) -> Run:
             run.stream.skip(state["data_position"])
         if rank == 0:
             log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, run.step, run.stream.position)
+    run.stream = Prefetcher(run.stream, global_batch, process_indices(args.recipe, args.per_device_train_batch_size,
+                                                                      accum, world, rank),
+                            depth=args.prefetch_batches, takes=max(last_step(args) - run.step, 0))
     run.reporter = Reporter(args, rank == 0, run.step if resume_from else None)
     if args.eval_dataset:  # this process's share of the held-out sequences, in batches
         es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
@@ -578,6 +586,11 @@ def setup(args) -> Run:
         name = torch.cuda.get_device_name(device)
         run.peak_flops = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)) * 1e12
     return run
+
+
+def last_step(args) -> int:
+    """The step this run stops after: --max_steps, or --stop_at_step when that is earlier."""
+    return args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
 
 
 def eval_share(seqs: dict, rank: int, world: int, batch_size: int) -> list[tuple[dict, bool]]:
@@ -648,6 +661,7 @@ def train_step(run: Run) -> dict:
     t0 = time.perf_counter()
     # this process's sequences of the global batch, the only ones its stream tokenizes (slots; the paper's documents)
     mine = run.stream.take(run.global_batch, keep=process_indices(args.recipe, per, run.accum, run.world, run.rank))
+    data_wait = time.perf_counter() - t0  # with prefetching, only what the step waited for its batch
     if args.recipe == "paper":  # loss positions (what the improved recipe averages over) and real tokens (logged)
         counts = [float((mine["labels"][:, 1:] != -100).sum()), float(mine["attention_mask"].sum())]
     else:
@@ -680,7 +694,7 @@ def train_step(run: Run) -> dict:
     run.step += 1
     run.tokens_seen += n_tokens
     rec = {"step": run.step, "loss": mean.total, "ce": mean.ce, "kl": mean.kl, "cosine": mean.cosine, "lr": lr,
-           "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0, "tokens": n_tokens,
+           "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0, "data_wait_s": data_wait, "tokens": n_tokens,
            "tokens_seen": run.tokens_seen, "sequence_tokens": run.global_batch * args.max_length,
            "data_position": run.stream.position}
     run.window = {k: run.window[k] + rec[r] for k, r in zip(WINDOW, ("step_time_s", "tokens", "sequence_tokens"))}
@@ -760,6 +774,7 @@ def cleanup(run: Run) -> dict:
                 os.replace(os.path.join(tmp, name), dst)
             os.rmdir(tmp)
             log.info("student written to %s", args.save_directory)
+    run.stream.close()
     run.reporter.close()
     summary = {"step": run.step, "history": run.history, "save_directory": args.save_directory,
                "student_parameters": count_parameters(run.student),
@@ -790,7 +805,7 @@ def run_distillation(args) -> dict:
             log.info("step 0: held-out CE student %.4f, teacher %.4f", rec["eval_ce"], rec["teacher_eval_ce"])
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
-    stop = args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
+    stop = last_step(args)
     bar = tqdm(total=args.max_steps, initial=run.step, disable=run.rank != 0, desc="distill", dynamic_ncols=True,
                mininterval=2.0)
     while run.step < stop:
