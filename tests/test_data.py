@@ -416,3 +416,38 @@ def test_prefetcher_raises_the_streams_error_at_the_batch_that_needs_it(tmp_path
     assert fetch._batches is None
     with pytest.raises(ValueError, match="rows"):
         Prefetcher(SlottedStream(src, tokenizer, 8, 4, seed=1), 4, depth=0).take(4, keep=[0, 1])
+
+
+class _WorkerProbe:
+    """A stream for the Prefetcher's worker: its batches say whether the worker's tokenizer is single-threaded;
+    the third take raises an exception that cannot be pickled."""
+
+    position = 0
+
+    def snapshot(self):
+        return {"sequences": self.position}
+
+    def take(self, n, keep=None):
+        self.position += n
+        if self.position > 2 * n:
+            class Local(Exception):  # a local class: pickling it fails
+                pass
+
+            raise Local("the source broke")
+        return {"single": torch.tensor([os.environ.get("TOKENIZERS_PARALLELISM") == "false"])}
+
+
+def test_prefetchers_worker_is_single_threaded_and_its_errors_arrive_whole(monkeypatch):
+    """The worker sets the fast tokenizer single-threaded for itself (a thread pool used before the fork would hang
+    it), whatever the user set, and leaves the parent's setting alone; an error that cannot be pickled arrives as a
+    RuntimeError naming it with the worker's traceback; a closed prefetcher refuses to go on."""
+    from train.data import Prefetcher
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    fetch = Prefetcher(_WorkerProbe(), 2, depth=2)
+    assert fetch.take(2)["single"].item() and fetch.take(2)["single"].item()
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    with pytest.raises(RuntimeError, match="Local: the source broke(.|\n)*in the worker(.|\n)*raise Local"):
+        fetch.take(2)
+    with pytest.raises(ValueError, match="closed"):
+        fetch.take(2)

@@ -34,6 +34,7 @@ import logging
 import os
 import random
 import time
+import traceback
 from typing import Iterable, Iterator
 
 import torch
@@ -365,14 +366,21 @@ class _AheadBatches(torch.utils.data.IterableDataset):
             try:  # numpy arrays: pickled through the worker's pipe, cheaper than tensors in shared memory
                 batch = {k: v.numpy() for k, v in self.stream.take(self.n, keep=self.keep).items()}
                 yield batch, self.stream.snapshot(), None
-            except Exception as e:  # raised by the take that asks for this batch
-                yield None, None, e
+            except Exception as e:  # raised by the take that asks for this batch: its kind, message and traceback
+                # as text (an exception object may not survive pickling), a DataError kept as one
+                yield None, None, (isinstance(e, DataError), type(e).__name__, str(e), traceback.format_exc())
                 return
 
 
 def _as_made(item):
     """The worker's items as they are (the DataLoader's default would turn the arrays into shared-memory tensors)."""
     return item
+
+
+def _worker_start(_worker_id: int) -> None:
+    """In the worker: the fast tokenizer single-threaded. Its thread pool, used by the parent before the fork, would
+    hang the worker's first call (whatever TOKENIZERS_PARALLELISM the user set); the parent's setting is untouched."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 class Prefetcher:
@@ -394,18 +402,20 @@ class Prefetcher:
         self.stream, self._n, self._keep = stream, n, None if keep is None else list(keep)
         self.depth = depth if "fork" in multiprocessing.get_all_start_methods() else 0
         self._state, self.position, self.wait_s = stream.snapshot(), stream.position, 0.0
-        self._left, self._handed, self._batches = takes, 0, None
+        self._left, self._handed, self._batches, self._closed = takes, 0, None, False
         if self.depth > 0 and (takes is None or takes > 0):
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the worker is one thread; no fork warning
             loader = torch.utils.data.DataLoader(
                 _AheadBatches(stream, n, self._keep, takes), batch_size=None, num_workers=1, collate_fn=_as_made,
-                prefetch_factor=self.depth, multiprocessing_context="fork")
+                prefetch_factor=self.depth, multiprocessing_context="fork", worker_init_fn=_worker_start,
+                generator=torch.Generator())  # its seed drawn from its own generator, not torch's global one
             self._batches = iter(loader)
 
     def take(self, n: int, keep=None) -> dict:
         if n != self._n or (None if keep is None else list(keep)) != self._keep:
             raise ValueError(f"this prefetcher makes batches of {self._n} sequences, rows {self._keep}; asked for "
                              f"{n}, rows {keep}")
+        if self._closed:
+            raise ValueError("this prefetcher is closed (its worker stopped): make a new one from a checkpoint's state")
         if self._left is not None and self._handed >= self._left:
             raise ValueError(f"this prefetcher was made for {self._left} batches, all handed out")
         self._handed += 1
@@ -413,12 +423,21 @@ class Prefetcher:
         if self._batches is None:
             batch, state, error = self.stream.take(n, keep=keep), self.stream.snapshot(), None
         else:
-            batch, state, error = next(self._batches)
+            try:
+                batch, state, error = next(self._batches)
+            except StopIteration:  # the worker ended without this batch (it could not send it)
+                self.close()
+                raise DataError("the data worker stopped without making the next batch; run again with "
+                                "--prefetch_batches 0 to see the error in the training process") from None
             batch = batch and {k: torch.from_numpy(v) for k, v in batch.items()}
         self.wait_s = time.perf_counter() - t0
-        if error is not None:
+        if error is not None:  # from the worker: (a DataError?, its kind, message, traceback)
             self.close()
-            raise error
+            data_error, kind, message, trace = error
+            if data_error:
+                raise DataError(message)
+            raise RuntimeError(f"the data worker failed making the next batch: {kind}: {message}\nin the worker:\n"
+                               f"{trace}")
         self._state, self.position = state, state["sequences"]
         return batch
 
@@ -427,6 +446,7 @@ class Prefetcher:
 
     def close(self) -> None:
         """Stop the worker (the batches it made ahead are dropped)."""
+        self._closed = True
         if self._batches is not None:
             self._batches._shutdown_workers()
             self._batches = None

@@ -569,9 +569,6 @@ def setup(args) -> Run:
             run.stream.skip(state["data_position"])
         if rank == 0:
             log.info("resumed from %s (step %d, %d sequences consumed)", resume_from, run.step, run.stream.position)
-    run.stream = Prefetcher(run.stream, global_batch, process_indices(args.recipe, args.per_device_train_batch_size,
-                                                                      accum, world, rank),
-                            depth=args.prefetch_batches, takes=max(last_step(args) - run.step, 0))
     run.reporter = Reporter(args, rank == 0, run.step if resume_from else None)
     if args.eval_dataset:  # this process's share of the held-out sequences, in batches
         es = make_stream(args, tokenizer, args.eval_dataset, args.eval_split, "--eval_dataset", training=False,
@@ -585,6 +582,10 @@ def setup(args) -> Run:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         run.peak_flops = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)) * 1e12
+    # last: from here the next batches are made ahead in a worker process (run_distillation closes it in any case)
+    run.stream = Prefetcher(run.stream, global_batch, process_indices(args.recipe, args.per_device_train_batch_size,
+                                                                      accum, world, rank),
+                            depth=args.prefetch_batches, takes=max(last_step(args) - run.step, 0))
     return run
 
 
@@ -774,7 +775,6 @@ def cleanup(run: Run) -> dict:
                 os.replace(os.path.join(tmp, name), dst)
             os.rmdir(tmp)
             log.info("student written to %s", args.save_directory)
-    run.stream.close()
     run.reporter.close()
     summary = {"step": run.step, "history": run.history, "save_directory": args.save_directory,
                "student_parameters": count_parameters(run.student),
@@ -799,6 +799,16 @@ def distill(config: str | None = None, **settings) -> dict:
 def run_distillation(args) -> dict:
     setup_logging()
     run = setup(args)
+    try:
+        return train_loop(run)
+    finally:  # on an error too: the data worker does not outlive its run
+        run.stream.close()
+
+
+def train_loop(run: Run) -> dict:
+    """The loop: evaluation at step 0, then train_step to the last step with logging, evaluation and checkpoints;
+    cleanup writes the student."""
+    args = run.args
     if run.eval_batches and run.step == 0:
         rec = evaluate_and_log(run, teacher_too=True)
         if run.rank == 0:
