@@ -15,7 +15,7 @@ it, ``--steps`` global batches after one warm-up batch:
 
 * inside the step (``--prefetch_batches 0``): how long making rank 0's rows takes, and beside it the whole global
   batch (what one process makes, and what every process made before the slots);
-* prefetched: how long each step waits for its batch when the step itself lasts ``step_seconds`` and the thread
+* prefetched: how long each step waits for its batch when the step itself lasts ``step_seconds`` and the worker
   works meanwhile. The step is simulated twice, as its two bounds: the process sleeping (a GPU-bound step: the
   CPU waits on the device) and the process running Python the whole step (a launch-bound step: it holds Python's
   lock except at the interpreter's switch interval).
@@ -52,8 +52,8 @@ def build_parser():
     g.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilization without --step_seconds")
     g.add_argument("--bench_peak_tflops", type=float, default=989.0, help="GPU bf16 peak (H100: 989)")
     g.add_argument("--limit", type=float, default=0.02, help="the share of a step tokenizing may cost")
-    g.add_argument("--tokenizer", default=None, help="time with this tokenizer (a local folder or embedded:...) instead "
-                   "of the teacher's: for a preset whose tokenizer is not on this machine (no hub is reachable)")
+    g.add_argument("--tokenizer", default=None, help="time with this tokenizer (a local folder or embedded:...) "
+                   "instead of the teacher's, for a preset whose tokenizer is not on this machine (no hub)")
     g.add_argument("--output", default=None, help="also write the figures to this JSON file")
     return p
 
@@ -90,8 +90,9 @@ def prefetched_waits(stream, global_batch: int, keep, steps: int, depth: int, st
     waits = []
     for _ in range(steps):
         simulated_step(step_s, python)
+        t0 = time.perf_counter()
         fetch.take(global_batch, keep=keep)
-        waits.append(fetch.wait_s)
+        waits.append(time.perf_counter() - t0)
     fetch.close()
     return {"median": sorted(waits)[len(waits) // 2], "mean": sum(waits) / len(waits), "max": max(waits),
             "all": waits}
@@ -135,7 +136,8 @@ def main(argv=None) -> dict:
     waits = {bound: prefetched_waits(stream(mine), batch.global_batch, mine, args.steps, depth, step_s,
                                      bound == "python") for bound in ("sleeping", "python")}
     worst = max(w["mean"] for w in waits.values())
-    out = {"config": args.config, "recipe": args.recipe, "tokenizer": args.tokenizer or args.teacher_model_name_or_path, "global_batch": batch.global_batch,
+    out = {"config": args.config, "recipe": args.recipe, "tokenizer": args.tokenizer or args.teacher_model_name_or_path,
+           "global_batch": batch.global_batch,
            "max_length": args.max_length, "nproc": args.nproc, "rank_sequences": len(mine),
            "tokenize_seconds_median": tokenize_s, "tokenize_seconds": times,
            "whole_batch_tokenize_seconds_median": whole_s, "whole_batch_tokenize_seconds": whole_times,

@@ -139,7 +139,8 @@ def test_resume_reproduces_uninterrupted_losses_without_tokenizing_consumed_docu
     with open(root / "full" / "log.jsonl") as f:
         evals = [r["eval_ce"] for r in map(json.loads, f) if "eval_ce" in r]
     assert len(evals) == 3 and evals[-1] < evals[0]
-    # the batches made ahead in a worker process (the default) are the ones made inside the step: the same losses, exactly
+    # the batches made ahead in a worker process (the default) are the ones made inside the step: the same losses,
+    # exactly
     main(args(root, teacher, "inline", *common, "--prefetch_batches", 0))
     assert losses(root / "inline") == full
     with open(root / "full" / "log.jsonl") as f:

@@ -33,7 +33,6 @@ import itertools
 import logging
 import os
 import random
-import time
 import traceback
 from typing import Iterable, Iterator
 
@@ -388,7 +387,7 @@ class Prefetcher:
     ``torch.utils.data.DataLoader`` worker, forked so that it goes on from the stream's state), while the current
     step computes: the data leave the step, and the worker needs neither the GPU nor the trainer's Python lock.
     ``take(n, keep)`` hands out the batches in the stream's own order, the same values as the stream's ``take``
-    called in a loop, and ``wait_s`` is how long the last one was waited for (about 0 when it was ready).
+    called in a loop (the trainer logs how long each step waited for its batch: ``data_wait_s``).
 
     ``depth``: batches made ahead (0, or no ``fork`` on this platform: none, the stream's ``take`` in the caller).
     ``takes``: how many batches will be asked for at most; nothing is made beyond them. ``position`` and
@@ -401,7 +400,7 @@ class Prefetcher:
 
         self.stream, self._n, self._keep = stream, n, None if keep is None else list(keep)
         self.depth = depth if "fork" in multiprocessing.get_all_start_methods() else 0
-        self._state, self.position, self.wait_s = stream.snapshot(), stream.position, 0.0
+        self._state, self.position = stream.snapshot(), stream.position
         self._left, self._handed, self._batches, self._closed = takes, 0, None, False
         if self.depth > 0 and (takes is None or takes > 0):
             loader = torch.utils.data.DataLoader(
@@ -419,7 +418,6 @@ class Prefetcher:
         if self._left is not None and self._handed >= self._left:
             raise ValueError(f"this prefetcher was made for {self._left} batches, all handed out")
         self._handed += 1
-        t0 = time.perf_counter()
         if self._batches is None:
             batch, state, error = self.stream.take(n, keep=keep), self.stream.snapshot(), None
         else:
@@ -430,7 +428,6 @@ class Prefetcher:
                 raise DataError("the data worker stopped without making the next batch; run again with "
                                 "--prefetch_batches 0 to see the error in the training process") from None
             batch = batch and {k: torch.from_numpy(v) for k, v in batch.items()}
-        self.wait_s = time.perf_counter() - t0
         if error is not None:  # from the worker: (a DataError?, its kind, message, traceback)
             self.close()
             data_error, kind, message, trace = error

@@ -695,7 +695,8 @@ def train_step(run: Run) -> dict:
     run.step += 1
     run.tokens_seen += n_tokens
     rec = {"step": run.step, "loss": mean.total, "ce": mean.ce, "kl": mean.kl, "cosine": mean.cosine, "lr": lr,
-           "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0, "data_wait_s": data_wait, "tokens": n_tokens,
+           "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0, "data_wait_s": data_wait,
+           "tokens": n_tokens,
            "tokens_seen": run.tokens_seen, "sequence_tokens": run.global_batch * args.max_length,
            "data_position": run.stream.position}
     run.window = {k: run.window[k] + rec[r] for k, r in zip(WINDOW, ("step_time_s", "tokens", "sequence_tokens"))}
