@@ -99,30 +99,36 @@ def seeded_comparison(a: Mapping[int, Scores] | Sequence[Scores], b: Mapping[int
     return out
 
 
+def interval_verdict(ci95: Sequence[float], no_change: float = 1.0) -> str:
+    """"worse" when the whole interval is above ``no_change`` (1 for a perplexity ratio, 0 for a difference),
+    "better" when below, else "within noise": the one-seed rule, and the interval half of ``verdict``."""
+    lo, hi = ci95
+    return "worse" if lo > no_change else "better" if hi < no_change else "within noise"
+
+
 def verdict(c: dict, paired_seeds: bool = False) -> str:
     """"worse" (b worse than a beyond noise), "better", or "within noise", from ``seeded_comparison``'s result: the
     perplexity interval wholly above (below) 1 and every seed of b worse (better) than every seed of a (paired
     seeds: every seed's own ratio above (below) 1)."""
-    lo, hi = c["ppl_ci95"]
     if paired_seeds:
         ratios = list(c["seed_ppl_ratio"].values())
         all_worse, all_better = min(ratios) > 1, max(ratios) < 1
     else:
         pa, pb = c["seed_ppl"]["a"].values(), c["seed_ppl"]["b"].values()
         all_worse, all_better = min(pb) > max(pa), max(pb) < min(pa)
-    if lo > 1 and all_worse:
-        return "worse"
-    if hi < 1 and all_better:
-        return "better"
+    v = interval_verdict(c["ppl_ci95"])
+    if (v == "worse" and all_worse) or (v == "better" and all_better):
+        return v
     return "within noise"
 
 
 def paired_comparison(a: Scores, b: Scores, resamples: int = 2000, seed: int = 0) -> dict:
     """Model b against model a on the same documents, one trained model each: the perplexity ratio b/a and the
     difference of mean KL per token b - a, each with a 95% paired bootstrap interval over documents (the one-seed
-    case of ``seeded_comparison``)."""
+    case of ``seeded_comparison``); ``verdict``: ``interval_verdict`` of the perplexity ratio."""
     c = seeded_comparison([a], [b], resamples=resamples, seed=seed)
-    return {k: c[k] for k in ("ppl_ratio", "ppl_ci95", "kl_diff", "kl_ci95")}
+    return {**{k: c[k] for k in ("ppl_ratio", "ppl_ci95", "kl_diff", "kl_ci95")},
+            "verdict": interval_verdict(c["ppl_ci95"])}
 
 
 def seeded_steps(labels: Sequence[str], ladder: Sequence[Mapping[int, Scores] | Sequence[Scores]],

@@ -89,7 +89,7 @@ def family_rows(records: list[dict], calibration: dict | None = None, resamples:
             if o is r or o["parameters"]["total"] > row["params"]:
                 continue
             c = paired_comparison(Scores.from_dict(o["heldout_scores"]), scores, resamples)
-            if c["ppl_ci95"][0] > 1:  # this member's perplexity over the other's: above 1 beyond noise
+            if c["verdict"] == "worse":  # this member's perplexity over the other's: above 1 beyond noise
                 row["dominated_by"].append({"name": o["name"], "params": o["parameters"]["total"],
                                             "ppl_ratio": c["ppl_ratio"], "ppl_ci95": c["ppl_ci95"]})
         row["gap"] = row["params"] - rows[-1]["params"] if rows else None

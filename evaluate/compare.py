@@ -16,7 +16,7 @@ import argparse
 from boomerang.cli import fail
 from boomerang.io import atomic_write_text, markdown_table
 from boomerang.scoring import Scores
-from evaluate.bootstrap import paired_comparison
+from evaluate.bootstrap import interval_verdict, paired_comparison
 from evaluate.heldout import TASK_NAME
 from evaluate.results import fmt_number, load_results
 
@@ -48,10 +48,6 @@ def compare_rows(reference: dict[int, dict], other: dict[int, dict], resamples: 
     return rows
 
 
-def verdict(lo: float, hi: float, one: float) -> str:
-    return "better" if hi < one else "worse" if lo > one else "within noise"
-
-
 def fmt_ppl(v: float) -> str:
     """A perplexity cell: one decimal (``evaluate.results.fmt_number``)."""
     return fmt_number(v, 1, "f")
@@ -65,7 +61,7 @@ def render(rows: list[dict], ref_label: str, label: str) -> str:
                              f"{r['params'] / 1e6:.1f}M", r["description"]] for r in rows],
                            ["depth", f"{ref_label} ppl", f"{label} ppl", "ratio [95% CI]", f"{ref_label} KL",
                             f"{label} KL", "ΔKL [95% CI]", f"{label} params", "parts"])
-    n = {(key, v): sum(verdict(*r[f"{key}_ci95"], one) == v for r in rows)
+    n = {(key, v): sum(interval_verdict(r[f"{key}_ci95"], one) == v for r in rows)
          for key, one in (("ppl", 1.0), ("kl", 0.0)) for v in ("better", "worse")}
     return (f"{table}\n{label} against {ref_label}: perplexity better beyond noise at {n['ppl', 'better']} of "
             f"{len(rows)} depths, worse at {n['ppl', 'worse']}; KL better at {n['kl', 'better']}, "

@@ -130,9 +130,7 @@ class MainReport:
                 continue
             best = min(pool, key=_ppl)
             c = paired_comparison(_scores(r), _scores(best), self.resamples)
-            out.append({"record": r, "best": best, **c,
-                        "verdict": "better" if c["ppl_ci95"][1] < 1 else "worse" if c["ppl_ci95"][0] > 1
-                        else "within noise"})
+            out.append({"record": r, "best": best, **c})
         return out
 
     def _head_to_head(self, method: str) -> list[dict]:
@@ -141,7 +139,7 @@ class MainReport:
         out = []
         for d in sorted(set(boom) & set(base)):
             c = paired_comparison(_scores(boom[d]), _scores(base[d]), self.resamples)
-            out.append({"depth": d, **c, "wins": c["ppl_ci95"][0] > 1, "loses": c["ppl_ci95"][1] < 1})
+            out.append({"depth": d, **c, "wins": c["verdict"] == "worse", "loses": c["verdict"] == "better"})
         return out
 
     def _steps(self, chain: list[tuple[str, dict]]) -> list[dict]:

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from boomerang.scoring import Scores
-from evaluate.bootstrap import paired_comparison, seeded_comparison, seeded_steps, step_changes, verdict
+from evaluate.bootstrap import (interval_verdict, paired_comparison, seeded_comparison, seeded_steps, step_changes,
+                                verdict)
 
 TOKENS = [10, 20, 30, 40]
 BASE = [25.0, 41.0, 70.0, 95.0]
@@ -28,6 +29,17 @@ def test_one_seed_is_the_paired_bootstrap_over_documents():
     total = sum(TOKENS)
     assert one["ppl_ratio"] == pytest.approx(math.exp((sum(b.nll) - sum(a.nll)) / total))
     assert one["seed_ppl"]["a"] == {0: pytest.approx(math.exp(sum(a.nll) / total))}
+    assert two["verdict"] == interval_verdict(two["ppl_ci95"]) == "within noise"  # the documents' noise is larger
+    assert paired_comparison(a, shifted(0.05), resamples=200)["verdict"] == "worse"  # worse on every document
+    assert paired_comparison(a, shifted(-0.05), resamples=200)["verdict"] == "better"
+
+
+def test_the_one_seed_rule_is_the_interval_against_no_change():
+    assert interval_verdict([1.001, 1.2]) == "worse"
+    assert interval_verdict([0.8, 0.999]) == "better"
+    assert interval_verdict([0.99, 1.01]) == interval_verdict([1.0, 1.2]) == "within noise"  # touching is not beyond
+    assert interval_verdict([-0.2, -0.01], no_change=0.0) == "better"  # a difference, such as ΔKL
+    assert interval_verdict([0.01, 0.2], no_change=0.0) == "worse"
 
 
 def test_seeds_are_a_level_of_the_interval():

@@ -11,7 +11,8 @@ import json
 import sys
 
 sys.path.insert(0, ".")
-from evaluate.compare import compare_rows, fmt_ppl, ladder_by_depth, verdict  # noqa: E402
+from evaluate.bootstrap import interval_verdict  # noqa: E402
+from evaluate.compare import compare_rows, fmt_ppl, ladder_by_depth  # noqa: E402
 from evaluate.results import load_results  # noqa: E402
 
 searched_dir, lastk_dir, firstk_dir, shortgpt_dir, plan_path = sys.argv[1:6]
@@ -43,7 +44,7 @@ for d in sorted(curves["searched"]):
             row.append("")
             continue
         r = compare_rows({d: curves[ref[0]][d]}, {d: s})[0]
-        v = verdict(*r["ppl_ci95"], 1.0)
+        v = interval_verdict(r["ppl_ci95"])
         summary["vs_fixed" if ref[0] != "ShortGPT" else "vs_shortgpt"].append((d, v))
         row.append(f"{r['ppl_ratio']:.3f} [{r['ppl_ci95'][0]:.3f}, {r['ppl_ci95'][1]:.3f}]"
                    + (f" vs {ref[0]}" if ref[0] != "ShortGPT" else "") + f" {v}")
