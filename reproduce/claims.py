@@ -26,6 +26,8 @@ from reproduce.common import MC_TASKS, MIN_LOAD_SECONDS, read_json
 
 LADDERS = ("full", "random-init", "ce", "ce-kl", "ce-cos")
 ABLATIONS = ("ce", "ce-kl", "ce-cos")
+NO_COSINE = ("ce", "ce-kl")  # the ablations without the cosine term: what claim 2 is about
+IDLE_LOAD = 0.05  # a stage whose other processes kept at most this many cores busy on average ran on idle cores
 
 
 def _heldout(r: dict, metric: str) -> float:
@@ -57,6 +59,7 @@ class Seed:
     naive: dict  # depth -> record
     same: dict  # depth -> record of the student distilled at that depth
     mc: list
+    notes: dict  # stage -> what else ran during it (stage_notes.json, written by whoever ran the stage)
 
     @classmethod
     def load(cls, folder: str, seed: int) -> "Seed":
@@ -68,7 +71,7 @@ class Seed:
                    read_json(os.path.join(folder, "training.json"), {}),
                    read_json(os.path.join(folder, "stage_times.json")), ladders,
                    {int(r["depth"]): r for r in sweep("naive")}, {int(r["depth"]): r for r in sweep("same-size")},
-                   sweep("mc"))
+                   sweep("mc"), read_json(os.path.join(folder, "stage_notes.json"), {}))
 
 
 class ClaimsReport:
@@ -77,6 +80,7 @@ class ClaimsReport:
     def __init__(self, seeds: dict[int, Seed], resamples: int = 2000, heldout: str = ""):
         self.seeds, self.resamples, self.heldout = seeds, resamples, heldout
         self.chance: dict = {}  # task -> accuracy of a uniform guess on the items scored (chance.json)
+        self.bias: dict = {}  # task -> accuracy of answers given without reading (answer_bias.json)
         self.facts: dict = {}
         self.rise_seeds: dict[str, list[int]] = {}  # student -> the seeds its ladder's steps were judged on
 
@@ -86,6 +90,7 @@ class ClaimsReport:
         seeds = sorted(int(d.split("-", 1)[1]) for d in names if d.startswith("seed-") and d.split("-", 1)[1].isdigit())
         report = cls({s: Seed.load(os.path.join(root, f"seed-{s}"), s) for s in seeds}, resamples, heldout)
         report.chance = read_json(os.path.join(root, "chance.json"), {})
+        report.bias = read_json(os.path.join(root, "answer_bias.json"), {})
         return report
 
     # ------------------------------------------------------------------------------------------ pooling
@@ -100,6 +105,10 @@ class ClaimsReport:
     def naive(self) -> dict:
         """Naive pruning's records: the teacher's layers, the same at every seed (from the first seed holding them)."""
         return next((sd.naive for sd in self.seeds.values() if sd.naive), {})
+
+    def ladder_seeds(self, student: str) -> list[int]:
+        """The seeds that hold any place of one student's ladder."""
+        return sorted({s for d in self.depths() for s in self.seeded(student, d)})
 
     def compare(self, a: dict[int, dict], b: dict[int, dict], paired: bool = False) -> dict:
         return seeded_comparison({s: _scores(r) for s, r in a.items()}, {s: _scores(r) for s, r in b.items()},
@@ -211,6 +220,7 @@ class ClaimsReport:
         if not abl:
             return []
         rows, counts = [], {n: {"worse": 0, "better": 0, "within noise": 0} for n in abl}
+        at_student = {}
         for d in self.depths():
             full = self.seeded("full", d)
             row, cmp = [str(d), self.pooled_ppl(full)], []
@@ -220,6 +230,8 @@ class ClaimsReport:
                 if recs:
                     c = self.compare(full, recs)
                     counts[n][c["verdict"]] += 1
+                    if d == "student":
+                        at_student[n] = c["verdict"]
                     cmp.append(self.ratio_cell(c))
                 else:
                     cmp.append("")
@@ -227,12 +239,13 @@ class ClaimsReport:
         rises = {n: self.rises(n) for n in ["full"] + abl}
         self.facts["claim2"] = {"against_full": counts, "rises": {n: [f"{s['from']}->{s['to']}" for s in r]
                                                                   for n, r in rises.items()},
-                                "seeds": {n: sorted(self.seeded(n, "student")) for n in ["full"] + abl}}
-        seeds = " / ".join(str(s) for s in sorted(self.seeded("full", "student")))
+                                "seeds": {n: sorted(self.seeded(n, "student")) for n in ["full"] + abl},
+                                "at_student": at_student}
+        seeds = ", ".join(f"{n} {' / '.join(map(str, self.ladder_seeds(n)))}" for n in ["full"] + abl)
         out = ["## Claim 2: the cosine loss makes interpolation stable", "",
                f"Held-out perplexity at every size, pooled over seeds (geometric mean; each seed's value in brackets, "
-               f"seeds {seeds}), and each ablation against the full loss: perplexity ratio [95% two-level interval]; "
-               "▲ worse beyond noise, ▼ better beyond noise (the interval and every seed agree).", "",
+               f"in seed order: {seeds}), and each ablation against the full loss: perplexity ratio [95% two-level "
+               "interval]; ▲ worse beyond noise, ▼ better beyond noise (the interval and every seed agree).", "",
                markdown_table(rows, ["depth", "full", *abl, *(f"{n} / full [CI]" for n in abl)]), "",
                "Rises beyond noise along each ladder (student, then every added block; seeds paired):", ""]
         for n, r in rises.items():
@@ -246,11 +259,13 @@ class ClaimsReport:
         depths = sorted({d for sd in self.seeds.values() for d in sd.same})
         if not depths:
             return []
-        rows, verdicts = [], {}
+        rows, verdicts, extra = [], {}, {}
         for d in depths:
             interp, same = self.seeded("full", d), self.same_size(d)
             if not interp:
                 continue
+            pi, ps = (next(iter(x.values()))["parameters"] for x in (interp, same))
+            extra[d] = (pi["total"] - ps["total"], pi.get("non_embedding", 0) - ps.get("non_embedding", 0))
             c = self.compare(interp, same)
             verdicts[d] = c["verdict"]
             rows.append([d, self.pooled_ppl(interp), f"{next(iter(interp.values()))['parameters']['total'] / 1e6:.1f}M",
@@ -263,11 +278,21 @@ class ClaimsReport:
                "[95% two-level interval]; ▼ the distilled student better beyond noise, ▲ worse.", "",
                markdown_table(rows, ["depth", "interpolated ppl", "params", "distilled ppl", "params",
                                      "distilled seeds", "distilled / interpolated [CI]"])]
+        if extra:
+            total = sorted({t for t, _ in extra.values()})
+            if all(ne == 0 for _, ne in extra.values()):
+                out += ["", "The two hold the same non-embedding parameters at every depth. The interpolated model "
+                            f"holds {'/'.join(f'{t / 1e6:.1f}M' for t in total)} more in all: its input embedding and "
+                            "output head are two matrices (the student's embedding, the teacher's head), where the "
+                            "distilled student ties one matrix to both."]
+            else:
+                out += ["", "Parameters, interpolated minus distilled (in all / non-embedding): " + "; ".join(
+                    f"{d} layers {t / 1e6:+.1f}M / {ne / 1e6:+.1f}M" for d, (t, ne) in extra.items()) + "."]
         return out + [""] + self.multiple_choice()
 
     def multiple_choice(self) -> list[str]:
-        """Accuracy of each model at each seed, the seeds' mean beside chance, and what stands out of one
-        standard error."""
+        """Accuracy of each model at each seed, the seeds' mean beside chance and beside answers given without
+        reading, and what stands out of one standard error."""
         cells: dict = {}
         for s, sd in self.seeds.items():
             for r in sd.mc:
@@ -281,7 +306,9 @@ class ClaimsReport:
         for (d, model), by_seed in sorted(cells.items()):
             accs = {t: [by_seed[s]["metrics"][t]["acc"] for s in sorted(by_seed)] for t in MC_TASKS}
             mean = {t: sum(a["value"] for a in v) / len(v) for t, v in accs.items()}
-            se = {t: math.sqrt(sum(a["stderr"] ** 2 for a in v)) / len(v) for t, v in accs.items()}
+            # the seeds answer the same items, so their errors are not independent: the mean of the seeds' standard
+            # errors bounds the standard error of their mean from above
+            se = {t: sum(a["stderr"] for a in v) / len(v) for t, v in accs.items()}
             means[d, model] = (mean, se)
             rows.append([d, model, self.seeds_of(by_seed),
                          *(f"{mean[t]:.3f} ± {se[t]:.3f}" + (" ↓" if t in chance and mean[t] < chance[t] - se[t]
@@ -299,36 +326,65 @@ class ClaimsReport:
                         if t in chance and mean[t] < chance[t] - se[t]})
         head = ["depth", "model", "seeds", *(f"{t} (chance {chance[t]:.2f})" if t in chance else t for t in MC_TASKS),
                 "mean"]
-        out = ["", f"Multiple-choice accuracy ({limit} items per task), mean over seeds ± the standard error of that "
-                   "mean (lm-eval's per-seed errors combined); chance = the mean of 1/choices over the items; ↓ more "
-                   "than one standard error below chance:", "", markdown_table(rows, head), ""] + notes
+        out = ["", f"Multiple-choice accuracy (lm-eval's `acc`, {limit} items per task), mean over seeds ± the seeds' "
+                   "mean standard error (the seeds answer the same items, so this bounds the error of their mean "
+                   "from above); chance = the mean of 1/choices over the items; ↓ more than one standard error below "
+                   "chance:", "", markdown_table(rows, head), ""] + notes
+        if self.bias:
+            out += ["", "What answers given without reading the items score on the same items (`answer_bias.json`): "
+                        "lm-eval's `acc` picks the choice of highest unnormalized log-likelihood, which favours short "
+                        "choices.", "",
+                    markdown_table([[t, f"{chance[t]:.2f}" if t in chance else "",
+                                     "{:.3f} to {:.3f}".format(*self.bias[t]["one_position"]),
+                                     f"{self.bias[t]['shortest']:.3f}"] for t in MC_TASKS if t in self.bias],
+                                   ["task", "chance", "always the same position", "always the shortest choice"])]
         if below:
-            out += ["", f"Below chance by more than one standard error somewhere: {', '.join(below)}. At this size the "
-                        "tasks do not separate the models."]
+            out += ["", f"Below chance by more than one standard error somewhere: {', '.join(below)}."]
+            for t in below:
+                b = self.bias.get(t)
+                cells_t = [(mean[t], se[t]) for mean, se in means.values()]
+                if b:
+                    refs = [*b["one_position"], b["shortest"]]
+                    near = sum(any(abs(m - r) <= e for r in refs) for m, e in cells_t)
+                    out.append(f"- {t}: {min(m for m, _ in cells_t):.3f} to {max(m for m, _ in cells_t):.3f}; "
+                               f"{near} of {len(cells_t)} models within one standard error of an answer given without "
+                               "reading (the same position, or the shortest choice)")
         return out + [""]
 
     def time_section(self) -> list[str]:
-        out = ["## Time", ""]
+        out = ["## Time", "",
+               "Each seed's stage ledger: each stage's wall time summed over the runs that worked on it; [others X]: "
+               "the cores other processes kept busy meanwhile on average (0.00: idle cores); [own X]: the cores the stage "
+               "itself kept busy (where recorded; far below 2 when the job was stopped or starved); [peak so far]: the "
+               "job's peak resident memory by the stage's end; in brackets after a stage, what else ran (the seed's "
+               "`stage_notes.json`). A stage ran on idle cores when others kept at most "
+               f"{IDLE_LOAD:.2f} cores busy.", ""]
         for s, sd in self.seeds.items():
             book = sd.ledger
             if not book:
                 continue
             total = sum(e["seconds"] for e in book.values())
-            parts = []
+            parts, idle = [], []
             for k, e in book.items():
                 text = f"{k} {e['seconds']:.0f} s"
-                other = e.get("other_cpu_s")
+                other, own = e.get("other_cpu_s"), e.get("own_cpu_s")
                 if e["seconds"] < MIN_LOAD_SECONDS:
                     text += " [too short to measure others' load]"
-                elif other is not None:
-                    text += f" [others {other / e['seconds']:.2f}]"
+                else:
+                    if other is not None:
+                        text += f" [others {other / e['seconds']:.2f}]"
+                        if e["complete"] and other / e["seconds"] <= IDLE_LOAD:
+                            idle.append(e["seconds"])
+                    if own is not None:
+                        text += f" [own {own / e['seconds']:.2f}]"
                 if e.get("max_rss_kib"):
-                    text += f" [peak {e['max_rss_kib'] / 2**20:.1f} GiB]"
+                    text += f" [peak so far {e['max_rss_kib'] / 2**20:.1f} GiB]"
+                if sd.notes.get(k):
+                    text += f" ({sd.notes[k]})"
                 parts.append(text + ("" if e["complete"] else " (unfinished)"))
-            out += [f"Seed {s}: each stage's wall time summed over the runs that worked on it, [others X]: the cores "
-                    "other processes kept busy meanwhile on average (0.00: idle cores): " + ", ".join(parts)
-                    + f"; total {total / 60:.1f} min.", ""]
-        return out if len(out) > 2 else []
+            out += [f"Seed {s}: " + ", ".join(parts) + f"; total {total / 60:.1f} min, of which "
+                    f"{sum(idle) / 60:.1f} min in {_count(idle, 'stage')} on idle cores.", ""]
+        return out if len(out) > 3 else []
 
     # ------------------------------------------------------------------------------------------ plots
     def plots(self, out: str) -> list[str]:
@@ -375,7 +431,7 @@ class ClaimsReport:
                 ax.plot([t["parameters"]["total"]], [_heldout(t, "token_perplexity")], "*", color="gold",
                         mec="black", ms=14, label="teacher", zorder=5)
             ax.set(yscale="log", xlabel="parameters (total)", ylabel="held-out token perplexity (lower is better)")
-            ax.set_title(title + " (line: seeds pooled; dots: each seed; diamond: the student)", fontsize=9)
+            ax.set_title(title + "\n(line: seeds pooled; dots: each seed; diamond: the student)", fontsize=9)
             ax.grid(True, alpha=0.3)
             ax.ticklabel_format(axis="x", style="sci", scilimits=(6, 6))
             ax.legend(fontsize=7)
@@ -394,39 +450,63 @@ class ClaimsReport:
         rows = []
         c1 = self.facts.get("claim1")
         if c1:
-            parts, holds = [], True
+            parts, holds = [], {}
             for k, label in (("random-init", "the random-init student"), ("naive", "naive pruning")):
                 if c1[k]["of"]:
                     parts.append(f"{label} is worse beyond noise at {c1[k]['worse']} of {c1[k]['of']} sizes")
-                    holds &= c1[k]["worse"] == c1[k]["of"]
-            rows.append(["1. initialization and distillation are both necessary (Fig. 3)", "; ".join(parts),
-                         "**holds**" if holds else "**partly**"])
+                    holds[k] = c1[k]["worse"] == c1[k]["of"]
+            what = {"random-init": "initialization", "naive": "distillation"}
+            if len(holds) == 2:
+                verdict = "**holds**" if all(holds.values()) else "**partly**"
+            else:  # one side measured: say which, and that the other is not
+                (k, ok), = holds.items()
+                other = what["naive" if k == "random-init" else "random-init"]
+                verdict = f"**{'holds for' if ok else 'partly, for'} {what[k]}**; {other} not measured"
+            rows.append(["1. initialization and distillation are both necessary (Fig. 3)", "; ".join(parts), verdict])
         c2 = self.facts.get("claim2")
         if c2:
-            n_sizes = sum(next(iter(c2["against_full"].values())).values())
             full = _count(c2["seeds"]["full"], "seed")
-            parts = [f"{n} ({_count(c2['seeds'][n], 'seed')}) against the full loss ({full}): worse "
-                     f"beyond noise at {v['worse']} of {n_sizes} sizes, better at {v['better']}"
-                     for n, v in c2["against_full"].items()]
+            sizes = {n: sum(v.values()) for n, v in c2["against_full"].items()}
+            parts = [f"{n} ({_count(c2['seeds'][n], 'seed')}) against the full loss ({full}): worse beyond noise at "
+                     f"{v['worse']} of {sizes[n]} sizes"
+                     + (" (the student included)" if c2["at_student"].get(n) == "worse" else "")
+                     + f", better at {v['better']}" for n, v in c2["against_full"].items()]
             parts.append("rises beyond noise: " + ", ".join(f"{n} {len(r)}" for n, r in c2["rises"].items()))
-            no_cos = [c2["against_full"][n] for n in ("ce", "ce-kl") if n in c2["against_full"]]
-            if no_cos and all(v["worse"] == n_sizes for v in no_cos):
-                verdict = "**holds in direction**: without the cosine term every size is worse beyond noise"
-            elif no_cos and all(v["worse"] > 0 and v["better"] == 0 for v in no_cos):
-                verdict = ("**holds at some sizes**: without the cosine term some sizes are worse beyond noise, "
-                           "none better")
+            no_cos = [n for n in NO_COSINE if n in c2["against_full"]]
+            v = {n: c2["against_full"][n] for n in no_cos}
+            if no_cos and all(v[n]["worse"] == sizes[n] for n in no_cos):
+                level = "without the cosine term every size is worse beyond noise"
+            elif no_cos and all(v[n]["worse"] > 0 and v[n]["better"] == 0 for n in no_cos):
+                level = "without the cosine term some sizes are worse beyond noise, none better"
             else:
-                verdict = "**not shown** beyond training-seed noise"
-            if no_cos and all(len(c2["rises"].get(n, [])) <= len(c2["rises"]["full"]) for n in ("ce", "ce-kl")
-                              if n in c2["rises"]):
-                verdict += "; no ablated ladder rises more often than the full loss's (no breakdown as in the paper)"
+                level = None
+            more = [n for n in no_cos if len(c2["rises"].get(n, [])) > len(c2["rises"]["full"])]
+            names = " and ".join(no_cos)
+            if more:
+                rises = f"the ladder without it rises more often than the full loss's ({', '.join(more)})"
+            else:
+                rises = (f"neither ladder without it ({names}) rises more often than the full loss's, so no breakdown "
+                         "as in the paper" if len(no_cos) > 1 else
+                         f"the ladder without it ({names}) rises no more often than the full loss's, so no breakdown "
+                         "as in the paper")
+            if not no_cos:
+                verdict = "**not measured** (no ablation without the cosine term)"
+            elif level and more:
+                verdict = f"**holds**: {level}, and {rises}"
+            elif level:
+                verdict = f"**holds for perplexity, not for stability**: {level}; but {rises}"
+            elif more:
+                verdict = (f"**holds for stability only**: {rises}; its perplexity is not consistently worse beyond "
+                           "noise")
+            else:
+                verdict = f"**not shown** beyond training-seed noise: {rises}"
             rows.append(["2. the cosine loss makes interpolation stable (Fig. 5)", "; ".join(parts), verdict])
         c3 = self.facts.get("claim3")
         if c3 and c3["verdicts"]:
             v = c3["verdicts"]
             better = [d for d, x in v.items() if x == "better"]
-            parts = [f"the student distilled at that size is better beyond noise at {len(better)} of {len(v)} depths "
-                     f"({', '.join(map(str, v))})"]
+            parts = [f"the student distilled at that size is better beyond noise at {len(better)} of {len(v)} depths"
+                     + (f" ({', '.join(map(str, better))})" if better else "")]
             verdict = ("**does not hold**" if len(better) == len(v) else "**holds**" if not better
                        else f"**holds at {', '.join(str(d) for d in v if d not in better)} layers only**")
             rows.append(["3. interpolated models match same-size distilled ones (Fig. 6)", "; ".join(parts), verdict])

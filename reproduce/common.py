@@ -57,6 +57,22 @@ def chance_levels(files: dict[str, str], limit: int | None) -> dict[str, float]:
     return {t: sum(1 / len(it["choices"]) for it in items[t]) / len(items[t]) for t in MC_TASKS}
 
 
+def answer_bias(files: dict[str, str], limit: int | None) -> dict[str, dict]:
+    """What answering without reading scores on the first ``limit`` items of each multiple-choice task:
+    ``one_position`` the lowest and highest accuracy of always choosing the same position (for boolq: always "no",
+    always "yes"), ``shortest`` the accuracy of always choosing the shortest choice (in characters; lm-eval's
+    ``acc`` compares unnormalized log-likelihoods, which favour short choices)."""
+    out = {}
+    for t in MC_TASKS:
+        items = read_jsonl(files[t])[:limit]
+        positions = range(max(len(it["choices"]) for it in items))
+        by_position = [sum(it["gold"] == i for it in items) / len(items) for i in positions]
+        shortest = sum(min(range(len(it["choices"])), key=lambda i: len(it["choices"][i])) == it["gold"]
+                       for it in items) / len(items)
+        out[t] = {"one_position": [min(by_position), max(by_position)], "shortest": shortest, "items": len(items)}
+    return out
+
+
 def heldout_subset(src: str, n_docs: int | None, out_dir: str) -> str:
     """The first ``n_docs`` held-out documents as a file of their own (the task records which file ran)."""
     if n_docs is None:
@@ -95,7 +111,9 @@ def stage(name: str, timings: dict, ledger: str | None = None):
     """Print a stage's start and end, and record its wall time in ``timings``. ``ledger``: a JSON file that keeps
     each stage's time across runs of a resumable job, summed until the stage completes once, and the CPU seconds
     other processes used meanwhile (``other_cpu_s``; divided by ``seconds``: the cores they kept busy on average; not
-    shown for a stage shorter than MIN_LOAD_SECONDS) and the peak resident memory so far (``max_rss_kib``)."""
+    shown for a stage shorter than MIN_LOAD_SECONDS), the CPU seconds of this process and its waited-for children
+    (``own_cpu_s``: far below the cores' worth of wall time when the job was stopped or starved) and the peak resident
+    memory so far (``max_rss_kib``)."""
     start, cpu0 = time.time(), cpu_seconds()
     print(f"\n=== {name} ===", flush=True)
     done = False
@@ -105,13 +123,16 @@ def stage(name: str, timings: dict, ledger: str | None = None):
     finally:
         timings[name] = round(time.time() - start, 1)
         cpu1 = cpu_seconds()
-        other = None if cpu0 is None or cpu1 is None else max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
+        own = None if cpu0 is None or cpu1 is None else cpu1[1] - cpu0[1]
+        other = None if own is None else max(0.0, (cpu1[0] - cpu0[0]) - own)
         if ledger is not None:
             book = read_json(ledger, {})
             entry = book.setdefault(name, {"seconds": 0.0, "complete": False, "runs": 0})
             if not entry["complete"]:
                 before = entry.get("other_cpu_s", 0.0 if entry["runs"] == 0 else None)  # None: a run not measured
                 entry["other_cpu_s"] = None if other is None or before is None else round(before + other, 1)
+                before = entry.get("own_cpu_s", 0.0 if entry["runs"] == 0 else None)
+                entry["own_cpu_s"] = None if own is None or before is None else round(before + own, 1)
                 entry["seconds"] = round(entry["seconds"] + timings[name], 1)
                 entry["runs"] += 1
                 entry["complete"] = done

@@ -31,7 +31,8 @@ student, the held-out reference (the teacher's log-probabilities, once per seed)
 the report. A student whose evaluations the stage ledger records as complete is not distilled again (so a
 folder holding only result files, such as a copy of docs/results/experiments/data, resumes without its
 students). Output: ``--output_dir`` (default runs/experiments-cpu): ``seed-<S>/students/<name>/``,
-``seed-<S>/eval/<sweep>/``, ``seed-<S>/training.json``, ``chance.json``, ``REPORT.md`` and ``report.json``.
+``seed-<S>/eval/<sweep>/``, ``seed-<S>/training.json``, ``chance.json``, ``answer_bias.json``, ``REPORT.md`` and
+``report.json``.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ from evaluate.baselines import family_points
 from evaluate.evaluate import SweepPoint, boomerang_points, run_sweep
 from evaluate.heldout import HeldoutReference
 from patching.patch import load_layer_map
-from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, chance_levels, check_data, default_data_dir,
-                              distill, heldout_subset, read_json, stage, training_log)
+from reproduce.common import (ALIGN_TOKENS, MC_TASKS, REPO, TEACHER, answer_bias, chance_levels, check_data,
+                              default_data_dir, distill, heldout_subset, read_json, stage, training_log)
 from reproduce.claims import ClaimsReport
 from reproduce.main_job import check_student_settings, distill_student, student_settings
 
@@ -152,6 +153,7 @@ def main(argv=None) -> dict:
     files = check_data(os.path.abspath(args.data_dir or default_data_dir()))
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "chance.json"), chance_levels(files, args.mc_limit))
+    atomic_write_json(os.path.join(out, "answer_bias.json"), answer_bias(files, args.mc_limit))
     timings: dict[str, float] = {}
     t_start = time.time()
     for seed in seeds:

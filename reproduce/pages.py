@@ -14,12 +14,13 @@ Generated blocks sit between ``<!-- NAME: start -->`` and ``<!-- NAME: end -->``
   budget (``reproduce.main_report``) from docs/results/main-cpu/data, when that folder holds results.
 
 ``--collect RUN`` copies from an experiments folder (``reproduce.experiments --output_dir RUN``) what the report
-reads and nothing else (no weights): ``chance.json``, and per seed ``students.json``, ``training.json``,
-``stage_times.json`` and ``eval/<sweep>/results/*.json``. A seed or a result already committed is replaced by the
-run's copy; others are kept. The same copy, put back as a run folder, resumes the experiments without their
-students (``reproduce.experiments`` skips a student whose evaluations are recorded). ``--collect_main RUN`` copies
-a main job's result records, search result and ``report.json`` (``reproduce.main_report.MAIN_FILES``), replacing
-what was committed before.
+reads and nothing else (no weights): ``chance.json``, ``answer_bias.json``, and per seed ``students.json``,
+``training.json``, ``stage_times.json`` and ``eval/<sweep>/results/*.json``. A seed or a result already committed is
+replaced by the run's copy; others are kept, and so is each seed's ``stage_notes.json`` (what else ran during a
+stage, written by whoever ran it; the page prints it beside the stage). The same copy, put back as a run folder,
+resumes the experiments without their students (``reproduce.experiments`` skips a student whose evaluations are
+recorded). ``--collect_main RUN`` copies a main job's result records, search result and ``report.json``
+(``reproduce.main_report.MAIN_FILES``), replacing what was committed before.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def collect(run: str, data: str = EXPERIMENTS_DATA) -> list[str]:
         os.replace(dst + ".tmp", dst)
         copied.append(dst)
 
-    if os.path.isfile(os.path.join(run, "chance.json")):
-        put(os.path.join(run, "chance.json"))
+    for name in ("chance.json", "answer_bias.json"):
+        if os.path.isfile(os.path.join(run, name)):
+            put(os.path.join(run, name))
     for sd in seeds:
         for name in COLLECTED:
             if os.path.isfile(os.path.join(sd, name)):

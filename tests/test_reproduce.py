@@ -245,8 +245,8 @@ def test_comparison_reports_every_rise_along_the_ladder():
 
 
 def test_stage_ledger_sums_time_and_other_processes_load(tmp_path, monkeypatch, capsys):
-    """Each stage's ledger entry sums wall time and the CPU seconds other processes used over the runs that worked
-    on it; an entry begun by a run that did not measure stays unknown."""
+    """Each stage's ledger entry sums wall time, the CPU seconds other processes used and its own over the runs that
+    worked on it; an entry begun by a run that did not measure stays unknown."""
     from reproduce import common
 
     clock = iter([100.0, 160.0, 200.0, 230.0, 300.0, 310.0])  # time.time() at each stage's start and end
@@ -263,9 +263,10 @@ def test_stage_ledger_sums_time_and_other_processes_load(tmp_path, monkeypatch, 
         pass
     entry = json.load(open(ledger))["distill"]
     assert entry.pop("max_rss_kib") >= 1  # this process's peak resident memory so far
-    assert entry == {"seconds": 90.0, "complete": True, "runs": 2, "other_cpu_s": 50.0}
+    assert entry == {"seconds": 90.0, "complete": True, "runs": 2, "other_cpu_s": 50.0, "own_cpu_s": 80.0}
     assert "=== distill: 30 s (other processes: 0.00 cores) ===" in capsys.readouterr().out
     json.dump({"old": {"seconds": 5.0, "complete": False, "runs": 1}}, open(ledger, "w"))
     with common.stage("old", timings, ledger):
         pass
-    assert json.load(open(ledger))["old"]["other_cpu_s"] is None and json.load(open(ledger))["old"]["seconds"] == 15.0
+    old = json.load(open(ledger))["old"]
+    assert old["other_cpu_s"] is None and old["own_cpu_s"] is None and old["seconds"] == 15.0
