@@ -122,8 +122,10 @@ def test_experiments_end_to_end_and_resume(world, monkeypatch):
     mc = sorted(os.listdir(seed / "eval" / "mc" / "results"))
     assert mc == ["last_k01.json", "last_k02.json", "same_6.json", "same_7.json"]
     report = (out / "REPORT.md").read_text()
-    for text in ("Claim 1", "Claim 2", "Claim 3", "chance", "tokens trained on", "Seed 0: each stage", "## Verdicts"):
+    for text in ("Claim 1", "Claim 2", "Claim 3", "chance", "tokens trained on", "Each seed's stage ledger",
+                 "Seed 0: teacher", "always the shortest choice", "## Verdicts"):
         assert text in report, text
+    assert (out / "answer_bias.json").is_file()
     training = json.loads((seed / "training.json").read_text())
     assert {n: t["tokens"] for n, t in training.items()} == tokens
 
