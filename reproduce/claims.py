@@ -421,7 +421,7 @@ class ClaimsReport:
                 pts.sort()
                 style = "-o" if len(pts) > 3 else "s"
                 ax.plot([p[0] for p in pts if p[3] != "student"], [p[1] for p in pts if p[3] != "student"], style,
-                        color=f"C{i}", ms=5, label=f"{label} ({max(len(p[2]) for p in pts)} seeds)")
+                        color=f"C{i}", ms=5, label=f"{label} ({_count(max((p[2] for p in pts), key=len), 'seed')})")
                 for x, y, ppl, d in pts:
                     ax.plot([x] * len(ppl), ppl, ".", color=f"C{i}", alpha=0.35, ms=4)
                     if d == "student":
