@@ -268,9 +268,8 @@ class ClaimsReport:
             extra[d] = (pi["total"] - ps["total"], pi.get("non_embedding", 0) - ps.get("non_embedding", 0))
             c = self.compare(interp, same)
             verdicts[d] = c["verdict"]
-            rows.append([d, self.pooled_ppl(interp), f"{next(iter(interp.values()))['parameters']['total'] / 1e6:.1f}M",
-                         self.pooled_ppl(same), f"{next(iter(same.values()))['parameters']['total'] / 1e6:.1f}M",
-                         self.seeds_of(same), self.ratio_cell(c)])
+            rows.append([d, self.pooled_ppl(interp), f"{pi['total'] / 1e6:.1f}M", self.pooled_ppl(same),
+                         f"{ps['total'] / 1e6:.1f}M", self.seeds_of(same), self.ratio_cell(c)])
         self.facts["claim3"] = {"verdicts": verdicts}
         out = ["## Claim 3: interpolated models against students distilled at that size", "",
                "The interpolated model of each depth (the full-loss student patched, last-k) against a student "
@@ -485,10 +484,9 @@ class ClaimsReport:
             if more:
                 rises = f"the ladder without it rises more often than the full loss's ({', '.join(more)})"
             else:
-                rises = (f"neither ladder without it ({names}) rises more often than the full loss's, so no breakdown "
-                         "as in the paper" if len(no_cos) > 1 else
-                         f"the ladder without it ({names}) rises no more often than the full loss's, so no breakdown "
-                         "as in the paper")
+                rises = (f"{'neither ladder' if len(no_cos) > 1 else 'the ladder'} without it ({names}) rises "
+                         f"{'more' if len(no_cos) > 1 else 'no more'} often than the full loss's, so no breakdown as in "
+                         "the paper")
             if not no_cos:
                 verdict = "**not measured** (no ablation without the cosine term)"
             elif level and more:

@@ -129,10 +129,9 @@ def stage(name: str, timings: dict, ledger: str | None = None):
             book = read_json(ledger, {})
             entry = book.setdefault(name, {"seconds": 0.0, "complete": False, "runs": 0})
             if not entry["complete"]:
-                before = entry.get("other_cpu_s", 0.0 if entry["runs"] == 0 else None)  # None: a run not measured
-                entry["other_cpu_s"] = None if other is None or before is None else round(before + other, 1)
-                before = entry.get("own_cpu_s", 0.0 if entry["runs"] == 0 else None)
-                entry["own_cpu_s"] = None if own is None or before is None else round(before + own, 1)
+                for key, cpu in (("other_cpu_s", other), ("own_cpu_s", own)):
+                    before = entry.get(key, 0.0 if entry["runs"] == 0 else None)  # None: a run not measured
+                    entry[key] = None if cpu is None or before is None else round(before + cpu, 1)
                 entry["seconds"] = round(entry["seconds"] + timings[name], 1)
                 entry["runs"] += 1
                 entry["complete"] = done
